@@ -1,0 +1,167 @@
+"""What a user asked for: profiles and ``user_options``, validated. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: keys a profile in ``profile_list`` may have
+PROFILE_KEYS = (
+    "slug",
+    "display_name",
+    "description",
+    "default",
+    "gpus",
+    "gpu_model",
+    "cpu_limit",
+    "mem_limit",
+    "image",
+)
+#: keys ``user_options`` may have
+OPTION_KEYS = ("gpus", "gpu_model", "profile")
+
+
+class ChoiceError(ValueError):
+    """A user's choice that cannot be served; the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    slug: str
+    display_name: str
+    description: str = ""
+    default: bool = False
+    gpus: int = 0
+    gpu_model: str | None = None
+    cpu_limit: float | None = None
+    mem_limit: str | int | None = None
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A resolved request: how many GPUs of which model, and the profile's overrides."""
+
+    gpus: int
+    gpu_model: str | None = None
+    profile: str = ""
+    cpu_limit: float | None = None
+    mem_limit: str | int | None = None
+    image: str | None = None
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def parse_profiles(entries: Sequence[Mapping]) -> tuple[Profile, ...]:
+    """Profiles from ``profile_list`` config; raises ValueError naming the problem."""
+    profiles, slugs = [], set()
+    for position, entry in enumerate(entries):
+        where = f"profile #{position} ({entry.get('display_name', entry.get('slug', '?'))!r})"
+        unknown = set(entry) - set(PROFILE_KEYS)
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(PROFILE_KEYS)}"
+            )
+        if not entry.get("display_name"):
+            raise ValueError(f"{where}: 'display_name' is required")
+        slug = entry.get("slug") or slugify(entry["display_name"])
+        if not slug or slug in slugs:
+            raise ValueError(f"{where}: slug {slug!r} is empty or used twice; set a unique 'slug'")
+        slugs.add(slug)
+        gpus = entry.get("gpus", 0)
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise ValueError(f"{where}: 'gpus' must be a whole number >= 0, got {gpus!r}")
+        profiles.append(Profile(**{**entry, "slug": slug}))
+    if sum(profile.default for profile in profiles) > 1:
+        raise ValueError("more than one profile has 'default': True; mark at most one")
+    return tuple(profiles)
+
+
+def _as_count(value, limit: int) -> int:
+    allowed = f"'gpus' must be a whole number from 0 to {limit}"
+    if isinstance(value, bool):
+        raise ChoiceError(f"{allowed}, got {value!r}")
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= limit:
+        raise ChoiceError(f"{allowed}, got {value!r}")
+    return value
+
+
+def resolve_choice(
+    user_options: Mapping | None,
+    *,
+    profiles: Sequence[Profile],
+    models: Mapping[str, int],
+    default_gpus: int = 0,
+    max_gpus: int | None = None,
+) -> Choice:
+    """Turn ``user_options`` into a :class:`Choice`, or raise :class:`ChoiceError`.
+
+    `models` maps each GPU model present to how many GPUs of it exist;
+    `max_gpus` is the per-user maximum (None: no limit beyond the machine).
+    """
+    options = dict(user_options or {})
+    if set(options) == {"user_options"} and isinstance(options["user_options"], Mapping):
+        options = dict(options["user_options"])  # JupyterHub 6's {"user_options": {...}} body
+    unknown = set(options) - set(OPTION_KEYS)
+    if unknown:
+        raise ChoiceError(
+            f"unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
+            f"allowed: {', '.join(OPTION_KEYS)}"
+        )
+    limit = max(models.values(), default=0)
+    if max_gpus is not None:
+        limit = min(limit, max_gpus)
+    by_slug = {profile.slug: profile for profile in profiles}
+
+    if "profile" in options:
+        if set(options) != {"profile"}:
+            raise ChoiceError("choose either a 'profile' or 'gpus' (with 'gpu_model'), not both")
+        slug = options["profile"]
+        if slug not in by_slug:
+            raise ChoiceError(
+                f"unknown profile {slug!r}; available: {', '.join(by_slug) or 'none'}"
+            )
+        return _from_profile(by_slug[slug], models, max_gpus)
+
+    if not options:
+        default = next((p for p in profiles if p.default), profiles[0] if profiles else None)
+        if default is not None:
+            return _from_profile(default, models, max_gpus)
+        options = {"gpus": default_gpus}
+
+    model = options.get("gpu_model") or None
+    if model is not None:
+        if model not in models:
+            raise ChoiceError(
+                f"unknown GPU model {model!r}; available: {', '.join(models) or 'none'}"
+            )
+        limit = models[model] if max_gpus is None else min(models[model], max_gpus)
+    count = _as_count(options.get("gpus", 1 if model else default_gpus), limit)
+    return Choice(gpus=count, gpu_model=model if count else None)
+
+
+def _from_profile(profile: Profile, models: Mapping[str, int], max_gpus: int | None) -> Choice:
+    if profile.gpus and profile.gpu_model and profile.gpu_model not in models:
+        raise ChoiceError(
+            f"profile {profile.slug!r} needs {profile.gpu_model}, which this machine does not "
+            f"have; available: {', '.join(models) or 'no GPUs'}"
+        )
+    if max_gpus is not None and profile.gpus > max_gpus:
+        raise ChoiceError(
+            f"profile {profile.slug!r} has {profile.gpus} GPUs, more than the {max_gpus} "
+            "you may use"
+        )
+    return Choice(
+        gpus=profile.gpus,
+        gpu_model=profile.gpu_model if profile.gpus else None,
+        profile=profile.slug,
+        cpu_limit=profile.cpu_limit,
+        mem_limit=profile.mem_limit,
+        image=profile.image,
+    )

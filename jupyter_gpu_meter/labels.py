@@ -1,0 +1,24 @@
+"""Container labels: how a container says which user, server and GPUs it holds.
+
+The labels on running containers are the source of truth for "which GPU is
+taken": after a hub restart the allocation is read back from Docker.
+"""
+
+PREFIX = "jupyter-gpu-meter."
+
+#: present (value "1") on every container the GPU spawner creates
+MANAGED = PREFIX + "managed"
+USER = PREFIX + "user"
+SERVER = PREFIX + "server"
+#: comma-separated GPU UUIDs, empty for a CPU-only server
+GPUS = PREFIX + "gpus"
+GPU_MODEL = PREFIX + "gpu-model"
+PROFILE = PREFIX + "profile"
+#: on the notebook image: the CUDA version its PyTorch was built for
+CUDA_VERSION = PREFIX + "cuda-version"
+
+
+def gpus_from_labels(labels):
+    """The GPU UUIDs a container's labels say it holds."""
+    value = (labels or {}).get(GPUS, "")
+    return [uuid for uuid in value.split(",") if uuid]

@@ -1,0 +1,389 @@
+"""GPUDockerSpawner: DockerSpawner that gives each server whole GPUs of its own."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from dockerspawner import DockerSpawner
+from jupyterhub.traitlets import ByteSpecification
+from jupyterhub.utils import random_port
+from tornado import web
+from traitlets import Bool, Dict, Int, List, Unicode, default, validate
+
+from . import labels
+from .allocation import NoFreeGPUs, choose_gpus
+from .choice import Choice, ChoiceError, parse_profiles, resolve_choice
+from .container import Hardening, container_labels, enforce_create_kwargs
+from .gpus import GPUInventory, Inventory, cuda_driver_problem
+
+#: container states in which a container holds its GPUs
+HOLDING_STATES = ("running", "paused", "restarting")
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+)
+
+
+def spawn_error(status: int, message: str) -> web.HTTPError:
+    """An HTTPError whose message the hub shows as it is, on the spawn page and in the API."""
+    error = web.HTTPError(status, "%s", message)
+    error.jupyterhub_message = message
+    return error
+
+
+@dataclass
+class _Allocator:
+    """Per process and Docker engine: the lock and the GPUs of spawns in progress."""
+
+    lock: asyncio.Lock
+    #: GPU UUID -> "user/server" of spawns that have chosen GPUs but may not have a container yet
+    reserved: dict
+
+
+_allocators: dict[str, _Allocator] = {}
+
+
+class GPUDockerSpawner(DockerSpawner):
+    """A DockerSpawner whose servers own whole GPUs, exclusively.
+
+    The user picks a profile or a GPU count; the spawner picks free healthy
+    GPUs, attaches exactly those with a Docker device request, and labels the
+    container with them. Running containers' labels are the record of which
+    GPU is taken, so the allocation survives a hub restart.
+    """
+
+    profile_list = List(
+        Dict(),
+        help="""
+        Choices offered on the spawn page, modelled on KubeSpawner's.
+
+        Each profile is a dict with ``display_name`` (required) and optionally
+        ``slug`` (derived from the display name if absent), ``description``,
+        ``default`` (True for the preselected one), ``gpus`` (whole GPUs, 0 for
+        CPU only), ``gpu_model`` (e.g. ``"NVIDIA H100 80GB HBM3"``; any model
+        if absent), ``cpu_limit`` (cores, e.g. ``8``), ``mem_limit`` (e.g.
+        ``"64G"``) and ``image``. Users choose one with
+        ``{"profile": "<slug>"}``. Empty: users choose a GPU count.
+        """,
+    ).tag(config=True)
+
+    @validate("profile_list")
+    def _check_profiles(self, proposal):
+        parse_profiles(proposal.value)
+        return proposal.value
+
+    default_gpus = Int(
+        0,
+        min=0,
+        help="GPUs for a server started with no choice and no profile_list (0: CPU only).",
+    ).tag(config=True)
+
+    max_gpus_per_user = Int(
+        None,
+        allow_none=True,
+        min=0,
+        help="""
+        The most GPUs one user may hold at once, over all their named servers,
+        e.g. ``2``. None: as many as the machine has.
+        """,
+    ).tag(config=True)
+
+    shm_size = ByteSpecification(
+        "1G",
+        help="""
+        Size of ``/dev/shm`` per server, e.g. ``"1G"`` or ``"16G"``.
+
+        NCCL (multi-GPU) and PyTorch DataLoader workers exchange tensors through
+        shared memory; Docker's default of 64 MiB makes them fail. A per-server
+        size is used rather than ``ipc=host``, which would share the host's IPC
+        namespace between users.
+        """,
+    ).tag(config=True)
+
+    pids_limit = Int(
+        4096,
+        min=64,
+        help="Most processes and threads per server (Docker's pids limit), e.g. 4096.",
+    ).tag(config=True)
+
+    container_user = Unicode(
+        "1000:100",
+        help="""
+        ``uid:gid`` (or user name) the notebook runs as; never root.
+        The default matches the shipped image's ``jovyan`` user.
+        """,
+    ).tag(config=True)
+
+    @validate("container_user")
+    def _check_user(self, proposal):
+        if proposal.value.split(":")[0] in ("", "0", "root"):
+            raise ValueError(
+                f"container_user {proposal.value!r} would run notebooks as root; "
+                "use a non-root uid:gid such as '1000:100'"
+            )
+        return proposal.value
+
+    cap_add = List(
+        Unicode(),
+        help="""
+        Linux capabilities given back to notebook containers, all others are
+        dropped. Empty by default: a notebook started as a non-root user needs none.
+        """,
+    ).tag(config=True)
+
+    check_cuda_driver = Bool(
+        True,
+        help="""
+        Before starting a GPU server, compare the image's CUDA version (its
+        ``jupyter-gpu-meter.cuda-version`` label) with the host's NVIDIA driver
+        and refuse the start with a clear message when they cannot work together.
+        """,
+    ).tag(config=True)
+
+    @default("remove")
+    def _remove_default(self):
+        # Device requests are fixed when a container is created: a reused
+        # container would keep the GPUs of its previous run.
+        return True
+
+    @default("ip")
+    def _ip_default(self):
+        # With host networking the notebook's port is on the host: keep it off other interfaces.
+        # Otherwise listen on the container's own interfaces, reached through Docker's network.
+        return "127.0.0.1" if self.network_name == "host" else "0.0.0.0"  # noqa: S104
+
+    @default("options_form")
+    def _options_form_default(self):
+        return self._render_options_form
+
+    @default("options_from_form")
+    def _options_from_form_default(self):
+        return self._options_from_form
+
+    #: the GPUs of the current (or last) run
+    gpu_uuids = List(Unicode())
+    gpu_model = Unicode("")
+
+    # --- what exists and what is taken -------------------------------------
+
+    @property
+    def inventory_source(self) -> GPUInventory:
+        if not hasattr(self, "_inventory_source"):
+            self._inventory_source = GPUInventory(parent=self)
+        return self._inventory_source
+
+    async def discover_gpus(self) -> Inventory:
+        """The machine's GPUs (NVML, simulated or static), read off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.inventory_source.discover
+        )
+
+    def _allocator(self) -> _Allocator:
+        key = str(self.client.api.base_url)
+        if key not in _allocators:
+            _allocators[key] = _Allocator(asyncio.Lock(), {})
+        return _allocators[key]
+
+    async def held_gpus(self) -> dict[str, str]:
+        """GPU UUID -> "user/server" for every GPU held now, from Docker's labels."""
+        containers = await self.docker("containers", all=True, filters={"label": labels.MANAGED})
+        held = {}
+        for container in containers:
+            if container.get("State") not in HOLDING_STATES:
+                continue
+            found = container.get("Labels") or {}
+            owner = f"{found.get(labels.USER, '?')}/{found.get(labels.SERVER, '')}"
+            for uuid in labels.gpus_from_labels(found):
+                held[uuid] = owner
+        held.update(self._allocator().reserved)
+        return held
+
+    # --- choosing ----------------------------------------------------------
+
+    @property
+    def _owner(self) -> str:
+        return f"{self.user.name}/{self.name}"
+
+    def resolve_choice(self, inventory: Inventory) -> Choice:
+        """The user's choice as a :class:`Choice`; a 400 that lists what is allowed if invalid."""
+        models = {}
+        for gpu in inventory.gpus:
+            models[gpu.model] = models.get(gpu.model, 0) + 1
+        try:
+            return resolve_choice(
+                self.user_options,
+                profiles=parse_profiles(self.profile_list),
+                models=models,
+                default_gpus=self.default_gpus,
+                max_gpus=self.max_gpus_per_user,
+            )
+        except ChoiceError as e:
+            raise spawn_error(400, str(e)) from None
+
+    async def _check_driver(self, inventory: Inventory):
+        if not (self.check_cuda_driver and inventory.driver_version):
+            return
+        image = await self.docker("inspect_image", self.image)
+        cuda = ((image.get("Config") or {}).get("Labels") or {}).get(labels.CUDA_VERSION, "")
+        problem = cuda_driver_problem(cuda, inventory.driver_version)
+        if problem:
+            raise spawn_error(500, f"image {self.image}: {problem}")
+
+    async def _allocate(self, choice: Choice, inventory: Inventory) -> tuple:
+        allocator = self._allocator()
+        async with allocator.lock:
+            held = await self.held_gpus()
+            if self.max_gpus_per_user is not None and choice.gpus:
+                mine = sum(
+                    1
+                    for owner in held.values()
+                    if owner.split("/", 1)[0] == self.user.name and owner != self._owner
+                )
+                if mine + choice.gpus > self.max_gpus_per_user:
+                    raise spawn_error(
+                        400,
+                        f"you hold {mine} GPU(s) in other servers and asked for {choice.gpus}; "
+                        f"at most {self.max_gpus_per_user} per user",
+                    )
+            try:
+                gpus = choose_gpus(
+                    inventory.gpus, held, choice.gpus, choice.gpu_model, inventory.topology
+                )
+            except NoFreeGPUs as e:
+                raise spawn_error(503, str(e)) from None
+            for gpu in gpus:
+                allocator.reserved[gpu.uuid] = self._owner
+        return gpus
+
+    def _release(self, gpus):
+        reserved = self._allocator().reserved
+        for gpu in gpus:
+            if reserved.get(gpu.uuid) == self._owner:
+                del reserved[gpu.uuid]
+
+    # --- starting ----------------------------------------------------------
+
+    async def start(self):
+        inventory = await self.discover_gpus()
+        choice = self.resolve_choice(inventory)
+        if choice.image:
+            self.image = choice.image
+        if choice.cpu_limit is not None:
+            self.cpu_limit = choice.cpu_limit
+        if choice.mem_limit is not None:
+            self.mem_limit = choice.mem_limit
+        if choice.gpus:
+            await self._check_driver(inventory)
+        gpus = await self._allocate(choice, inventory)
+        try:
+            self.gpu_uuids = [gpu.uuid for gpu in gpus]
+            self.gpu_model = gpus[0].model if gpus else ""
+            self._profile = choice.profile
+            self.log.info(
+                "Server %s gets %s",
+                self._owner,
+                ", ".join(f"GPU {gpu.index} ({gpu.uuid})" for gpu in gpus) or "no GPU",
+            )
+            if self.network_name == "host":
+                self.port = random_port()
+            if not self.remove:
+                await self._drop_container_with_other_gpus()
+            return await super().start()
+        finally:
+            # From here on the running container's labels hold the GPUs.
+            self._release(gpus)
+
+    async def _drop_container_with_other_gpus(self):
+        """A kept container has its GPUs fixed at creation: recreate it if they differ."""
+        obj = await self.get_object()
+        if obj is None:
+            return
+        held = labels.gpus_from_labels((obj.get("Config") or {}).get("Labels"))
+        if held != self.gpu_uuids:
+            self.log.info("Recreating %s: it was created with other GPUs", self.object_name)
+            await self.remove_object()
+
+    def docker(self, method, *args, **kwargs):
+        if method == "create_container":
+            kwargs = enforce_create_kwargs(
+                kwargs,
+                gpu_uuids=self.gpu_uuids,
+                container_labels=container_labels(
+                    user=self.user.name,
+                    server=self.name,
+                    gpu_uuids=self.gpu_uuids,
+                    gpu_model=self.gpu_model,
+                    profile=getattr(self, "_profile", ""),
+                ),
+                hardening=Hardening(
+                    user=self.container_user,
+                    cap_add=tuple(self.cap_add),
+                    pids_limit=self.pids_limit,
+                    shm_size_bytes=self.shm_size,
+                ),
+            )
+        return super().docker(method, *args, **kwargs)
+
+    async def get_ip_and_port(self):
+        if self.network_name == "host":
+            return self.ip, self.port
+        return await super().get_ip_and_port()
+
+    def get_state(self):
+        state = super().get_state()
+        if self.gpu_uuids:
+            state["gpu_uuids"] = list(self.gpu_uuids)
+            state["gpu_model"] = self.gpu_model
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.gpu_uuids = state.get("gpu_uuids", [])
+        self.gpu_model = state.get("gpu_model", "")
+
+    def clear_state(self):
+        super().clear_state()
+        self.gpu_uuids = []
+        self.gpu_model = ""
+
+    # --- the spawn form ----------------------------------------------------
+
+    async def _render_options_form(self, spawner=None):
+        inventory = await self.discover_gpus()
+        held = await self.held_gpus()
+        models = {}
+        for gpu in inventory.gpus:
+            total, free = models.get(gpu.model, (0, 0))
+            models[gpu.model] = (total + 1, free + (gpu.healthy and gpu.uuid not in held))
+        profiles = parse_profiles(self.profile_list)
+        chosen = (self.user_options or {}).get("profile") or next(
+            (p.slug for p in profiles if p.default), profiles[0].slug if profiles else ""
+        )
+        return _templates.get_template("options_form.html").render(
+            profiles=profiles,
+            chosen=chosen,
+            models=models,
+            free_any=sum(free for _, free in models.values()),
+            total_any=len(inventory.gpus),
+            limit=min(
+                max((total for total, _ in models.values()), default=0),
+                self.max_gpus_per_user if self.max_gpus_per_user is not None else 1 << 30,
+            ),
+            default_gpus=self.default_gpus,
+        )
+
+    @staticmethod
+    def _options_from_form(formdata):
+        def first(key):
+            return (formdata.get(key) or [""])[0].strip()
+
+        if first("profile"):
+            return {"profile": first("profile")}
+        options = {"gpus": first("gpus")}
+        if first("gpu_model"):
+            options["gpu_model"] = first("gpu_model")
+        return options

@@ -1,0 +1,70 @@
+"""Which GPUs a request gets: pure, no Docker, no NVML."""
+
+import pytest
+
+from jupyter_gpu_meter import GPU, NoFreeGPUs, choose_gpus
+
+H100 = "NVIDIA H100 80GB HBM3"
+L4 = "NVIDIA L4"
+
+
+def gpus(*models, unhealthy=()):
+    return [GPU(f"GPU-{i}", i, model, healthy=i not in unhealthy) for i, model in enumerate(models)]
+
+
+def uuids(chosen):
+    return [gpu.uuid for gpu in chosen]
+
+
+def test_takes_the_lowest_free_indices():
+    assert uuids(choose_gpus(gpus(H100, H100, H100), {"GPU-0"}, 2)) == ["GPU-1", "GPU-2"]
+
+
+def test_zero_gpus_is_cpu_only():
+    assert choose_gpus(gpus(H100), set(), 0) == ()
+
+
+def test_never_gives_a_taken_or_unhealthy_gpu():
+    inventory = gpus(H100, H100, H100, unhealthy={1})
+    assert uuids(choose_gpus(inventory, {"GPU-0"}, 1)) == ["GPU-2"]
+    with pytest.raises(NoFreeGPUs) as e:
+        choose_gpus(inventory, {"GPU-0", "GPU-2"}, 1, H100)
+    assert str(e.value) == f"no free {H100}: 0 of 3 free (1 unhealthy)"
+
+
+def test_message_says_how_many_exist_and_are_free():
+    with pytest.raises(NoFreeGPUs, match=f"^no free {H100}: 0 of 2 free$"):
+        choose_gpus(gpus(H100, H100), {"GPU-0", "GPU-1"}, 1, H100)
+    with pytest.raises(NoFreeGPUs, match=f"^not enough free {H100}: 2 requested, 1 of 2 free$"):
+        choose_gpus(gpus(H100, H100), {"GPU-0"}, 2, H100)
+
+
+def test_model_is_respected_and_never_mixed():
+    inventory = gpus(L4, H100, L4, H100)
+    assert uuids(choose_gpus(inventory, set(), 2, H100)) == ["GPU-1", "GPU-3"]
+    # any model: the first model with enough free GPUs, never one of each
+    assert uuids(choose_gpus(inventory, {"GPU-0"}, 2)) == ["GPU-1", "GPU-3"]
+    with pytest.raises(NoFreeGPUs, match="not enough free GPU: 2 requested, 2 of 4 free"):
+        choose_gpus(inventory, {"GPU-0", "GPU-1"}, 2)
+
+
+def test_prefers_gpus_on_the_closest_interconnect():
+    inventory = gpus(H100, H100, H100, H100)
+    # 0-1 and 2-3 share an NVLink-like switch (level 10); crossing sockets is 50
+    topology = {frozenset((f"GPU-{a}", f"GPU-{b}")): 50 for a in range(4) for b in range(a + 1, 4)}
+    topology[frozenset(("GPU-0", "GPU-1"))] = 10
+    topology[frozenset(("GPU-2", "GPU-3"))] = 10
+    assert uuids(choose_gpus(inventory, {"GPU-0"}, 2, topology=topology)) == ["GPU-2", "GPU-3"]
+
+
+def test_greedy_choice_on_large_machines_stays_close():
+    inventory = gpus(*[H100] * 64)
+    # eight islands of eight; inside an island level 10, across 40
+    topology = {
+        frozenset((f"GPU-{a}", f"GPU-{b}")): 10 if a // 8 == b // 8 else 40
+        for a in range(64)
+        for b in range(a + 1, 64)
+    }
+    taken = {"GPU-0", "GPU-9"}  # islands 0 and 1 are broken up
+    chosen = choose_gpus(inventory, taken, 8, topology=topology)
+    assert uuids(chosen) == [f"GPU-{i}" for i in range(16, 24)]
