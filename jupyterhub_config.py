@@ -1,0 +1,69 @@
+"""JupyterHub on one GPU server: each user gets a PyTorch-CUDA notebook with whole GPUs.
+
+Start it with ``jupyterhub -f jupyterhub_config.py`` (or ``scripts/demo``).
+Without an NVIDIA driver, GPUs are simulated. The login accepts anyone: it is
+for trying things out, NOT for production (see docs: "Give users GPUs").
+"""
+
+import os
+import resource
+
+c = get_config()  # noqa: F821
+
+# --- who may log in: anyone, for trying it out. Replace for production. ---
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {"admin"}
+
+c.JupyterHub.bind_url = os.environ.get("JUPYTERHUB_BIND_URL", "http://127.0.0.1:8000")
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.allow_named_servers = True
+
+# --- GPUs ---
+c.JupyterHub.spawner_class = "gpu-docker"
+if not os.path.exists("/proc/driver/nvidia/version") and not os.environ.get(
+    "JUPYTER_GPU_METER_SIMULATED_GPUS"
+):
+    # No NVIDIA driver here: simulate two GPUs (the env variable chooses others).
+    c.GPUInventory.simulated = "2xNVIDIA H100 80GB HBM3"
+
+c.GPUDockerSpawner.image = os.environ.get(
+    "JUPYTER_GPU_METER_IMAGE", "jupyter-gpu-meter/notebook:latest"
+)
+c.GPUDockerSpawner.pull_policy = "never"  # built locally from docker/
+c.GPUDockerSpawner.profile_list = [
+    {"display_name": "CPU only", "slug": "cpu", "gpus": 0, "cpu_limit": 2, "mem_limit": "4G"},
+    {
+        "display_name": "1 GPU",
+        "slug": "gpu-1",
+        "gpus": 1,
+        "default": True,
+        "cpu_limit": 8,
+        "mem_limit": "64G",
+        "description": "One whole GPU for interactive work and single-GPU training.",
+    },
+    {
+        "display_name": "2 GPUs",
+        "slug": "gpu-2",
+        "gpus": 2,
+        "cpu_limit": 16,
+        "mem_limit": "128G",
+        "description": "Two GPUs on the closest interconnect, for DDP/NCCL training.",
+    },
+]
+c.GPUDockerSpawner.max_gpus_per_user = 2
+c.GPUDockerSpawner.shm_size = "8G"  # NCCL and DataLoader workers
+
+# The hub runs on the host: host networking lets it reach each notebook on
+# 127.0.0.1 with no Docker network to set up. For stricter isolation put the
+# notebooks on a Docker network instead (docs: "Give users GPUs").
+c.GPUDockerSpawner.network_name = os.environ.get("JUPYTER_GPU_METER_DOCKER_NETWORK", "host")
+
+# Where this process may not lock unlimited memory (some sandboxes), Docker
+# cannot grant it to containers either: stay within the limit.
+memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+if memlock != resource.RLIM_INFINITY:
+    c.GPUDockerSpawner.ulimits = {"memlock": memlock, "stack": 67108864}
+
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 120

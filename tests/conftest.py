@@ -1,0 +1,62 @@
+import os
+
+import pytest
+
+pytest_plugins = ["tests.fakenvml.plugin"]
+
+# Set by scripts/test (and so in CI): a missing Docker engine or image fails the
+# run instead of skipping the end-to-end tests.
+REQUIRE_DOCKER = os.environ.get("JGM_REQUIRE_DOCKER") == "1"
+
+
+def _unavailable(reason):
+    if REQUIRE_DOCKER:
+        pytest.fail(f"{reason} (JGM_REQUIRE_DOCKER=1); run scripts/test to set it up")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:
+        _unavailable(f"no Docker engine: {e}")
+    from tests.hub import IMAGE
+
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        _unavailable(f"image {IMAGE} is missing; build it with scripts/build-images")
+    return client
+
+
+@pytest.fixture
+def make_hub(tmp_path, docker_client, request):
+    """Start a hub: make_hub(simulated_gpus="2", **{"GPUDockerSpawner.x": value})."""
+    from tests.hub import Hub
+
+    hubs = []
+
+    def make(simulated_gpus="2", **extra):
+        hub = Hub(tmp_path / f"hub{len(hubs)}", docker_client, simulated_gpus, **extra)
+        hubs.append(hub)
+        return hub.start()
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for hub in hubs:
+        if failed is not None and failed.failed:
+            print(hub.logs())
+            for container in hub.containers(all=True):
+                print(f"--- container {container.name}\n", container.logs(tail=50).decode())
+        hub.cleanup()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report

@@ -1,0 +1,231 @@
+"""A real JupyterHub with its proxy, in a subprocess, for end-to-end tests.
+
+The hub runs the production GPUDockerSpawner against the real Docker engine;
+only the GPUs are simulated (JUPYTER_GPU_METER_SIMULATED_GPUS), and dockerd
+accepts their device requests through the stand-in NVIDIA runtime hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from jupyter_gpu_meter import labels
+
+IMAGE = os.environ.get("JGM_IMAGE", "jupyter-gpu-meter/notebook:test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+HUB_CONFIG = """
+import json, os
+c = get_config()  # noqa
+settings = json.loads(os.environ["JGM_TEST_SETTINGS"])
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = settings["port"]
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = settings["hub_port"]
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:%i" % settings["proxy_api_port"]
+c.ConfigurableHTTPProxy.auth_token = settings["proxy_token"]
+c.JupyterHub.db_url = "sqlite:///" + settings["dir"] + "/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = settings["dir"] + "/cookie_secret"
+c.JupyterHub.pid_file = settings["dir"] + "/hub.pid"
+c.JupyterHub.cleanup_servers = False  # a hub restart keeps the servers running
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {"admin"}
+c.JupyterHub.services = [{"name": "test-admin", "api_token": settings["token"]}]
+c.JupyterHub.load_roles = [
+    {"name": "test-admin", "scopes": ["admin:users", "admin:servers"], "services": ["test-admin"]}
+]
+c.JupyterHub.spawner_class = "gpu-docker"
+c.GPUDockerSpawner.image = settings["image"]
+c.GPUDockerSpawner.pull_policy = "never"
+c.GPUDockerSpawner.network_name = "host"
+c.GPUDockerSpawner.name_template = settings["prefix"] + "{username}--{servername}"
+# This sandbox caps locked memory below the production default (unlimited).
+import resource
+memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+if memlock != resource.RLIM_INFINITY:
+    c.GPUDockerSpawner.ulimits = {"memlock": memlock, "stack": 67108864}
+c.Spawner.start_timeout = 90
+c.Spawner.http_timeout = 90
+for key, value in settings["extra"].items():
+    section, name = key.split(".")
+    setattr(getattr(c, section), name, value)
+"""
+
+
+class Hub:
+    """A JupyterHub process and the admin-scoped token to drive it over REST."""
+
+    def __init__(self, tmp_path: Path, docker_client, simulated_gpus: str = "2", **extra):
+        self.dir = tmp_path
+        self.docker = docker_client
+        self.prefix = f"jgm-test-{secrets.token_hex(3)}-"
+        self.settings = {
+            "port": free_port(),
+            "hub_port": free_port(),
+            "proxy_api_port": free_port(),
+            "proxy_token": secrets.token_hex(16),
+            "token": secrets.token_hex(16),
+            "dir": str(tmp_path),
+            "image": IMAGE,
+            "prefix": self.prefix,
+            "extra": extra,
+        }
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "jupyterhub_config.py").write_text(HUB_CONFIG)
+        self.env = {
+            **os.environ,
+            "JGM_TEST_SETTINGS": json.dumps(self.settings),
+            "JUPYTER_GPU_METER_SIMULATED_GPUS": simulated_gpus,
+        }
+        self.url = f"http://127.0.0.1:{self.settings['port']}"
+        self.api_url = self.url + "/hub/api"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = "token " + self.settings["token"]
+        self.process = None
+        self.starts = 0
+
+    # --- process -------------------------------------------------------------
+
+    def start(self):
+        self.starts += 1
+        log = open(self.dir / f"hub-{self.starts}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(self.dir / "jupyterhub_config.py")],
+            cwd=self.dir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the hub exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if self.session.get(self.api_url + "/", timeout=2).ok:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the hub did not answer within 60 s:\n{self.logs()}")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n" + path.read_text(errors="replace")[-20000:]
+            for path in sorted(self.dir.glob("hub-*.log"))
+        )
+
+    def containers(self, all=False):
+        return self.docker.containers.list(all=all, filters={"name": self.prefix})
+
+    def cleanup(self):
+        self.stop()
+        for container in self.containers(all=True):
+            container.remove(force=True)
+
+    # --- REST --------------------------------------------------------------
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        return self.session.request(method, self.api_url + path, timeout=120, **kwargs)
+
+    def create_users(self, *names):
+        response = self.api("POST", "/users", json={"usernames": list(names)})
+        assert response.status_code in (201, 409), response.text
+        return names
+
+    def start_server(self, user: str, options=None, server: str = "", wait=True):
+        """POST the start; with wait, follow a pending spawn until it ends. Returns the response."""
+        self.create_users(user)
+        path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
+        response = self.api("POST", path, json=options if options is not None else {})
+        if wait and response.status_code == 202:
+            self.wait_for(user, server)
+        return response
+
+    def server_model(self, user: str, server: str = ""):
+        model = self.api("GET", f"/users/{user}").json()
+        return model.get("servers", {}).get(server)
+
+    def wait_for(self, user: str, server: str = "", timeout: float = 120):
+        """Wait until the server is ready or has failed; True when ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.server_model(user, server)
+            if model is None:
+                return False
+            if model.get("ready"):
+                return True
+            time.sleep(0.5)
+        raise TimeoutError(f"{user}/{server} neither ready nor failed after {timeout} s")
+
+    def stop_server(self, user: str, server: str = ""):
+        path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
+        response = self.api("DELETE", path)
+        assert response.status_code in (202, 204), response.text
+        deadline = time.monotonic() + 60
+        while self.server_model(user, server) is not None:
+            assert time.monotonic() < deadline, f"{user}/{server} did not stop"
+            time.sleep(0.3)
+
+    def start_many(self, requests_):
+        """Start (user, options) pairs concurrently; returns their responses in order."""
+        for user, _ in requests_:
+            self.create_users(user)
+        with ThreadPoolExecutor(len(requests_)) as pool:
+            return list(
+                pool.map(lambda pair: self.start_server(pair[0], pair[1], wait=True), requests_)
+            )
+
+    # --- what the containers hold ------------------------------------------
+
+    def container_of(self, user: str, server: str = ""):
+        (container,) = [
+            c
+            for c in self.containers()
+            if c.labels.get(labels.USER) == user and c.labels.get(labels.SERVER) == server
+        ]
+        return container
+
+    def gpus_held(self) -> dict[str, list[str]]:
+        """user/server -> GPU UUIDs, for every running container of this hub."""
+        return {
+            f"{c.labels[labels.USER]}/{c.labels[labels.SERVER]}": labels.gpus_from_labels(c.labels)
+            for c in self.containers()
+        }
+
+    def seen_inside(self, user: str, server: str = "") -> dict:
+        """What the notebook user sees in their container: gpu-info --json run as them."""
+        result = self.container_of(user, server).exec_run(["gpu-info", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
