@@ -97,7 +97,7 @@ def choose_gpus(
     of_kind = [gpu for gpu in gpus if model is None or gpu.model == model]
     raise NoFreeGPUs(
         requested=count,
-        model=model,
+        model=model or (models[0] if len(models) == 1 else None),
         total=len(of_kind),
         free=sum(1 for gpu in of_kind if gpu.healthy and gpu.uuid not in taken),
         unhealthy=sum(1 for gpu in of_kind if not gpu.healthy),

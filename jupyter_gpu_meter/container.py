@@ -9,7 +9,7 @@ upstream can widen a container's GPU set or its privileges.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import labels
 
@@ -37,8 +37,8 @@ class Hardening:
     cap_add: Sequence[str] = ()
     pids_limit: int = 4096
     shm_size_bytes: int = 1024**3
-    memlock: int = -1
-    stack_bytes: int = 67108864
+    #: name -> soft and hard limit; NCCL wants unlimited locked memory and a 64 MiB stack
+    ulimits: Mapping[str, int] = field(default_factory=lambda: {"memlock": -1, "stack": 67108864})
 
 
 def gpu_environment(gpu_uuids: Sequence[str]) -> dict[str, str]:
@@ -120,12 +120,8 @@ def enforce_create_kwargs(
     ulimits = {
         limit["Name"]: limit for limit in host.get("Ulimits") or [] if isinstance(limit, Mapping)
     }
-    ulimits["memlock"] = {"Name": "memlock", "Soft": hardening.memlock, "Hard": hardening.memlock}
-    ulimits["stack"] = {
-        "Name": "stack",
-        "Soft": hardening.stack_bytes,
-        "Hard": hardening.stack_bytes,
-    }
+    for name, value in hardening.ulimits.items():
+        ulimits[name] = {"Name": name, "Soft": value, "Hard": value}
     host["Ulimits"] = list(ulimits.values())
     kwargs["host_config"] = host
     return kwargs

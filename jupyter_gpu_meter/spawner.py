@@ -110,6 +110,18 @@ class GPUDockerSpawner(DockerSpawner):
         help="Most processes and threads per server (Docker's pids limit), e.g. 4096.",
     ).tag(config=True)
 
+    ulimits = Dict(
+        {"memlock": -1, "stack": 67108864},
+        help="""
+        Resource limits per server, name to value (soft = hard), as
+        ``docker run --ulimit``. The defaults follow NCCL's and NVIDIA's
+        advice for multi-GPU training: unlimited locked memory (-1) and a
+        64 MiB stack. A Docker engine whose own hard limit is lower (some
+        sandboxes) refuses to start containers above it: lower ``memlock``
+        to that limit there.
+        """,
+    ).tag(config=True)
+
     container_user = Unicode(
         "1000:100",
         help="""
@@ -156,6 +168,11 @@ class GPUDockerSpawner(DockerSpawner):
         # Otherwise listen on the container's own interfaces, reached through Docker's network.
         return "127.0.0.1" if self.network_name == "host" else "0.0.0.0"  # noqa: S104
 
+    @default("use_internal_ip")
+    def _use_internal_ip_default(self):
+        # host networking has no ports to publish: the hub reaches the notebook directly
+        return self.network_name != "bridge"
+
     @default("options_form")
     def _options_form_default(self):
         return self._render_options_form
@@ -183,7 +200,7 @@ class GPUDockerSpawner(DockerSpawner):
         )
 
     def _allocator(self) -> _Allocator:
-        key = str(self.client.api.base_url)
+        key = str(self.client.base_url)
         if key not in _allocators:
             _allocators[key] = _Allocator(asyncio.Lock(), {})
         return _allocators[key]
@@ -324,6 +341,7 @@ class GPUDockerSpawner(DockerSpawner):
                     cap_add=tuple(self.cap_add),
                     pids_limit=self.pids_limit,
                     shm_size_bytes=self.shm_size,
+                    ulimits=dict(self.ulimits),
                 ),
             )
         return super().docker(method, *args, **kwargs)
@@ -367,6 +385,7 @@ class GPUDockerSpawner(DockerSpawner):
             profiles=profiles,
             chosen=chosen,
             models=models,
+            only_model=next(iter(models)) if len(models) == 1 else None,
             free_any=sum(free for _, free in models.values()),
             total_any=len(inventory.gpus),
             limit=min(

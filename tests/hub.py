@@ -7,8 +7,10 @@ accepts their device requests through the stand-in NVIDIA runtime hook.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -17,6 +19,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urljoin
 
 import requests
 
@@ -229,3 +232,24 @@ class Hub:
         result = self.container_of(user, server).exec_run(["gpu-info", "--json"])
         assert result.exit_code == 0, result.output
         return json.loads(result.output)
+
+
+def login(hub: Hub, username: str) -> requests.Session:
+    """A browser-like session logged in to the hub (the dummy authenticator takes any password)."""
+    browser = requests.Session()
+    browser.get(hub.url + "/hub/login", timeout=30)
+    xsrf = browser.cookies.get("_xsrf")
+    response = browser.post(
+        hub.url + "/hub/login",
+        data={"username": username, "password": "any", "_xsrf": xsrf},
+        timeout=30,
+    )
+    assert response.ok, response.text
+    return browser
+
+
+def post_form(browser: requests.Session, url: str, data: dict) -> requests.Response:
+    """Submit the form on the page at `url` as a browser does (to its action, with its token)."""
+    page = browser.get(url, timeout=30)
+    action = re.search(r'<form[^>]*action="([^"]+)"', page.text).group(1)
+    return browser.post(urljoin(url, html.unescape(action)), data=data, timeout=120)
