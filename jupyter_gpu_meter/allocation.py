@@ -85,7 +85,8 @@ def choose_gpus(
     taken = set(taken)
     topology = topology or {}
     gpus = sorted(gpus, key=lambda gpu: gpu.index)
-    models = [model] if model else list(dict.fromkeys(gpu.model for gpu in gpus))
+    # a lost GPU may not even say its model: only healthy ones name the kinds on offer
+    models = [model] if model else list(dict.fromkeys(gpu.model for gpu in gpus if gpu.healthy))
     for candidate_model in models:
         free = [
             gpu

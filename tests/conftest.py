@@ -35,13 +35,13 @@ def docker_client():
 
 @pytest.fixture
 def make_hub(tmp_path, docker_client, request):
-    """Start a hub: make_hub(simulated_gpus="2", **{"GPUDockerSpawner.x": value})."""
+    """Start a hub: make_hub(simulated_gpus="2", env=None, **{"GPUDockerSpawner.x": value})."""
     from tests.hub import Hub
 
     hubs = []
 
-    def make(simulated_gpus="2", **extra):
-        hub = Hub(tmp_path / f"hub{len(hubs)}", docker_client, simulated_gpus, **extra)
+    def make(simulated_gpus="2", env=None, **extra):
+        hub = Hub(tmp_path / f"hub{len(hubs)}", docker_client, simulated_gpus, env, **extra)
         hubs.append(hub)
         return hub.start()
 

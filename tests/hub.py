@@ -77,7 +77,9 @@ for key, value in settings["extra"].items():
 class Hub:
     """A JupyterHub process and the admin-scoped token to drive it over REST."""
 
-    def __init__(self, tmp_path: Path, docker_client, simulated_gpus: str = "2", **extra):
+    def __init__(
+        self, tmp_path: Path, docker_client, simulated_gpus: str | None = "2", env=None, **extra
+    ):
         self.dir = tmp_path
         self.docker = docker_client
         self.prefix = f"jgm-test-{secrets.token_hex(3)}-"
@@ -94,11 +96,11 @@ class Hub:
         }
         tmp_path.mkdir(parents=True, exist_ok=True)
         (tmp_path / "jupyterhub_config.py").write_text(HUB_CONFIG)
-        self.env = {
-            **os.environ,
-            "JGM_TEST_SETTINGS": json.dumps(self.settings),
-            "JUPYTER_GPU_METER_SIMULATED_GPUS": simulated_gpus,
-        }
+        self.env = {**(env or os.environ), "JGM_TEST_SETTINGS": json.dumps(self.settings)}
+        if simulated_gpus is None:  # the GPUs come from NVML (a test passes its env)
+            self.env.pop("JUPYTER_GPU_METER_SIMULATED_GPUS", None)
+        else:
+            self.env["JUPYTER_GPU_METER_SIMULATED_GPUS"] = simulated_gpus
         self.url = f"http://127.0.0.1:{self.settings['port']}"
         self.api_url = self.url + "/hub/api"
         self.session = requests.Session()

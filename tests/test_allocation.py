@@ -68,3 +68,9 @@ def test_greedy_choice_on_large_machines_stays_close():
     taken = {"GPU-0", "GPU-9"}  # islands 0 and 1 are broken up
     chosen = choose_gpus(inventory, taken, 8, topology=topology)
     assert uuids(chosen) == [f"GPU-{i}" for i in range(16, 24)]
+
+
+def test_a_lost_gpu_of_unknown_model_does_not_hide_the_model_in_the_message():
+    inventory = [GPU("GPU-0", 0, H100), GPU("unknown-index-1", 1, "unknown", healthy=False)]
+    with pytest.raises(NoFreeGPUs, match=f"^no free {H100}: 0 of 2 free \\(1 unhealthy\\)$"):
+        choose_gpus(inventory, {"GPU-0"}, 1)
