@@ -1,0 +1,59 @@
+"""Start-to-ready time of a server, 1 GPU against CPU only, interleaved in one run.
+
+Runs a real hub with its proxy and the real Docker engine (simulated GPUs), as
+the end-to-end tests do, and times POST /users/:name/server until the hub
+reports the server ready. Usage, from the repository root after scripts/setup:
+
+    .venv/bin/python benchmarks/spawn_time.py [--rounds 7]
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.hub import Hub  # noqa: E402  (the same harness as the end-to-end tests)
+
+
+def time_start(hub: Hub, user: str, options: dict) -> float:
+    started = time.perf_counter()
+    response = hub.start_server(user, options)
+    assert response.status_code in (201, 202), response.text
+    assert hub.wait_for(user)
+    elapsed = time.perf_counter() - started
+    hub.stop_server(user)
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    hub = Hub(Path(tempfile.mkdtemp(prefix="jgm-bench-")), docker.from_env(), "1").start()
+    try:
+        time_start(hub, "warmup", {"gpus": 1})
+        times = {"1 GPU": [], "CPU only": []}
+        for _ in range(args.rounds):
+            times["1 GPU"].append(time_start(hub, "bench", {"gpus": 1}))
+            times["CPU only"].append(time_start(hub, "bench", {"gpus": 0}))
+    finally:
+        hub.cleanup()
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores")
+    for kind, values in times.items():
+        print(
+            f"{kind:9s} start-to-ready: median {statistics.median(values):.2f} s, "
+            f"min {min(values):.2f} s, max {max(values):.2f} s ({len(values)} starts)"
+        )
+    ratio = statistics.median(times["1 GPU"]) / statistics.median(times["CPU only"])
+    print(f"ratio 1 GPU / CPU only (medians): {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
