@@ -1,0 +1,45 @@
+"""The notebook image built from docker/Dockerfile, as the hub will run it."""
+
+import json
+
+import jupyterhub
+import pytest
+
+from jupyter_gpu_meter import labels
+from tests.hub import IMAGE
+
+pytestmark = [pytest.mark.docker]
+
+
+def run(docker_client, *command, **kwargs):
+    return docker_client.containers.run(
+        IMAGE, list(command), remove=True, network_mode="none", **kwargs
+    ).decode()
+
+
+def test_runs_as_a_non_root_user_by_default(docker_client):
+    assert run(docker_client, "id").startswith("uid=1000(jovyan) gid=100(users)")
+    assert run(docker_client, "sh", "-c", "echo $HOME").strip() == "/home/jovyan"
+
+
+def test_singleuser_server_matches_the_hubs_major_version(docker_client):
+    version = run(docker_client, "python", "-c", "import jupyterhub; print(jupyterhub.__version__)")
+    assert version.split(".")[0] == jupyterhub.__version__.split(".")[0]
+    assert run(docker_client, "jupyter", "lab", "--version").strip()
+
+
+def test_gpu_info_reports_what_pytorch_and_the_container_see(docker_client):
+    info = json.loads(run(docker_client, "gpu-info", "--json"))
+    # the CI image has no PyTorch (the production base brings it): it says so, not crashes
+    assert info["torch_version"] is None
+    assert info["cuda_available"] is False and info["device_count"] == 0
+    assert (
+        info["nvidia_visible_devices"] == "all"
+    )  # the image's default, which the spawner overrides
+    human = run(docker_client, "gpu-info")
+    assert "PyTorch is not installed" in human
+
+
+def test_image_declares_its_cuda_version_label(docker_client):
+    image_labels = docker_client.images.get(IMAGE).labels
+    assert labels.CUDA_VERSION in image_labels  # empty here: no CUDA in the Debian test base
