@@ -1,8 +1,10 @@
 """Start-to-ready time of a server, 1 GPU against CPU only, interleaved in one run.
 
-Runs a real hub with its proxy and the real Docker engine (simulated GPUs), as
-the end-to-end tests do, and times POST /users/:name/server until the hub
-reports the server ready. Usage, from the repository root after scripts/setup:
+Runs a real hub with its proxy and the real Docker engine, configured by the
+shipped jupyterhub_config.py (its profiles, simulated GPUs), as the end-to-end
+tests do, and times POST /users/:name/server with the "gpu-1" and "cpu"
+profiles until the hub reports the server ready. Usage, from the repository
+root after scripts/setup:
 
     .venv/bin/python benchmarks/spawn_time.py [--rounds 7]
 """
@@ -36,13 +38,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    hub = Hub(Path(tempfile.mkdtemp(prefix="jgm-bench-")), docker.from_env(), "1").start()
+    shipped = Path(__file__).resolve().parent.parent / "jupyterhub_config.py"
+    hub = Hub(
+        Path(tempfile.mkdtemp(prefix="jgm-bench-")),
+        docker.from_env(),
+        "2xNVIDIA H100 80GB HBM3",
+        base_config=str(shipped),
+    ).start()
     try:
-        time_start(hub, "warmup", {"gpus": 1})
+        time_start(hub, "warmup", {"profile": "gpu-1"})
         times = {"1 GPU": [], "CPU only": []}
         for _ in range(args.rounds):
-            times["1 GPU"].append(time_start(hub, "bench", {"gpus": 1}))
-            times["CPU only"].append(time_start(hub, "bench", {"gpus": 0}))
+            times["1 GPU"].append(time_start(hub, "bench", {"profile": "gpu-1"}))
+            times["CPU only"].append(time_start(hub, "bench", {"profile": "cpu"}))
     finally:
         hub.cleanup()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores")

@@ -38,6 +38,8 @@ HUB_CONFIG = """
 import json, os
 c = get_config()  # noqa
 settings = json.loads(os.environ["JGM_TEST_SETTINGS"])
+if settings.get("base_config"):  # e.g. the shipped jupyterhub_config.py, then the test's own
+    load_subconfig(settings["base_config"])  # noqa
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = settings["port"]
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -78,7 +80,13 @@ class Hub:
     """A JupyterHub process and the admin-scoped token to drive it over REST."""
 
     def __init__(
-        self, tmp_path: Path, docker_client, simulated_gpus: str | None = "2", env=None, **extra
+        self,
+        tmp_path: Path,
+        docker_client,
+        simulated_gpus: str | None = "2",
+        env=None,
+        base_config: str | None = None,
+        **extra,
     ):
         self.dir = tmp_path
         self.docker = docker_client
@@ -93,6 +101,7 @@ class Hub:
             "image": IMAGE,
             "prefix": self.prefix,
             "extra": extra,
+            "base_config": base_config,
         }
         tmp_path.mkdir(parents=True, exist_ok=True)
         (tmp_path / "jupyterhub_config.py").write_text(HUB_CONFIG)

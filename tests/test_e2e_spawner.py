@@ -182,3 +182,19 @@ def test_named_servers_get_their_own_gpus_up_to_the_user_maximum(make_hub):
     assert refused.json()["message"] == (
         "you hold 2 GPU(s) in other servers and asked for 1; at most 2 per user"
     )
+
+
+def test_profile_limits_reach_docker(make_hub):
+    hub = make_hub(
+        "1",
+        **{
+            "GPUDockerSpawner.profile_list": [
+                {"display_name": "Small", "slug": "small", "cpu_limit": 1.5, "mem_limit": "512M"},
+            ]
+        },
+    )
+    hub.start_server("ada", {})  # the only profile is the default
+    host = hub.container_of("ada").attrs["HostConfig"]
+    assert host["CpuQuota"] == 150_000 and host["CpuPeriod"] == 100_000
+    assert host["Memory"] == 512 * 1024**2
+    assert hub.container_of("ada").labels["jupyter-gpu-meter.profile"] == "small"
