@@ -1,0 +1,36 @@
+"""One clock for the whole package: timezone-aware UTC.
+
+Code that needs the time takes a ``clock`` argument defaulting to
+:func:`utcnow`, so tests move the clock instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime) -> datetime:
+    """The same instant as timezone-aware UTC; naive values are taken to be UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def parse_docker_time(text: str) -> datetime | None:
+    """Docker's RFC 3339 times with nanoseconds ("2026-11-27T16:01:02.123456789Z").
+
+    Truncated to microseconds. Docker's zero time ("0001-01-01T00:00:00Z") is None.
+    """
+    if not text or text.startswith("0001-01-01"):
+        return None
+    date, _, rest = text.partition(".")
+    if not rest:  # no fraction
+        return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+    zone = rest[len(digits) :].replace("Z", "+00:00") or "+00:00"
+    return as_utc(datetime.fromisoformat(f"{date}.{digits[:6].ljust(6, '0')}{zone}"))

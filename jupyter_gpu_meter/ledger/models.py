@@ -1,0 +1,99 @@
+"""The ledger's tables (SQLAlchemy 2 declarative). Change them only with a migration."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import Money, UTCDateTime
+
+#: constraint names the same on every database, so migrations can refer to them
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+metadata = Base.metadata
+
+
+class SessionModel(Base):
+    """One server run: a container from start to stop, with its GPUs and price snapshot."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Docker's 64-hex container ID
+    container_id: Mapped[str] = mapped_column(String(128), unique=True)
+    #: the JupyterHub user name ("user" is a reserved word in PostgreSQL)
+    username: Mapped[str] = mapped_column(String(255))
+    #: the named server, "" for the default one
+    server: Mapped[str] = mapped_column(String(255))
+    #: comma-separated GPU UUIDs, "" for CPU only
+    gpu_uuids: Mapped[str] = mapped_column(Text)
+    gpu_count: Mapped[int] = mapped_column(Integer)
+    gpu_model: Mapped[str] = mapped_column(String(255))
+    profile: Mapped[str] = mapped_column(String(255))
+    # the price snapshot taken when the server started
+    price_per_gpu_hour: Mapped[Decimal] = mapped_column(Money)
+    cpu_price_per_hour: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    billing_increment_s: Mapped[int] = mapped_column(Integer)
+    minimum_charge: Mapped[Decimal] = mapped_column(Money)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: None while running
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: why it ended ("stopped", "gpu-idle", "budget", ...); None while running
+    end_reason: Mapped[str | None] = mapped_column(String(255))
+    #: the last time the meter saw the container running
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index(None, "username", "started_at"),
+        Index(None, "started_at"),
+        Index(None, "ended_at"),
+    )
+
+
+class RollupModel(Base):
+    """One meter process's cumulative statistics of one GPU of a session in one minute.
+
+    Each writer (meter process) replaces only its own row; readers merge the
+    writers of a minute (sample-weighted mean, max of maxima).
+    """
+
+    __tablename__ = "rollups"
+
+    session_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    gpu_uuid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: the minute's start, UTC
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    #: the meter process that wrote the row
+    writer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    samples: Mapped[int] = mapped_column(Integer)
+    #: mean GPU utilization over the samples, percent
+    util_mean: Mapped[float] = mapped_column(Float)
+    util_max: Mapped[int] = mapped_column(Integer)
+    memory_max_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class StateModel(Base):
+    """Small facts the meter keeps between runs, e.g. the time of the last Docker event."""
+
+    __tablename__ = "meter_state"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

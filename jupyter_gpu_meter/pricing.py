@@ -1,0 +1,287 @@
+"""Prices and charges. Pure: plain data in, exact ``Decimal`` out.
+
+A session is charged from the :class:`PriceSnapshot` taken when it started
+(the spawner puts it on the container as labels, the ledger stores it with
+the session), so a price change never rewrites history. Money is ``Decimal``
+everywhere; :func:`charge` never rounds, :func:`round_money` rounds for display.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+
+from traitlets import Any, Dict, Int, Unicode, validate
+from traitlets.config import LoggingConfigurable
+
+from . import labels
+
+#: decimal places a price may have; the ledger stores prices with exactly this many
+MONEY_PLACES = 6
+#: prices must be below this (the ledger stores them as NUMERIC(18, 6))
+MONEY_LIMIT = Decimal(10) ** (18 - MONEY_PLACES)
+
+#: prefix of the container labels that carry the price in force when a server started
+LABEL_PREFIX = labels.PREFIX + "price."
+
+#: arithmetic for charges: the precision of Python's default context, whatever the caller's is
+_CONTEXT = Context(prec=28)
+_SECONDS_PER_HOUR = Decimal(3600)
+_MICROSECONDS = 1_000_000
+
+#: ISO 4217 currencies whose minor unit is not 1/100
+_MINOR_UNITS = {
+    **dict.fromkeys(
+        "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(), 0
+    ),
+    **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
+    **dict.fromkeys("CLF UYW".split(), 4),
+}
+
+
+def parse_money(value, what: str = "amount") -> Decimal:
+    """A non-negative amount as ``Decimal``, from a str, int, Decimal or float.
+
+    Floats go through ``str`` (``2.49`` is ``Decimal('2.49')``, not the binary
+    approximation). Raises ValueError naming `what` and an accepted example.
+    """
+    example = f"use a non-negative decimal amount with at most {MONEY_PLACES} places, e.g. '2.49'"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        raise ValueError(f"{what} {value!r} is not an amount: {example}")
+    try:
+        amount = Decimal(str(value).strip()) if isinstance(value, (str, float)) else Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{what} {value!r} is not an amount: {example}") from None
+    if not amount.is_finite() or amount < 0 or amount >= MONEY_LIMIT:
+        raise ValueError(f"{what} {value!r} is not a valid price: {example}")
+    if amount.as_tuple().exponent < -MONEY_PLACES and amount != amount.quantize(
+        Decimal(1).scaleb(-MONEY_PLACES)
+    ):
+        raise ValueError(f"{what} {value!r} has more than {MONEY_PLACES} decimal places: {example}")
+    return abs(amount)  # -0 -> 0
+
+
+def parse_currency(value) -> str:
+    """An ISO 4217 code, upper case; raises ValueError with an example."""
+    code = value.strip().upper() if isinstance(value, str) else value
+    if not isinstance(code, str) or not re.fullmatch(r"[A-Z]{3}", code):
+        raise ValueError(f"currency {value!r} is not an ISO 4217 code: use e.g. 'USD' or 'EUR'")
+    return code
+
+
+@dataclass(frozen=True)
+class PriceSnapshot:
+    """The prices in force when a session started: what it is charged at, for good."""
+
+    #: the GPUs' model, "" for a CPU-only server
+    gpu_model: str
+    #: how many whole GPUs, 0 for a CPU-only server
+    gpus: int
+    #: per GPU and hour, for GPU sessions
+    price_per_gpu_hour: Decimal
+    #: per hour, for CPU-only sessions
+    cpu_price_per_hour: Decimal
+    #: ISO 4217 code, e.g. "USD"
+    currency: str = "USD"
+    #: time is billed in whole multiples of this many seconds, rounded up
+    billing_increment_s: int = 1
+    #: the least a session with any duration costs
+    minimum_charge: Decimal = Decimal(0)
+
+    def __post_init__(self):
+        # frozen: normalise through object.__setattr__
+        for name in ("price_per_gpu_hour", "cpu_price_per_hour", "minimum_charge"):
+            object.__setattr__(self, name, parse_money(getattr(self, name), name))
+        object.__setattr__(self, "currency", parse_currency(self.currency))
+        for name, least in (("gpus", 0), ("billing_increment_s", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+
+    @property
+    def hourly_rate(self) -> Decimal:
+        """What one hour of this session costs: GPUs × GPU price, or the CPU price."""
+        if self.gpus:
+            return _CONTEXT.multiply(self.price_per_gpu_hour, Decimal(self.gpus))
+        return self.cpu_price_per_hour
+
+    def to_labels(self) -> dict[str, str]:
+        """Flat string labels, ``jupyter-gpu-meter.price.<field>``, for a Docker container."""
+        return {_label(field.name): str(getattr(self, field.name)) for field in fields(self)}
+
+    @classmethod
+    def from_labels(cls, container_labels: dict) -> PriceSnapshot:
+        """The snapshot back from a container's labels (other labels are ignored).
+
+        Raises ValueError naming the missing or malformed label.
+        """
+        values = {}
+        for field in fields(cls):
+            key = _label(field.name)
+            if key not in (container_labels or {}):
+                raise ValueError(f"container label {key!r} is missing: no price snapshot")
+            values[field.name] = container_labels[key]
+        for name in ("gpus", "billing_increment_s"):
+            try:
+                values[name] = int(values[name])
+            except ValueError:
+                raise ValueError(
+                    f"container label {_label(name)!r} is {values[name]!r}, not a whole number"
+                ) from None
+        return cls(**values)
+
+
+def _label(name: str) -> str:
+    return LABEL_PREFIX + name.replace("_", "-")
+
+
+class Pricing(LoggingConfigurable):
+    """What GPU and CPU time costs; shared by the spawner (snapshots) and the meter (charges).
+
+    Amounts are decimal strings (``"2.49"``), ints or ``Decimal``; floats are
+    accepted and read through their shortest repr, so ``2.49`` means 2.49.
+    """
+
+    prices = Dict(
+        key_trait=Unicode(),
+        help="""
+        Price per GPU-hour by GPU model name, as NVML reports it, e.g.
+        ``{"NVIDIA H100 80GB HBM3": "2.49", "NVIDIA L4": "0.80"}``.
+        A server with 2 GPUs is charged twice the price. Models not listed
+        cost ``default_price``.
+        """,
+    ).tag(config=True)
+
+    @validate("prices")
+    def _check_prices(self, proposal):
+        checked = {}
+        for model, price in proposal.value.items():
+            if not model.strip():
+                raise ValueError(
+                    "Pricing.prices: a GPU model name is empty; use the name NVML reports, "
+                    "e.g. 'NVIDIA H100 80GB HBM3'"
+                )
+            checked[model] = parse_money(price, f"Pricing.prices[{model!r}]")
+        return checked
+
+    default_price = Any(
+        Decimal(0),
+        help="""
+        Price per GPU-hour for GPU models not in ``prices``, e.g. ``"1.99"``.
+        Default 0: GPUs of unlisted models are free.
+        """,
+    ).tag(config=True)
+
+    cpu_price = Any(
+        Decimal(0),
+        help='Price per hour of a CPU-only server (no GPU), e.g. ``"0.05"``. Default 0.',
+    ).tag(config=True)
+
+    minimum_charge = Any(
+        Decimal(0),
+        help="""
+        The least a session costs once it has run at all, e.g. ``"0.10"``.
+        Default 0: no minimum.
+        """,
+    ).tag(config=True)
+
+    @validate("default_price", "cpu_price", "minimum_charge")
+    def _check_amount(self, proposal):
+        return parse_money(proposal.value, f"Pricing.{proposal.trait.name}")
+
+    currency = Unicode(
+        "USD",
+        help='ISO 4217 code of the currency all amounts are in, e.g. ``"USD"`` or ``"EUR"``.',
+    ).tag(config=True)
+
+    @validate("currency")
+    def _check_currency(self, proposal):
+        try:
+            return parse_currency(proposal.value)
+        except ValueError as e:
+            raise ValueError(f"Pricing.{e}") from None
+
+    billing_increment = Int(
+        1,
+        help="""
+        Time is billed in whole multiples of this many seconds, rounded up.
+        1 (the default) bills per second; 60 bills per started minute.
+        """,
+    ).tag(config=True)
+
+    @validate("billing_increment")
+    def _check_increment(self, proposal):
+        if proposal.value < 1:
+            raise ValueError(
+                f"Pricing.billing_increment {proposal.value!r} must be at least 1 second: "
+                "use 1 to bill per second or 60 to bill per started minute"
+            )
+        return proposal.value
+
+    def price_per_gpu_hour(self, gpu_model: str) -> Decimal:
+        return self.prices.get(gpu_model, self.default_price)
+
+    def snapshot(self, gpu_model: str, gpus: int) -> PriceSnapshot:
+        """The prices in force now for `gpus` GPUs of `gpu_model` (0 and "" for CPU only)."""
+        return PriceSnapshot(
+            gpu_model=gpu_model if gpus else "",
+            gpus=gpus,
+            price_per_gpu_hour=self.price_per_gpu_hour(gpu_model) if gpus else Decimal(0),
+            cpu_price_per_hour=self.cpu_price,
+            currency=self.currency,
+            billing_increment_s=self.billing_increment,
+            minimum_charge=self.minimum_charge,
+        )
+
+
+def _microseconds(started_at: datetime, ended_at: datetime) -> int:
+    """Length of [started_at, ended_at] in microseconds, 0 if it ends before it starts."""
+    for name, value in (("started_at", started_at), ("ended_at", ended_at)):
+        if value.tzinfo is None:
+            raise ValueError(
+                f"{name} {value!r} is naive: pass timezone-aware UTC times, "
+                "e.g. jupyter_gpu_meter.clock.utcnow()"
+            )
+    return max((ended_at - started_at) // timedelta(microseconds=1), 0)
+
+
+def billable_seconds(started_at: datetime, ended_at: datetime, increment_s: int = 1) -> int:
+    """Seconds billed for [started_at, ended_at]: rounded up to `increment_s`, 0 if empty."""
+    if increment_s < 1:
+        raise ValueError(f"increment_s must be at least 1 second, got {increment_s!r}")
+    increment_us = increment_s * _MICROSECONDS
+    return -(-_microseconds(started_at, ended_at) // increment_us) * increment_s
+
+
+def gpu_seconds(snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime) -> Decimal:
+    """GPUs × exact seconds (to the microsecond), not rounded to the billing increment."""
+    seconds = _CONTEXT.divide(Decimal(_microseconds(started_at, ended_at)), _MICROSECONDS)
+    return _CONTEXT.multiply(seconds, Decimal(snapshot.gpus))
+
+
+def charge(snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime) -> Decimal:
+    """What [started_at, ended_at] costs at `snapshot`'s prices. Exact: never rounded.
+
+    GPU sessions: GPUs × price per GPU-hour × billable seconds / 3600; CPU-only
+    sessions: the CPU price per hour likewise. At least the minimum charge once
+    the session has any duration; 0 for none.
+    """
+    seconds = billable_seconds(started_at, ended_at, snapshot.billing_increment_s)
+    if not seconds:
+        return Decimal(0)
+    amount = _CONTEXT.divide(
+        _CONTEXT.multiply(snapshot.hourly_rate, Decimal(seconds)), _SECONDS_PER_HOUR
+    )
+    return max(amount, snapshot.minimum_charge)
+
+
+def minor_unit(currency: str) -> int:
+    """Decimal places of `currency`'s minor unit: 2 for USD, 0 for JPY, 3 for KWD."""
+    return _MINOR_UNITS.get(currency.upper(), 2)
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    """`amount` rounded half up to `currency`'s minor unit, for display and invoices."""
+    return Decimal(amount).quantize(Decimal(1).scaleb(-minor_unit(currency)), ROUND_HALF_UP)
