@@ -18,6 +18,7 @@ from .allocation import NoFreeGPUs, choose_gpus
 from .choice import Choice, ChoiceError, parse_profiles, resolve_choice
 from .container import Hardening, container_labels, enforce_create_kwargs
 from .gpus import GPUInventory, Inventory, cuda_driver_problem
+from .pricing import Pricing
 
 #: container states in which a container holds its GPUs
 HOLDING_STATES = ("running", "paused", "restarting")
@@ -329,13 +330,19 @@ class GPUDockerSpawner(DockerSpawner):
             kwargs = enforce_create_kwargs(
                 kwargs,
                 gpu_uuids=self.gpu_uuids,
-                container_labels=container_labels(
-                    user=self.user.name,
-                    server=self.name,
-                    gpu_uuids=self.gpu_uuids,
-                    gpu_model=self.gpu_model,
-                    profile=getattr(self, "_profile", ""),
-                ),
+                container_labels={
+                    **container_labels(
+                        user=self.user.name,
+                        server=self.name,
+                        gpu_uuids=self.gpu_uuids,
+                        gpu_model=self.gpu_model,
+                        profile=getattr(self, "_profile", ""),
+                    ),
+                    # the price in force now travels with the container to the meter
+                    **Pricing(parent=self)
+                    .snapshot(self.gpu_model, len(self.gpu_uuids))
+                    .to_labels(),
+                },
                 hardening=Hardening(
                     user=self.container_user,
                     cap_add=tuple(self.cap_add),

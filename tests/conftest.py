@@ -40,8 +40,10 @@ def make_hub(tmp_path, docker_client, request):
 
     hubs = []
 
-    def make(simulated_gpus="2", env=None, **extra):
-        hub = Hub(tmp_path / f"hub{len(hubs)}", docker_client, simulated_gpus, env, **extra)
+    def make(simulated_gpus="2", env=None, meter=False, **extra):
+        hub = Hub(
+            tmp_path / f"hub{len(hubs)}", docker_client, simulated_gpus, env, meter=meter, **extra
+        )
         hubs.append(hub)
         return hub.start()
 

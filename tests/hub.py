@@ -70,6 +70,19 @@ if memlock != resource.RLIM_INFINITY:
     c.GPUDockerSpawner.ulimits = {"memlock": memlock, "stack": 67108864}
 c.Spawner.start_timeout = 90
 c.Spawner.http_timeout = 90
+if settings.get("meter"):  # the meter service, managed by the hub, reading this same file
+    from jupyter_gpu_meter.hubconfig import meter_service
+
+    c.MeterService.db_url = settings["ledger_url"]
+    c.MeterService.reconcile_interval = 5
+    c.MeterService.flush_interval = 1
+    c.JupyterHub.services.append(
+        meter_service(
+            __file__,
+            url="http://127.0.0.1:%i" % settings["meter_port"],
+            environment={"JGM_TEST_SETTINGS": os.environ["JGM_TEST_SETTINGS"]},
+        )
+    )
 for key, value in settings["extra"].items():
     section, name = key.split(".")
     setattr(getattr(c, section), name, value)
@@ -86,6 +99,7 @@ class Hub:
         simulated_gpus: str | None = "2",
         env=None,
         base_config: str | None = None,
+        meter: bool = False,
         **extra,
     ):
         self.dir = tmp_path
@@ -102,6 +116,9 @@ class Hub:
             "prefix": self.prefix,
             "extra": extra,
             "base_config": base_config,
+            "meter": meter,
+            "meter_port": free_port(),
+            "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite",
         }
         tmp_path.mkdir(parents=True, exist_ok=True)
         (tmp_path / "jupyterhub_config.py").write_text(HUB_CONFIG)
@@ -150,9 +167,30 @@ class Hub:
                 self.process.kill()
                 self.process.wait()
 
-    def restart(self):
+    def restart(self, **extra):
+        """Stop the hub (its managed services with it) and start it again, with `extra` config."""
         self.stop()
+        if extra:
+            self.settings["extra"].update(extra)
+            self.env["JGM_TEST_SETTINGS"] = json.dumps(self.settings)
         return self.start()
+
+    @property
+    def ledger_url(self) -> str:
+        return self.settings["ledger_url"]
+
+    @property
+    def meter_url(self) -> str:
+        return f"{self.url}/services/gpu-meter/"
+
+    def meter_pid(self) -> int | None:
+        """The pid of the meter service process the hub started, if it runs."""
+        out = subprocess.run(
+            ["pgrep", "-f", f"jupyter_gpu_meter.cli --config {self.dir}/jupyterhub_config.py"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        return int(out[0]) if out else None
 
     def logs(self) -> str:
         return "\n".join(

@@ -1,0 +1,346 @@
+"""MeterService: the ``jupyter-gpu-meter`` process the hub runs as the service ``gpu-meter``.
+
+It is the only writer of usage. Three loops feed the ledger, each run once at
+start and then on its period, every blocking call off the event loop:
+
+- Docker events (a thread following Docker's event stream) and a periodic
+  reconcile open and close sessions (:mod:`jupyter_gpu_meter.sessions`);
+- the GPU sampler ticks (every second by default) into per-minute rollups;
+- a flush writes queued ledger writes in order, keeping them while the
+  database is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Float, Unicode, default
+from traitlets.config import Application
+
+from .._version import __version__
+from ..gpus import GPUInventory
+from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
+from ..pricing import Pricing
+from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
+from ..sessions import EVENTS_SINCE_KEY, SessionTracker
+from .handlers import HealthHandler
+
+DB_URL_ENV = "JUPYTER_GPU_METER_DB_URL"
+
+
+def create_application(meter: MeterService, prefix: str) -> web.Application:
+    """The meter's web app under `prefix` (``/services/gpu-meter/`` behind the hub)."""
+    return web.Application(
+        [(prefix + "api/health", HealthHandler, {"meter": meter})],
+        log_function=_log_request,
+    )
+
+
+def _log_request(handler):
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING
+    logging.getLogger("jupyter_gpu_meter.web").log(
+        level if handler.request.path.endswith("api/health") is False else logging.DEBUG,
+        "%d %s %.1fms",
+        status,
+        handler._request_summary(),
+        1000 * handler.request.request_time(),
+    )
+
+
+class MeterService(Application):
+    """Records every notebook session's runtime, GPUs, utilization and price in the ledger."""
+
+    name = "jupyter-gpu-meter"
+    version = __version__
+    description = "Meter GPU notebook sessions into the ledger; run by JupyterHub as a service."
+    classes = [GPUInventory, GPUSampler, Pricing]
+    aliases = {
+        "config": "MeterService.config_file",
+        "db-url": "MeterService.db_url",
+        "log-level": "Application.log_level",
+    }
+
+    config_file = Unicode(
+        "",
+        help="""
+        A config file to load, typically the hub's own ``jupyterhub_config.py``,
+        so that GPUs and prices are set once for the spawner and the meter.
+        Command-line options win over it.
+        """,
+    ).tag(config=True)
+
+    db_url = Unicode(
+        help=f"""
+        The ledger's SQLAlchemy URL: a SQLite file (default
+        ``{DEFAULT_URL}``, relative to the working directory) or PostgreSQL,
+        e.g. ``postgresql+psycopg://jgm:secret@db.example.org/jgm``.
+        Defaults to the environment variable ``{DB_URL_ENV}``.
+        """,
+    ).tag(config=True)
+
+    @default("db_url")
+    def _db_url_default(self):
+        return os.environ.get(DB_URL_ENV, DEFAULT_URL)
+
+    reconcile_interval = Float(
+        30.0,
+        min=1.0,
+        help="""
+        Seconds between reconciles against Docker's container list (e.g. 30).
+        Docker events give exact times; the reconcile catches what events missed.
+        """,
+    ).tag(config=True)
+
+    flush_interval = Float(
+        5.0,
+        min=0.1,
+        help="""
+        Seconds between writes of queued ledger writes and the current minute's
+        rollups (e.g. 5). A crash loses at most this much utilization detail;
+        session start and end times are never lost (Docker keeps them).
+        """,
+    ).tag(config=True)
+
+    service_url = Unicode(
+        help="""
+        Where the service listens, e.g. ``http://127.0.0.1:10101``. Set by the
+        hub for a managed service (``JUPYTERHUB_SERVICE_URL``).
+        """,
+    ).tag(config=True)
+
+    @default("service_url")
+    def _service_url_default(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    service_prefix = Unicode(
+        help="URL prefix of the service's pages, set by the hub (``JUPYTERHUB_SERVICE_PREFIX``).",
+    ).tag(config=True)
+
+    @default("service_prefix")
+    def _service_prefix_default(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gpu-meter/")
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+            self.update_config(self.cli_config)  # the command line wins
+        self.writer_id = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"
+
+    # --- state shared by the loops ------------------------------------------
+
+    def _setup(self):
+        import docker
+
+        self.ledger = Ledger(self.db_url)
+        self.buffer = WriteBuffer()
+        self.pricing = Pricing(parent=self)
+        self.inventory_source = GPUInventory(parent=self)
+        self.docker_api = docker.from_env().api
+        self.tracker = SessionTracker(
+            self.ledger, self.docker_api, self.pricing, write=self.buffer.add
+        )
+        self.aggregator = RollupAggregator(self.writer_id)
+        self.sampler_config = GPUSampler(parent=self)
+        self.sampler = None
+        self.sampler_problem = ""
+        self.last_tick = None
+        # one thread for Docker and ledger work keeps the tracker's writes in order
+        self.ledger_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-ledger")
+        self.sampler_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-sampler")
+        self._stopping = threading.Event()
+        self._events_stream = None
+
+    async def _in_ledger_thread(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.ledger_executor, func, *args)
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "gpu_sampling": "on" if self.sampler is not None else "off",
+            "gpu_sampling_problem": self.sampler_problem,
+            "running_sessions": len(self.tracker.running),
+            "pending_writes": len(self.buffer),
+            "last_write_error": str(self.buffer.last_error or ""),
+        }
+
+    # --- loops -----------------------------------------------------------------
+
+    async def _every(self, seconds: float, step, what: str, *, first_after: float = 0):
+        """Run `step` (after `first_after` s), then every `seconds`; on failure log, back off."""
+        await asyncio.sleep(first_after)
+        delay = seconds
+        while True:
+            try:
+                await step()
+                delay = seconds
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = min(max(delay * 2, seconds), 60)
+                self.log.exception("%s failed, retrying in %ss", what, delay)
+            await asyncio.sleep(delay)
+
+    async def _reconcile(self):
+        opened, closed = await self._in_ledger_thread(self.tracker.reconcile)
+        if opened or closed:
+            self.log.info("Reconcile: %d session(s) opened, %d closed", len(opened), len(closed))
+        await self._flush()
+
+    async def _flush(self):
+        rows = self.aggregator.rows()
+        if rows:
+            self.buffer.add(self._write_rollups, rows)
+            self.aggregator.forget_before(rows[-1].minute)  # earlier minutes are complete
+        await self._in_ledger_thread(self.buffer.flush)
+
+    def _write_rollups(self, rows):
+        # A session is opened (queued) before its GPUs get an owner, so the ledger
+        # knows every row's session; a row it cannot place means that open failed.
+        unplaced = self.ledger.add_rollups(rows)
+        if unplaced:
+            self.log.error(
+                "%d utilization row(s) for container(s) without a session were not recorded: %s",
+                len(unplaced),
+                sorted({row.container_id[:12] for row in unplaced}),
+            )
+
+    async def _tick(self):
+        if self.sampler is None:
+            return
+        tick = await asyncio.get_running_loop().run_in_executor(
+            self.sampler_executor, self.sampler.sample
+        )
+        self.last_tick = tick
+        self.aggregator.add(tick, self.tracker.gpu_owners())
+
+    def _follow_events(self, loop, queue):
+        """Thread: Docker's events, in order, into `queue`.
+
+        Each (re)connection first replays what Docker still has since the last
+        event handled (bounded by now), then asks for a reconcile, then follows
+        live events: a session that ended while the meter was not watching is
+        closed at its exact time from the replay before the reconcile would
+        fall back to an estimate.
+        """
+        delay = 1
+
+        def push(item):
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        while not self._stopping.is_set():
+            try:
+                until_ns = time.time_ns()
+                for event in self.tracker.events(self.events_since_ns, until_ns):
+                    push(event)
+                push({"reconcile": True})
+                self._events_stream = self.tracker.events(until_ns)
+                for event in self._events_stream:
+                    push(event)
+                    delay = 1
+            except Exception as e:
+                if self._stopping.is_set():
+                    return
+                self.log.warning("Docker events failed (%s), retrying in %ss", e, delay)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 30)
+
+    async def _handle_events(self, queue):
+        while True:
+            event = await queue.get()
+            try:
+                if event.get("reconcile"):  # the stream broke: Docker may have restarted
+                    await self._reconcile()
+                else:
+                    await self._in_ledger_thread(self.tracker.handle_event, event)
+                    await self._in_ledger_thread(self.buffer.flush)
+                    if event.get("timeNano"):
+                        self.events_since_ns = int(event["timeNano"])
+            except Exception:
+                self.log.exception("Handling Docker event %s failed", event)
+
+    # --- start and stop ----------------------------------------------------
+
+    async def _open_sampler(self):
+        sampler = self.sampler_config.make_sampler(self.inventory_source)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.sampler_executor, sampler.open)
+        except SamplerUnavailable as e:
+            self.sampler_problem = str(e)
+            self.log.warning("%s. Session runtimes are still metered.", e)
+            return
+        self.sampler = sampler
+
+    async def start_async(self):
+        self._setup()
+        self.log.info("Ledger: %s", self.ledger.url)
+        await self._in_ledger_thread(self.ledger.ensure_schema)
+        since = await self._in_ledger_thread(self.ledger.get_state, EVENTS_SINCE_KEY)
+        self.events_since_ns = int(since) if since else time.time_ns()
+        await self._open_sampler()
+
+        loop = asyncio.get_running_loop()
+        queue = asyncio.Queue()
+        tasks = [asyncio.ensure_future(self._handle_events(queue))]
+        events_thread = threading.Thread(
+            target=self._follow_events, args=(loop, queue), name="gpu-meter-events", daemon=True
+        )
+        events_thread.start()
+        # the events thread asks for the first reconcile, after its replay
+        reconcile = self._every(
+            self.reconcile_interval,
+            self._reconcile,
+            "Reconcile",
+            first_after=self.reconcile_interval,
+        )
+        tasks.append(asyncio.ensure_future(reconcile))
+        tasks.append(
+            asyncio.ensure_future(
+                self._every(self.sampler_config.interval, self._tick, "GPU sampling")
+            )
+        )
+        tasks.append(
+            asyncio.ensure_future(self._every(self.flush_interval, self._flush, "Ledger flush"))
+        )
+
+        url = urlparse(self.service_url)
+        server = HTTPServer(create_application(self, self.service_prefix), xheaders=True)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self.log.info("GPU meter listening on %s%s", self.service_url, self.service_prefix)
+
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("Stopping: writing what is pending")
+        self._stopping.set()
+        if self._events_stream is not None:
+            self._events_stream.close()
+        server.stop()
+        for task in tasks:
+            task.cancel()
+        try:
+            await asyncio.wait_for(self._flush(), timeout=10)
+        except Exception:
+            self.log.exception("Final flush failed; %d write(s) lost", len(self.buffer))
+        if self.sampler is not None:
+            await loop.run_in_executor(self.sampler_executor, self.sampler.close)
+
+    def start(self):
+        asyncio.run(self.start_async())
+
+
+main = MeterService.launch_instance

@@ -1,0 +1,184 @@
+"""The meter service end to end: a real hub runs it; Docker's own times are the reference.
+
+A background watcher records Docker's start and die events for every managed
+container, independently of the meter; each test compares the ledger with it.
+"""
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from jupyter_gpu_meter import labels
+from jupyter_gpu_meter.ledger import Ledger
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
+
+H100 = "NVIDIA H100 80GB HBM3"
+PRICES = {"Pricing.prices": {H100: "2.49"}, "Pricing.currency": "EUR"}
+ARTIFACTS = Path(os.environ.get("JGM_ARTIFACTS", "test-artifacts"))
+
+
+class DockerTimes:
+    """Docker's start and die times of managed containers, from its event stream."""
+
+    def __init__(self, docker_client):
+        self.times: dict[str, dict[str, datetime]] = {}
+        self._stream = docker_client.api.events(
+            filters={"type": "container", "label": labels.MANAGED, "event": ["start", "die"]},
+            decode=True,
+        )
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self):
+        try:
+            for event in self._stream:
+                seconds, nanos = divmod(int(event["timeNano"]), 10**9)
+                at = datetime.fromtimestamp(seconds, timezone.utc) + timedelta(
+                    microseconds=nanos // 1000
+                )
+                self.times.setdefault(event["id"], {})[event["Action"]] = at
+        except Exception:
+            pass  # closed
+
+    def close(self):
+        self._stream.close()
+
+
+@pytest.fixture
+def docker_times(docker_client):
+    watcher = DockerTimes(docker_client)
+    yield watcher
+    watcher.close()
+
+
+def wait_until(predicate, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def session_of(hub, container_id):
+    with Ledger(hub.ledger_url) as ledger:
+        return ledger.get_session(container_id)
+
+
+def closed_session(hub, container_id, timeout=60):
+    return wait_until(
+        lambda: (s := session_of(hub, container_id)) and s.ended_at and s,
+        timeout,
+        f"session of {container_id[:12]} to close",
+    )
+
+
+def user_sessions(hub, user):
+    with Ledger(hub.ledger_url) as ledger:
+        return ledger.sessions(user=user)
+
+
+def record_accuracy(test: str, session, docker: dict):
+    """Keep the ledger/Docker differences as a test artifact (they go in the docs)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    row = {
+        "test": test,
+        "start_diff_s": (session.started_at - docker["start"]).total_seconds(),
+        "end_diff_s": (session.ended_at - docker["die"]).total_seconds(),
+        "ledger_duration_s": (session.ended_at - session.started_at).total_seconds(),
+        "docker_duration_s": (docker["die"] - docker["start"]).total_seconds(),
+    }
+    with open(ARTIFACTS / "metering-accuracy.jsonl", "a") as out:
+        out.write(json.dumps(row) + "\n")
+    return row
+
+
+def assert_matches_docker(session, docker, test):
+    row = record_accuracy(test, session, docker)
+    assert abs(row["start_diff_s"]) <= 1, row
+    assert abs(row["end_diff_s"]) <= 1, row
+    assert abs(row["ledger_duration_s"] - row["docker_duration_s"]) <= 1, row
+
+
+def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times):
+    hub = make_hub(f"1x{H100}", meter=True, **PRICES)
+    hub.start_server("ada", {"gpus": 1})
+    container = hub.container_of("ada")
+    opened = wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
+    assert opened.ended_at is None and opened.gpu_uuids == tuple(hub.gpus_held()["ada/"])
+    time.sleep(max(0, 20 - (datetime.now(timezone.utc) - opened.started_at).total_seconds()))
+    hub.stop_server("ada")
+
+    session = closed_session(hub, container.id)
+    assert_matches_docker(session, docker_times.times[container.id], "20 s session")
+    assert session.end_reason == "stopped"
+    assert (session.user, session.server, session.gpu_model) == ("ada", "", H100)
+    assert session.price.price_per_gpu_hour == Decimal("2.49")
+    assert session.price.currency == "EUR"
+    seconds = math.ceil((session.ended_at - session.started_at).total_seconds())
+    assert 19 <= seconds <= 25
+    assert session.charge(datetime.now(timezone.utc)) == Decimal("2.49") * seconds / 3600
+    assert len(user_sessions(hub, "ada")) == 1
+    with Ledger(hub.ledger_url) as ledger:
+        rollups = ledger.rollups(container.id)
+    assert rollups and sum(r.samples for r in rollups) >= 15  # ~1 sample a second
+
+
+def test_meter_killed_mid_session_loses_nothing(make_hub, docker_times):
+    hub = make_hub(f"1x{H100}", meter=True, **PRICES)
+    hub.start_server("ada", {"gpus": 1})
+    container = hub.container_of("ada")
+    wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
+
+    os.kill(hub.meter_pid(), signal.SIGKILL)
+    # the server stops while no meter is watching: its end must still be exact
+    hub.stop_server("ada")
+    # the hub notices its managed service died and starts it again (polls every 30 s)
+    session = closed_session(hub, container.id, timeout=90)
+    assert_matches_docker(session, docker_times.times[container.id], "meter SIGKILLed")
+    assert len(user_sessions(hub, "ada")) == 1
+
+
+def test_hub_restart_continues_the_session(make_hub, docker_times):
+    hub = make_hub(f"1x{H100}", meter=True, **PRICES)
+    hub.start_server("ada", {"gpus": 1})
+    container = hub.container_of("ada")
+    before = wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
+
+    hub.restart()
+    assert hub.server_model("ada")["ready"]
+    time.sleep(3)
+    assert session_of(hub, container.id).ended_at is None
+    hub.stop_server("ada")
+
+    session = closed_session(hub, container.id)
+    assert session.started_at == before.started_at
+    assert_matches_docker(session, docker_times.times[container.id], "hub restarted")
+    assert len(user_sessions(hub, "ada")) == 1
+
+
+def test_price_change_mid_session_keeps_the_running_sessions_price(make_hub):
+    hub = make_hub(f"2x{H100}", meter=True, **PRICES)
+    hub.start_server("ada", {"gpus": 1})
+    ada = hub.container_of("ada")
+    wait_until(lambda: session_of(hub, ada.id), 30, "ada's session to open")
+
+    hub.restart(**{"Pricing.prices": {H100: "9.99"}})
+    hub.start_server("bob", {"gpus": 1})
+    bob = hub.container_of("bob")
+    wait_until(lambda: session_of(hub, bob.id), 30, "bob's session to open")
+    hub.stop_server("ada")
+    hub.stop_server("bob")
+
+    assert closed_session(hub, ada.id).price.price_per_gpu_hour == Decimal("2.49")
+    assert closed_session(hub, bob.id).price.price_per_gpu_hour == Decimal("9.99")
