@@ -67,3 +67,16 @@ if memlock != resource.RLIM_INFINITY:
 
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
+
+# --- metering: the gpu-meter service records every session in the ledger ---
+# It reads this same file, so GPUs and prices are set once. Its ledger is
+# jupyter_gpu_meter.sqlite next to jupyterhub.sqlite unless
+# JUPYTER_GPU_METER_DB_URL (or c.MeterService.db_url) says otherwise.
+from jupyter_gpu_meter.hubconfig import meter_service  # noqa: E402
+
+c.JupyterHub.services = [meter_service(__file__)]
+c.Pricing.currency = "USD"
+c.Pricing.prices = {"NVIDIA H100 80GB HBM3": "2.49"}  # per GPU-hour
+c.Pricing.default_price = "1.00"  # per GPU-hour, other models
+c.Pricing.cpu_price = "0"  # per hour, CPU-only servers
+c.Pricing.billing_increment = 1  # seconds

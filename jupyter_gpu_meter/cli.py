@@ -15,11 +15,11 @@ import sys
 from datetime import datetime
 from decimal import Decimal
 
-from traitlets import CaselessStrEnum, Unicode, default, validate
+from traitlets import CaselessStrEnum, Unicode, default
 from traitlets.config import Application
 
 from .clock import as_utc, utcnow
-from .ledger import DEFAULT_URL, Ledger
+from .ledger import DEFAULT_URL, Ledger, LedgerSchemaError
 from .pricing import round_money
 from .report import usage_by_user
 from .service.app import DB_URL_ENV, MeterService
@@ -84,18 +84,16 @@ class ReportCommand(_LedgerCommand):
         config=True
     )
 
-    @validate("since", "until")
-    def _check_date(self, proposal):
-        _parse_date(proposal.value)
-        return proposal.value
-
     def start(self):
-        now = utcnow()
-        since, until = _parse_date(self.since), _parse_date(self.until)
-        with Ledger(self.db_url) as ledger:
-            ledger.check_revision()
-            sessions = ledger.sessions(user=self.user or None, since=since, until=until)
-        rows = usage_by_user(sessions, now=now, since=since, until=until)
+        try:
+            since, until = _parse_date(self.since), _parse_date(self.until)
+            with Ledger(self.db_url) as ledger:
+                ledger.check_revision()
+                sessions = ledger.sessions(user=self.user or None, since=since, until=until)
+        except (ValueError, LedgerSchemaError) as e:
+            self.log.critical("%s", e)
+            self.exit(2)
+        rows = usage_by_user(sessions, now=utcnow(), since=since, until=until)
         sys.stdout.write(render_report(rows, self.format))
 
 

@@ -309,20 +309,22 @@ class GPUDockerSpawner(DockerSpawner):
             if self.network_name == "host":
                 self.port = random_port()
             if not self.remove:
-                await self._drop_container_with_other_gpus()
+                await self._remove_kept_container()
             return await super().start()
         finally:
             # From here on the running container's labels hold the GPUs.
             self._release(gpus)
 
-    async def _drop_container_with_other_gpus(self):
-        """A kept container has its GPUs fixed at creation: recreate it if they differ."""
-        obj = await self.get_object()
-        if obj is None:
-            return
-        held = labels.gpus_from_labels((obj.get("Config") or {}).get("Labels"))
-        if held != self.gpu_uuids:
-            self.log.info("Recreating %s: it was created with other GPUs", self.object_name)
+    async def _remove_kept_container(self):
+        """Never restart a kept container: each run gets a new one.
+
+        Docker fixes a container's GPUs when it is created, and the meter
+        records one session per container, so a restarted container would keep
+        stale GPUs or go unmetered. ``remove = False`` only keeps a stopped
+        container around (for ``docker logs``) until the server starts again.
+        """
+        if await self.get_object() is not None:
+            self.log.info("Removing kept container %s before a new run", self.object_name)
             await self.remove_object()
 
     def docker(self, method, *args, **kwargs):

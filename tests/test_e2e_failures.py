@@ -50,7 +50,7 @@ def test_a_failed_start_frees_its_gpu(make_hub):
     assert len(hub.gpus_held()["bob/"]) == 1
 
 
-def test_a_kept_container_is_recreated_when_its_gpus_change(make_hub):
+def test_a_kept_container_is_recreated_for_every_run(make_hub):
     hub = make_hub("2", **{"GPUDockerSpawner.remove": False})
     hub.start_server("ada", {"gpus": 1})
     (first,) = hub.gpus_held()["ada/"]
@@ -67,6 +67,12 @@ def test_a_kept_container_is_recreated_when_its_gpus_change(make_hub):
     assert device_ids(container) == [second]
     assert container.id != kept_id
     assert hub.seen_inside("ada")["nvidia_visible_devices"] == second
+    # the same GPU again: still a new container (one container, one metered run)
+    hub.stop_server("ada")
+    assert len(hub.containers(all=True)) == 2  # ada's stopped one is kept
+    hub.start_server("ada", {"gpus": 1})
+    assert hub.gpus_held()["ada/"] == [second]
+    assert hub.container_of("ada").id != container.id
 
 
 def test_gpus_from_nvml_and_an_image_the_driver_cannot_run(

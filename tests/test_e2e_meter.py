@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import requests
 
 from jupyter_gpu_meter import labels
 from jupyter_gpu_meter.ledger import Ledger
@@ -110,12 +111,20 @@ def assert_matches_docker(session, docker, test):
     assert abs(row["ledger_duration_s"] - row["docker_duration_s"]) <= 1, row
 
 
-def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times):
-    hub = make_hub(f"1x{H100}", meter=True, **PRICES)
+def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, tmp_path):
+    utilization = tmp_path / "utilization.json"
+    hub = make_hub(
+        f"1x{H100}",
+        env={**os.environ, "JUPYTER_GPU_METER_SIMULATED_UTILIZATION": str(utilization)},
+        meter=True,
+        **PRICES,
+    )
     hub.start_server("ada", {"gpus": 1})
     container = hub.container_of("ada")
+    (uuid,) = hub.gpus_held()["ada/"]
+    utilization.write_text(json.dumps({uuid: {"utilization": 73, "memory_used_bytes": 5 << 30}}))
     opened = wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
-    assert opened.ended_at is None and opened.gpu_uuids == tuple(hub.gpus_held()["ada/"])
+    assert opened.ended_at is None and opened.gpu_uuids == (uuid,)
     time.sleep(max(0, 20 - (datetime.now(timezone.utc) - opened.started_at).total_seconds()))
     hub.stop_server("ada")
 
@@ -131,7 +140,32 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times):
     assert len(user_sessions(hub, "ada")) == 1
     with Ledger(hub.ledger_url) as ledger:
         rollups = ledger.rollups(container.id)
-    assert rollups and sum(r.samples for r in rollups) >= 15  # ~1 sample a second
+    assert sum(r.samples for r in rollups) >= 15  # ~1 sample a second
+    assert {r.gpu_uuid for r in rollups} == {uuid}
+    assert max(r.util_max for r in rollups) == 73
+    assert max(r.memory_max_bytes for r in rollups) == 5 << 30
+
+
+def test_without_a_driver_library_runtime_is_still_metered(make_hub):
+    static = [{"uuid": "GPU-0f3c2b1a-static", "model": H100}]
+    hub = make_hub(None, meter=True, **{"GPUInventory.static": static, **PRICES})
+    health = wait_until(
+        lambda: (r := requests.get(hub.meter_url + "api/health", timeout=5)).ok and r.json(),
+        30,
+        "the meter to answer",
+    )
+    assert health["gpu_sampling"] == "off"
+    assert "no NVIDIA driver library: metering runtime only" in health["gpu_sampling_problem"]
+
+    hub.start_server("ada", {"gpus": 1})
+    container = hub.container_of("ada")
+    wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
+    hub.stop_server("ada")
+    session = closed_session(hub, container.id)
+    assert session.gpu_uuids == ("GPU-0f3c2b1a-static",)
+    assert session.ended_at > session.started_at
+    with Ledger(hub.ledger_url) as ledger:
+        assert ledger.rollups(container.id) == []
 
 
 def test_meter_killed_mid_session_loses_nothing(make_hub, docker_times):

@@ -133,6 +133,8 @@ class MeterService(Application):
 
     def initialize(self, argv=None):
         super().initialize(argv)
+        if self.subapp is not None:  # a command: jupyter-gpu-meter report, ...
+            return
         if self.config_file:
             self.load_config_file(self.config_file)
             self.update_config(self.cli_config)  # the command line wins
@@ -340,6 +342,8 @@ class MeterService(Application):
             await loop.run_in_executor(self.sampler_executor, self.sampler.close)
 
     def start(self):
+        if self.subapp is not None:
+            return self.subapp.start()
         asyncio.run(self.start_async())
 
 
