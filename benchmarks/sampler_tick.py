@@ -13,6 +13,7 @@ core at one tick per second. Usage, from the repository root:
 """
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -23,7 +24,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from jupyter_gpu_meter.sampler import NVMLSampler  # noqa: E402
+from jupyter_gpu_meter.gpus import parse_simulated  # noqa: E402
+from jupyter_gpu_meter.sampler import NVMLSampler, SimulatedSampler  # noqa: E402
 from tests.fakenvml import FakeNVML, build, load, reset  # noqa: E402
 
 GPU_COUNTS = (1, 8, 64)
@@ -109,6 +111,26 @@ def measure(pynvml, lib, workdir: Path, gpus: int, processes: int, rounds: int):
     }
 
 
+def measure_simulated(workdir: Path, gpus: int, rounds: int):
+    """One SimulatedSampler tick whose utilization file changed since the last (worst case)."""
+    inventory = parse_simulated(str(gpus))
+    path = workdir / f"simulated-{gpus}.json"
+    sampler = SimulatedSampler(inventory, str(path))
+    sampler.open()
+    wall, cpu = [], []
+    for k in range(5 + rounds):
+        path.write_text(json.dumps({gpu.uuid: (k % 100) for gpu in inventory}))
+        c0, w0 = time.process_time_ns(), time.perf_counter_ns()
+        tick = sampler.sample()
+        w1, c1 = time.perf_counter_ns(), time.process_time_ns()
+        assert tick.gpus[0].utilization == k % 100
+        if k >= 5:
+            wall.append((w1 - w0) / 1e9)
+            cpu.append((c1 - c0) / 1e9)
+    sampler.close()
+    return statistics.median(wall), statistics.median(cpu)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=300)
@@ -137,6 +159,14 @@ def main():
                 f"{wall['tick'] / wall['bare']:>9.2f} | {cpu['tick'] * 1e3:>11.3f} "
                 f"{cpu['tick'] * 100:>11.3f}"
             )
+    print()
+    print(
+        "simulated GPUs (JUPYTER_GPU_METER_SIMULATED_GPUS), utilization file rewritten every tick"
+    )
+    print(f"{'GPUs':>4} | {'tick ms':>8} | {'tick CPU ms':>11} {'% core @1Hz':>11}")
+    for gpus in GPU_COUNTS:
+        wall, cpu = measure_simulated(workdir, gpus, args.rounds)
+        print(f"{gpus:>4} | {wall * 1e3:>8.3f} | {cpu * 1e3:>11.3f} {cpu * 100:>11.3f}")
 
 
 if __name__ == "__main__":
