@@ -1,0 +1,141 @@
+"""Policies: when to stop a server, and when to vouch for a busy one. Pure decisions.
+
+Each policy is a plain callable with keyword-only arguments, like
+jupyterhub-idle-culler's ``cull_arbiter_hook``: it gets what the meter knows
+about one server and returns a :class:`Decision` or None. An admin replaces
+one with ``c.Policies.gpu_idle_policy = my_function`` (sync or async); extra
+keyword arguments may be added in later versions, so accept ``**kwargs``.
+Acting on decisions (the hub's REST API) lives in the service, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+STOP = "stop"
+WARN = "warn"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """One running server, as the meter sees it."""
+
+    user: str
+    server: str
+    container_id: str
+    profile: str
+    gpu_uuids: tuple[str, ...]
+    started_at: datetime
+    #: since when every GPU of the server has been below the idle threshold; None: busy or unknown
+    idle_since: datetime | None = None
+    #: the last time a GPU of the server was at or above the threshold; None: never seen busy
+    busy_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy wants done with a server, and why (shown to the user and logged)."""
+
+    policy: str
+    action: str
+    reason: str
+
+
+def format_duration(duration: timedelta) -> str:
+    """``timedelta(minutes=90)`` -> "1 h 30 min"; whole minutes, seconds under a minute."""
+    seconds = int(duration.total_seconds())
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min"]
+    return " ".join(part for part in parts if part and not (part == "0 min" and (days or hours)))
+
+
+def track_idle(
+    idle_since: datetime | None,
+    *,
+    at: datetime,
+    utilizations: Sequence[int | None],
+    threshold: float,
+) -> datetime | None:
+    """The new `idle_since` after a reading at `at` of a server's GPU utilizations (percent).
+
+    Idle means every GPU below `threshold`. A GPU whose utilization is unknown
+    (None: NVML error, no sampling) counts as busy: not knowing is never a
+    reason to stop a server.
+    """
+    if utilizations and all(u is not None and u < threshold for u in utilizations):
+        return idle_since or at
+    return None
+
+
+def gpu_idle(
+    *, server: ServerState, now: datetime, timeout: timedelta, **kwargs
+) -> Decision | None:
+    """Stop a GPU server whose GPUs have all been idle for `timeout` (0: never)."""
+    if not server.gpu_uuids or timeout <= timedelta(0) or server.idle_since is None:
+        return None
+    idle_for = now - server.idle_since
+    if idle_for < timeout:
+        return None
+    return Decision("gpu-idle", STOP, f"GPUs idle for {format_duration(idle_for)}")
+
+
+def max_age(*, server: ServerState, now: datetime, max_age: timedelta, **kwargs) -> Decision | None:
+    """Stop a server that has run for `max_age` (0: never)."""
+    if max_age <= timedelta(0):
+        return None
+    age = now - server.started_at
+    if age < max_age:
+        return None
+    return Decision(
+        "max-age",
+        STOP,
+        f"running for {format_duration(age)}, the most allowed is {format_duration(max_age)}",
+    )
+
+
+def keep_alive(*, server: ServerState, now: datetime, window: timedelta, **kwargs) -> bool:
+    """Report activity for a server whose GPUs were busy within `window`.
+
+    So an idle culler that only sees browser traffic keeps a training run alive.
+    """
+    return bool(server.gpu_uuids and server.busy_at and now - server.busy_at <= window)
+
+
+def budget(
+    *,
+    spent: Decimal,
+    limit: Decimal,
+    unit: str,
+    now: datetime,
+    exhausted_since: datetime | None,
+    grace: timedelta,
+    warn_fraction: Decimal,
+    **kwargs,
+) -> Decision | None:
+    """Warn at `warn_fraction` of a budget; stop `grace` after it is used up.
+
+    `unit` is the currency code or "GPU-hours"; `exhausted_since` is when the
+    meter first saw the budget used up (None: not yet).
+    """
+    if limit <= 0:
+        used_up = True
+    else:
+        used_up = spent >= limit
+    used = f"{spent.quantize(Decimal('0.01'))} of {limit.quantize(Decimal('0.01'))} {unit}"
+    if used_up:
+        if exhausted_since is not None and now - exhausted_since >= grace:
+            return Decision("budget", STOP, f"budget used up ({used})")
+        return Decision(
+            "budget",
+            WARN,
+            f"budget used up ({used}): GPU servers stop after {format_duration(grace)}",
+        )
+    if spent >= limit * warn_fraction:
+        return Decision("budget", WARN, f"{int(spent * 100 / limit)}% of the budget used ({used})")
+    return None
