@@ -72,9 +72,10 @@ c.Spawner.http_timeout = 120
 # It reads this same file, so GPUs and prices are set once. Its ledger is
 # jupyter_gpu_meter.sqlite next to jupyterhub.sqlite unless
 # JUPYTER_GPU_METER_DB_URL (or c.MeterService.db_url) says otherwise.
-from jupyter_gpu_meter.hubconfig import meter_service  # noqa: E402
+from jupyter_gpu_meter.hubconfig import meter_role, meter_service  # noqa: E402
 
 c.JupyterHub.services = [meter_service(__file__)]
+c.JupyterHub.load_roles = [meter_role()]  # least scopes: see docs, "Meter service"
 c.Pricing.currency = "USD"
 c.Pricing.prices = {"NVIDIA H100 80GB HBM3": "2.49"}  # per GPU-hour
 c.Pricing.default_price = "1.00"  # per GPU-hour, other models

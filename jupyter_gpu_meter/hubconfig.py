@@ -23,6 +23,24 @@ PASS_ENV = (
 )
 
 
+#: what the meter may do on the hub's API, and why (least privilege)
+METER_SCOPES = {
+    "servers": "stop a server that a policy (GPU idle, max age, budget) ends",
+    "users:activity": "report activity while a server's GPUs are busy (keep-alive)",
+    "read:users:groups": "find a user's group budgets",
+}
+
+
+def meter_role() -> dict:
+    """The ``c.JupyterHub.load_roles`` entry that gives the meter its scopes."""
+    return {
+        "name": "gpu-meter",
+        "description": "The gpu-meter service: " + "; ".join(METER_SCOPES.values()),
+        "scopes": sorted(METER_SCOPES),
+        "services": [SERVICE_NAME],
+    }
+
+
 def meter_service(
     config_file: str, *, url: str = "http://127.0.0.1:10101", environment: dict | None = None
 ) -> dict:

@@ -111,6 +111,8 @@ class SessionTracker:
         self.running: dict[str, ManagedContainer] = {}
         #: container id -> the signal of the last kill event, until it dies
         self._kills: dict[str, int] = {}
+        #: container id -> why a policy is stopping it ("GPUs idle for 30 min"), until it dies
+        self.stop_reasons: dict[str, str] = {}
 
     # --- what Docker has ---------------------------------------------------
 
@@ -153,6 +155,7 @@ class SessionTracker:
     def _close(self, container_id: str, ended_at: datetime, reason: str):
         self.running.pop(container_id, None)
         self._kills.pop(container_id, None)
+        self.stop_reasons.pop(container_id, None)
         self.write(
             lambda: self.ledger.close_session(container_id, ended_at=ended_at, reason=reason)
         )
@@ -219,7 +222,9 @@ class SessionTracker:
             self._kills[container_id] = int(attributes.get("signal", 0) or 0)
         elif action == "die":
             signal = self._kills.get(container_id)
-            if signal == 9:
+            if container_id in self.stop_reasons:
+                reason = f"{REASON_STOPPED}: {self.stop_reasons[container_id]}"
+            elif signal == 9:
                 reason = REASON_KILLED
             elif signal:
                 reason = REASON_STOPPED

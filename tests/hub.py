@@ -71,7 +71,7 @@ if memlock != resource.RLIM_INFINITY:
 c.Spawner.start_timeout = 90
 c.Spawner.http_timeout = 90
 if settings.get("meter"):  # the meter service, managed by the hub, reading this same file
-    from jupyter_gpu_meter.hubconfig import meter_service
+    from jupyter_gpu_meter.hubconfig import meter_role, meter_service
 
     c.MeterService.db_url = settings["ledger_url"]
     c.MeterService.reconcile_interval = 5
@@ -83,9 +83,13 @@ if settings.get("meter"):  # the meter service, managed by the hub, reading this
             environment={"JGM_TEST_SETTINGS": os.environ["JGM_TEST_SETTINGS"]},
         )
     )
+    c.JupyterHub.load_roles.append(meter_role())
 for key, value in settings["extra"].items():
     section, name = key.split(".")
-    setattr(getattr(c, section), name, value)
+    if key in ("JupyterHub.services", "JupyterHub.load_roles"):  # added to the test's own
+        getattr(c.JupyterHub, name).extend(value)
+    else:
+        setattr(getattr(c, section), name, value)
 """
 
 

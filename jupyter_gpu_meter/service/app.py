@@ -28,12 +28,14 @@ from traitlets import Float, Unicode, default
 from traitlets.config import Application
 
 from .._version import __version__
+from ..clock import utcnow
 from ..gpus import GPUInventory
 from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
 from ..sessions import EVENTS_SINCE_KEY, SessionTracker
 from .handlers import HealthHandler
+from .policy_runner import HubAPI, Policies, PolicyRunner
 
 DB_URL_ENV = "JUPYTER_GPU_METER_DB_URL"
 
@@ -64,7 +66,7 @@ class MeterService(Application):
     name = "jupyter-gpu-meter"
     version = __version__
     description = "Meter GPU notebook sessions into the ledger; run by JupyterHub as a service."
-    classes = [GPUInventory, GPUSampler, Pricing]
+    classes = [GPUInventory, GPUSampler, Pricing, Policies]
     aliases = {
         "config": "MeterService.config_file",
         "db-url": "MeterService.db_url",
@@ -154,6 +156,15 @@ class MeterService(Application):
             self.ledger, self.docker_api, self.pricing, write=self.buffer.add
         )
         self.aggregator = RollupAggregator(self.writer_id)
+        self.policies = Policies(parent=self)
+        self.runner = PolicyRunner(
+            self.policies,
+            self.tracker,
+            self._record_decision,
+            HubAPI(),
+            self.log,
+            utcnow,
+        )
         self.sampler_config = GPUSampler(parent=self)
         self.sampler = None
         self.sampler_problem = ""
@@ -219,6 +230,21 @@ class MeterService(Application):
                 sorted({row.container_id[:12] for row in unplaced}),
             )
 
+    async def _record_decision(self, *, server, decision, outcome):
+        self.buffer.add(
+            self.ledger.record_decision,
+            at=utcnow(),
+            user=server.user,
+            server=server.server,
+            container_id=server.container_id,
+            policy=decision.policy,
+            action=decision.action,
+            reason=decision.reason,
+            dry_run=self.policies.dry_run,
+            outcome=outcome,
+        )
+        await self._in_ledger_thread(self.buffer.flush)
+
     async def _tick(self):
         if self.sampler is None:
             return
@@ -227,6 +253,7 @@ class MeterService(Application):
         )
         self.last_tick = tick
         self.aggregator.add(tick, self.tracker.gpu_owners())
+        self.runner.observe(tick)
 
     def _follow_events(self, loop, queue):
         """Thread: Docker's events, in order, into `queue`.
@@ -309,6 +336,13 @@ class MeterService(Application):
             first_after=self.reconcile_interval,
         )
         tasks.append(asyncio.ensure_future(reconcile))
+        policies = self._every(
+            self.policies.interval,
+            self.runner.run_once,
+            "Policies",
+            first_after=self.policies.interval,
+        )
+        tasks.append(asyncio.ensure_future(policies))
         tasks.append(
             asyncio.ensure_future(
                 self._every(self.sampler_config.interval, self._tick, "GPU sampling")

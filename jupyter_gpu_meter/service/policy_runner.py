@@ -1,0 +1,295 @@
+"""Running the policies: what the meter knows -> decisions -> the hub's REST API.
+
+The decisions themselves are pure (:mod:`jupyter_gpu_meter.policies`); this
+module feeds them, acts on them with the least scopes (stop a server, report
+activity), logs each one and records it in the ledger with its reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from datetime import timedelta
+from urllib.parse import quote
+
+from jupyterhub.traitlets import Callable
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from traitlets import Bool, Dict, Float, Int, validate
+from traitlets.config import LoggingConfigurable
+
+from .. import policies
+from ..policies import STOP, ServerState, track_idle
+
+
+class Policies(LoggingConfigurable):
+    """When the meter stops servers, and when it vouches for busy ones."""
+
+    interval = Float(30.0, min=1.0, help="Seconds between policy checks, e.g. 30.").tag(config=True)
+
+    dry_run = Bool(
+        False,
+        help="""
+        Decide and record, but act on nothing: every decision is logged and
+        recorded as "would stop (dry run)". For trying new limits.
+        """,
+    ).tag(config=True)
+
+    gpu_idle_threshold = Float(
+        5.0,
+        min=0.0,
+        max=100.0,
+        help="""
+        A GPU below this utilization (percent) is idle, e.g. 5. A server is
+        idle when all its GPUs are.
+        """,
+    ).tag(config=True)
+
+    gpu_idle_timeout = Int(
+        3600,
+        min=0,
+        help="""
+        Stop a GPU server whose GPUs have all been idle this many seconds,
+        e.g. 3600 (1 h). 0 turns the policy off. Per profile: ``per_profile``.
+        """,
+    ).tag(config=True)
+
+    max_age = Int(
+        0,
+        min=0,
+        help="""
+        Stop any server that has run this many seconds, e.g. 86400 (1 day).
+        0 (the default) turns the policy off. Per profile: ``per_profile``.
+        """,
+    ).tag(config=True)
+
+    per_profile = Dict(
+        help="""
+        Settings for servers started with a profile, by slug, e.g.
+        ``{"gpu-2": {"gpu_idle_timeout": 1800, "max_age": 43200}}``.
+        Keys: ``gpu_idle_timeout``, ``max_age`` (seconds).
+        """,
+    ).tag(config=True)
+
+    @validate("per_profile")
+    def _check_per_profile(self, proposal):
+        allowed = {"gpu_idle_timeout", "max_age"}
+        for slug, settings in proposal.value.items():
+            if not isinstance(settings, dict) or set(settings) - allowed:
+                raise ValueError(
+                    f"per_profile[{slug!r}] = {settings!r}: use a dict with "
+                    f"{' and/or '.join(sorted(allowed))} in seconds"
+                )
+            for key, value in settings.items():
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"per_profile[{slug!r}][{key!r}] must be seconds >= 0")
+        return proposal.value
+
+    keep_alive = Bool(
+        True,
+        help="""
+        While a server's GPUs are busy, report activity to the hub, so an idle
+        culler (jupyterhub-idle-culler) keeps a training run that has no
+        browser open. Needs the ``users:activity`` scope.
+        """,
+    ).tag(config=True)
+
+    keep_alive_window = Int(
+        300,
+        min=1,
+        help="Seconds after the GPUs were last busy during which activity is reported, e.g. 300.",
+    ).tag(config=True)
+
+    budget_grace = Int(
+        300,
+        min=0,
+        help="Seconds between a user's budget running out and their servers being stopped.",
+    ).tag(config=True)
+
+    budget_warn_fraction = Float(
+        0.8,
+        min=0.0,
+        max=1.0,
+        help="Fraction of a budget at which the user is warned, e.g. 0.8 for 80 %.",
+    ).tag(config=True)
+
+    budget_minimum_start = Int(
+        3600,
+        min=0,
+        help="""
+        The spawner refuses a start that the user's remaining budget cannot
+        pay for this many seconds, e.g. 3600. 0: only refuse when nothing is left.
+        """,
+    ).tag(config=True)
+
+    gpu_idle_policy = Callable(
+        policies.gpu_idle,
+        help="""
+        ``f(*, server, now, timeout, **kwargs) -> Decision | None``, sync or
+        async. The default stops a server whose GPUs were all idle for ``timeout``.
+        """,
+    ).tag(config=True)
+
+    max_age_policy = Callable(
+        policies.max_age,
+        help="``f(*, server, now, max_age, **kwargs) -> Decision | None``, sync or async.",
+    ).tag(config=True)
+
+    keep_alive_policy = Callable(
+        policies.keep_alive,
+        help="``f(*, server, now, window, **kwargs) -> bool``: report activity for this server?",
+    ).tag(config=True)
+
+    budget_policy = Callable(
+        policies.budget,
+        help="""
+        ``f(*, spent, limit, unit, now, exhausted_since, grace, warn_fraction,
+        **kwargs) -> Decision | None``, sync or async.
+        """,
+    ).tag(config=True)
+
+    def for_profile(self, profile: str, key: str) -> timedelta:
+        return timedelta(seconds=self.per_profile.get(profile, {}).get(key, getattr(self, key)))
+
+
+async def _call(function, **kwargs):
+    result = function(**kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class HubAPI:
+    """The few hub REST calls the meter makes, with the service's own token."""
+
+    def __init__(self, url: str | None = None, token: str | None = None):
+        self.url = (url or os.environ.get("JUPYTERHUB_API_URL", "")).rstrip("/")
+        self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        self.client = AsyncHTTPClient()
+
+    async def request(self, method: str, path: str, body=None):
+        request = HTTPRequest(
+            self.url + path,
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+            request_timeout=30,
+        )
+        response = await self.client.fetch(request, raise_error=True)
+        return json.loads(response.body) if response.body else None
+
+    @staticmethod
+    def _server_path(user: str, server: str) -> str:
+        path = f"/users/{quote(user, safe='')}"
+        return path + (f"/servers/{quote(server, safe='')}" if server else "/server")
+
+    async def stop_server(self, user: str, server: str):
+        await self.request("DELETE", self._server_path(user, server))
+
+    async def report_activity(self, user: str, server: str, at):
+        stamp = at.isoformat().replace("+00:00", "Z")
+        body = {"last_activity": stamp, "servers": {server: {"last_activity": stamp}}}
+        await self.request("POST", f"/users/{quote(user, safe='')}/activity", body)
+
+
+class PolicyRunner:
+    """Tracks GPU idleness per server and applies the policies on a period."""
+
+    def __init__(self, config: Policies, tracker, record, hub: HubAPI, log, clock):
+        self.config = config
+        self.tracker = tracker
+        self.record = record  # async (decision fields) -> None, writes to the ledger
+        self.hub = hub
+        self.log = log
+        self.clock = clock
+        #: container id -> (idle_since, busy_at)
+        self.activity: dict[str, tuple] = {}
+
+    def observe(self, tick):
+        """Fold one sampler tick into each running server's idle/busy times."""
+        by_uuid = {gpu.uuid: gpu.utilization for gpu in tick.gpus}
+        for container in self.tracker.running.values():
+            if not container.gpu_uuids:
+                continue
+            utils = [by_uuid.get(uuid) for uuid in container.gpu_uuids]
+            idle_since, busy_at = self.activity.get(container.container_id, (None, None))
+            idle_since = track_idle(
+                idle_since, at=tick.at, utilizations=utils, threshold=self.config.gpu_idle_threshold
+            )
+            if any(u is not None and u >= self.config.gpu_idle_threshold for u in utils):
+                busy_at = tick.at
+            self.activity[container.container_id] = (idle_since, busy_at)
+        for container_id in set(self.activity) - set(self.tracker.running):
+            del self.activity[container_id]
+
+    def server_state(self, container) -> ServerState:
+        idle_since, busy_at = self.activity.get(container.container_id, (None, None))
+        return ServerState(
+            user=container.user,
+            server=container.server,
+            container_id=container.container_id,
+            profile=container.profile,
+            gpu_uuids=container.gpu_uuids,
+            started_at=container.started_at,
+            idle_since=idle_since,
+            busy_at=busy_at,
+        )
+
+    async def run_once(self):
+        now = self.clock()
+        for container in list(self.tracker.running.values()):
+            if container.started_at is None:
+                continue
+            server = self.server_state(container)
+            decision = await _call(
+                self.config.gpu_idle_policy,
+                server=server,
+                now=now,
+                timeout=self.config.for_profile(server.profile, "gpu_idle_timeout"),
+            ) or await _call(
+                self.config.max_age_policy,
+                server=server,
+                now=now,
+                max_age=self.config.for_profile(server.profile, "max_age"),
+            )
+            if decision is not None and decision.action == STOP:
+                await self.stop(server, decision)
+            elif self.config.keep_alive and await _call(
+                self.config.keep_alive_policy,
+                server=server,
+                now=now,
+                window=timedelta(seconds=self.config.keep_alive_window),
+            ):
+                await self.vouch(server, now)
+
+    async def stop(self, server: ServerState, decision):
+        if self.config.dry_run:
+            outcome = "would stop (dry run)"
+        else:
+            self.tracker.stop_reasons[server.container_id] = decision.reason
+            try:
+                await self.hub.stop_server(server.user, server.server)
+                outcome = "stopped"
+            except Exception as e:
+                self.tracker.stop_reasons.pop(server.container_id, None)
+                outcome = f"failed: {e}"
+        self.log.warning(
+            "Policy %s: %s/%s %s (%s)",
+            decision.policy,
+            server.user,
+            server.server,
+            outcome,
+            decision.reason,
+        )
+        await self.record(server=server, decision=decision, outcome=outcome)
+
+    async def vouch(self, server: ServerState, now):
+        try:
+            await self.hub.report_activity(server.user, server.server, now)
+        except Exception as e:
+            self.log.warning(
+                "Reporting activity of %s/%s failed: %s", server.user, server.server, e
+            )
+        else:
+            self.log.debug("GPUs of %s/%s busy: activity reported", server.user, server.server)
