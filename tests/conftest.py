@@ -57,6 +57,16 @@ def make_hub(tmp_path, docker_client, request):
         hub.cleanup()
 
 
+@pytest.fixture
+def docker_times(docker_client):
+    """Docker's own start/die times of managed containers, watched apart from the meter."""
+    from tests.metering import DockerTimes
+
+    watcher = DockerTimes(docker_client)
+    yield watcher
+    watcher.close()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield

@@ -8,107 +8,28 @@ import json
 import math
 import os
 import signal
-import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import requests
 
-from jupyter_gpu_meter import labels
 from jupyter_gpu_meter.ledger import Ledger
+from tests.metering import (
+    assert_matches_docker,
+    closed_session,
+    session_of,
+    user_sessions,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
 H100 = "NVIDIA H100 80GB HBM3"
+
+
 PRICES = {"Pricing.prices": {H100: "2.49"}, "Pricing.currency": "EUR"}
-ARTIFACTS = Path(os.environ.get("JGM_ARTIFACTS", "test-artifacts"))
-
-
-class DockerTimes:
-    """Docker's start and die times of managed containers, from its event stream."""
-
-    def __init__(self, docker_client):
-        self.times: dict[str, dict[str, datetime]] = {}
-        self._stream = docker_client.api.events(
-            filters={"type": "container", "label": labels.MANAGED, "event": ["start", "die"]},
-            decode=True,
-        )
-        self._thread = threading.Thread(target=self._follow, daemon=True)
-        self._thread.start()
-
-    def _follow(self):
-        try:
-            for event in self._stream:
-                seconds, nanos = divmod(int(event["timeNano"]), 10**9)
-                at = datetime.fromtimestamp(seconds, timezone.utc) + timedelta(
-                    microseconds=nanos // 1000
-                )
-                self.times.setdefault(event["id"], {})[event["Action"]] = at
-        except Exception:
-            pass  # closed
-
-    def close(self):
-        self._stream.close()
-
-
-@pytest.fixture
-def docker_times(docker_client):
-    watcher = DockerTimes(docker_client)
-    yield watcher
-    watcher.close()
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def session_of(hub, container_id):
-    with Ledger(hub.ledger_url) as ledger:
-        return ledger.get_session(container_id)
-
-
-def closed_session(hub, container_id, timeout=60):
-    return wait_until(
-        lambda: (s := session_of(hub, container_id)) and s.ended_at and s,
-        timeout,
-        f"session of {container_id[:12]} to close",
-    )
-
-
-def user_sessions(hub, user):
-    with Ledger(hub.ledger_url) as ledger:
-        return ledger.sessions(user=user)
-
-
-def record_accuracy(test: str, session, docker: dict):
-    """Keep the ledger/Docker differences as a test artifact (they go in the docs)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    row = {
-        "test": test,
-        "start_diff_s": (session.started_at - docker["start"]).total_seconds(),
-        "end_diff_s": (session.ended_at - docker["die"]).total_seconds(),
-        "ledger_duration_s": (session.ended_at - session.started_at).total_seconds(),
-        "docker_duration_s": (docker["die"] - docker["start"]).total_seconds(),
-    }
-    with open(ARTIFACTS / "metering-accuracy.jsonl", "a") as out:
-        out.write(json.dumps(row) + "\n")
-    return row
-
-
-def assert_matches_docker(session, docker, test):
-    row = record_accuracy(test, session, docker)
-    assert abs(row["start_diff_s"]) <= 1, row
-    assert abs(row["end_diff_s"]) <= 1, row
-    assert abs(row["ledger_duration_s"] - row["docker_duration_s"]) <= 1, row
 
 
 def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, tmp_path):

@@ -217,6 +217,10 @@ class MeterService(Application):
         if rows:
             self.buffer.add(self._write_rollups, rows)
             self.aggregator.forget_before(rows[-1].minute)  # earlier minutes are complete
+        if self.tracker.running:
+            # "seen running at": the end of a session whose end Docker forgot
+            # (engine restarted, container gone) is known to within one flush
+            self.buffer.add(self.ledger.touch_sessions, list(self.tracker.running), utcnow())
         await self._in_ledger_thread(self.buffer.flush)
 
     def _write_rollups(self, rows):
