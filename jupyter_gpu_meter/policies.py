@@ -85,6 +85,19 @@ def gpu_idle(
     return Decision("gpu-idle", STOP, f"GPUs idle for {format_duration(idle_for)}")
 
 
+def gpu_lost(*, server: ServerState, unhealthy: dict[str, str], **kwargs) -> Decision | None:
+    """Stop a server one of whose GPUs is unhealthy (lost, NVML errors).
+
+    `unhealthy` maps GPU UUIDs to what is wrong. The user's work cannot go on
+    on that GPU, and billing it would charge for a GPU that is gone; the
+    spawner never hands out an unhealthy GPU again until it recovers.
+    """
+    problems = [f"{uuid}: {unhealthy[uuid]}" for uuid in server.gpu_uuids if uuid in unhealthy]
+    if not problems:
+        return None
+    return Decision("gpu-health", STOP, "GPU unhealthy (" + "; ".join(problems) + ")")
+
+
 def max_age(*, server: ServerState, now: datetime, max_age: timedelta, **kwargs) -> Decision | None:
     """Stop a server that has run for `max_age` (0: never)."""
     if max_age <= timedelta(0):

@@ -80,7 +80,11 @@ if settings.get("meter"):  # the meter service, managed by the hub, reading this
         meter_service(
             __file__,
             url="http://127.0.0.1:%i" % settings["meter_port"],
-            environment={"JGM_TEST_SETTINGS": os.environ["JGM_TEST_SETTINGS"]},
+            environment={
+                key: os.environ[key]
+                for key in ("JGM_TEST_SETTINGS", "FAKE_NVML_STATE")
+                if key in os.environ
+            },
         )
     )
     c.JupyterHub.load_roles.append(meter_role())

@@ -74,3 +74,38 @@ def test_ledger_locked_for_30_seconds_loses_nothing(make_hub, docker_times):
     session = closed_session(hub, container.id, timeout=60)
     assert_matches_docker(session, docker_times.times[container.id], "ledger locked 30 s")
     assert len(user_sessions(hub, "ada")) == 1
+
+
+def test_a_gpu_lost_mid_session_ends_it_and_is_never_handed_out(make_hub, fake_nvml, fake_nvml_lib):
+    from tests.fakenvml import subprocess_env
+
+    for _ in range(2):
+        fake_nvml.add_gpu(name="NVIDIA H100 80GB HBM3")
+    fake_nvml.write()
+    hub = make_hub(
+        None,
+        env=subprocess_env(fake_nvml_lib, fake_nvml.state_path),
+        meter=True,
+        **{"Policies.interval": 1.0, "GPUSampler.interval": 0.5},
+    )
+    hub.start_server("ada", {"gpus": 1})
+    (lost,) = hub.gpus_held()["ada/"]
+    container = hub.container_of("ada")
+    wait_until(lambda: session_of(hub, container.id), 30, "ada's session")
+
+    fake_nvml.set_lost(fake_nvml.uuids.index(lost))
+    fake_nvml.write()
+    session = closed_session(hub, container.id, timeout=30)
+    assert session.end_reason.startswith(f"stopped: GPU unhealthy ({lost}: GPU is lost")
+    wait_until(lambda: hub.server_model("ada") is None, 30, "the hub to see ada stopped")
+
+    hub.start_server("bob", {"gpus": 1})
+    assert hub.gpus_held()["bob/"] != [lost]
+    refused = hub.start_server("cyd", {"gpus": 1})
+    assert refused.status_code == 503
+    assert refused.json()["message"] == "no free NVIDIA H100 80GB HBM3: 0 of 2 free (1 unhealthy)"
+
+    fake_nvml.set_lost(fake_nvml.uuids.index(lost), False)  # the GPU recovers
+    fake_nvml.write()
+    assert hub.start_server("cyd", {"gpus": 1}).status_code in (201, 202)
+    assert hub.gpus_held()["cyd/"] == [lost]

@@ -138,3 +138,12 @@ def test_a_zero_budget_is_used_up():
 )
 def test_durations_read_like_a_person_writes_them(duration, text):
     assert format_duration(duration) == text
+
+
+def test_gpu_lost_stops_the_server_that_holds_it():
+    from jupyter_gpu_meter.policies import gpu_lost
+
+    assert gpu_lost(server=server(), unhealthy={"GPU-z": "GPU is lost"}) is None
+    decision = gpu_lost(server=server(), unhealthy={"GPU-b": "GPU is lost (nvmlDeviceGetUUID)"})
+    assert (decision.policy, decision.action) == ("gpu-health", STOP)
+    assert decision.reason == "GPU unhealthy (GPU-b: GPU is lost (nvmlDeviceGetUUID))"

@@ -130,6 +130,15 @@ class Policies(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    gpu_health_policy = Callable(
+        policies.gpu_lost,
+        help="""
+        ``f(*, server, unhealthy, **kwargs) -> Decision | None``: ``unhealthy``
+        maps GPU UUIDs to the problem NVML reports. The default stops a server
+        whose GPU is lost, so its session ends with that reason.
+        """,
+    ).tag(config=True)
+
     max_age_policy = Callable(
         policies.max_age,
         help="``f(*, server, now, max_age, **kwargs) -> Decision | None``, sync or async.",
@@ -205,10 +214,15 @@ class PolicyRunner:
         self.clock = clock
         #: container id -> (idle_since, busy_at)
         self.activity: dict[str, tuple] = {}
+        #: GPU UUID -> problem, for the GPUs the last tick found unhealthy
+        self.unhealthy: dict[str, str] = {}
 
     def observe(self, tick):
         """Fold one sampler tick into each running server's idle/busy times."""
         by_uuid = {gpu.uuid: gpu.utilization for gpu in tick.gpus}
+        self.unhealthy = {
+            gpu.uuid: gpu.problem or "unhealthy" for gpu in tick.gpus if not gpu.healthy
+        }
         for container in self.tracker.running.values():
             if not container.gpu_uuids:
                 continue
@@ -242,16 +256,22 @@ class PolicyRunner:
             if container.started_at is None:
                 continue
             server = self.server_state(container)
-            decision = await _call(
-                self.config.gpu_idle_policy,
-                server=server,
-                now=now,
-                timeout=self.config.for_profile(server.profile, "gpu_idle_timeout"),
-            ) or await _call(
-                self.config.max_age_policy,
-                server=server,
-                now=now,
-                max_age=self.config.for_profile(server.profile, "max_age"),
+            decision = (
+                await _call(
+                    self.config.gpu_health_policy, server=server, unhealthy=dict(self.unhealthy)
+                )
+                or await _call(
+                    self.config.gpu_idle_policy,
+                    server=server,
+                    now=now,
+                    timeout=self.config.for_profile(server.profile, "gpu_idle_timeout"),
+                )
+                or await _call(
+                    self.config.max_age_policy,
+                    server=server,
+                    now=now,
+                    max_age=self.config.for_profile(server.profile, "max_age"),
+                )
             )
             if decision is not None and decision.action == STOP:
                 await self.stop(server, decision)
