@@ -15,6 +15,7 @@ from decimal import Decimal
 import pytest
 import requests
 
+from jupyter_gpu_meter.clock import parse_docker_time
 from jupyter_gpu_meter.ledger import Ledger
 from tests.metering import (
     assert_matches_docker,
@@ -51,6 +52,9 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
 
     session = closed_session(hub, container.id)
     assert_matches_docker(session, docker_times.times[container.id], "20 s session")
+    # a second, independent reference: the runtime's own start time (docker inspect)
+    runtime_start = parse_docker_time(container.attrs["State"]["StartedAt"])
+    assert abs((session.started_at - runtime_start).total_seconds()) <= 1
     assert session.end_reason == "stopped"
     assert (session.user, session.server, session.gpu_model) == ("ada", "", H100)
     assert session.price.price_per_gpu_hour == Decimal("2.49")
