@@ -18,6 +18,9 @@ c.Authenticator.admin_users = {"admin"}
 c.JupyterHub.bind_url = os.environ.get("JUPYTERHUB_BIND_URL", "http://127.0.0.1:8000")
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.allow_named_servers = True
+# Notebook servers outlive a hub restart (upgrades, config changes); the spawner
+# reads their GPUs back from Docker and the meter goes on metering them.
+c.JupyterHub.cleanup_servers = False
 
 # --- GPUs ---
 c.JupyterHub.spawner_class = "gpu-docker"
@@ -72,10 +75,13 @@ c.Spawner.http_timeout = 120
 # It reads this same file, so GPUs and prices are set once. Its ledger is
 # jupyter_gpu_meter.sqlite next to jupyterhub.sqlite unless
 # JUPYTER_GPU_METER_DB_URL (or c.MeterService.db_url) says otherwise.
-from jupyter_gpu_meter.hubconfig import meter_role, meter_service  # noqa: E402
+# setup_meter also gives the service its role (least scopes: see docs, "Meter
+# service"), lets every user see their own usage at /services/gpu-meter/ and
+# adds "GPU usage" to the hub's navigation bar. Hub admins see everyone's; to
+# let others see everyone's too, pass read_all_users=[...] or read_all_groups=[...].
+from jupyter_gpu_meter.hubconfig import setup_meter  # noqa: E402
 
-c.JupyterHub.services = [meter_service(__file__)]
-c.JupyterHub.load_roles = [meter_role()]  # least scopes: see docs, "Meter service"
+setup_meter(c, __file__)
 c.Pricing.currency = "USD"
 c.Pricing.prices = {"NVIDIA H100 80GB HBM3": "2.49"}  # per GPU-hour
 c.Pricing.default_price = "1.00"  # per GPU-hour, other models

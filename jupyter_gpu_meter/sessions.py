@@ -171,7 +171,8 @@ class SessionTracker:
         summaries = self.docker.containers(all=True, filters={"label": labels.MANAGED})
         running = {}
         for summary in summaries:
-            if summary.get("State") != "running":
+            # a paused container still holds its GPUs: its session goes on
+            if summary.get("State") not in ("running", "paused", "restarting"):
                 continue
             container = self._inspect(summary["Id"])
             if container is not None and container.running and container.started_at:
