@@ -187,7 +187,10 @@ def test_older_revision_is_not_migrated_behind_the_admins_back(make_ledger):
         with pytest.raises(LedgerSchemaError) as error:
             check()
         message = str(error.value)
-        assert "is at schema revision 0001; this version of jupyter-gpu-meter needs 0002" in message
+        head = ledger_schema.head_revision()
+        assert (
+            f"is at schema revision 0001; this version of jupyter-gpu-meter needs {head}" in message
+        )
         assert "Back up the database" in message
         assert f"jupyter-gpu-meter upgrade-db --db-url '{ledger.url}'" in message
     ledger.upgrade()
@@ -537,3 +540,12 @@ def test_snapshot_from_the_ledger_charges_like_the_original(ledger):
     assert stored.price == price
     for end in (T0, at(1), at(61), at(86400)):
         assert stored.charge(end) == charge(price, T0, end)
+
+
+def test_a_long_end_reason_is_shortened_to_fit_not_refused(ledger):
+    open_session(ledger)
+    reason = "stopped: GPU unhealthy (" + "GPU-x: GPU is lost; " * 20 + ")"
+    assert len(reason) > 255
+    assert ledger.close_session("c1", ended_at=T0 + timedelta(minutes=1), reason=reason)
+    stored = ledger.get_session("c1").end_reason
+    assert len(stored) == 255 and stored.endswith("…") and reason.startswith(stored[:-1])

@@ -1,13 +1,24 @@
-"""The ledger: sessions, per-minute GPU rollups and meter state (SQLAlchemy 2 + alembic)."""
+"""The ledger: sessions, GPU rollups, meter state, decisions, budgets (SQLAlchemy 2 + alembic)."""
 
 from .buffer import WriteBuffer, is_transient
-from .records import Rollup, RollupRow, SessionRecord, truncate_to_minute
+from .records import (
+    BudgetChange,
+    BudgetRecord,
+    DecisionRecord,
+    Rollup,
+    RollupRow,
+    SessionRecord,
+    truncate_to_minute,
+)
 from .schema import LedgerSchemaError
 from .store import DEFAULT_URL, Ledger, make_engine
 from .types import Money, UTCDateTime
 
 __all__ = [
     "DEFAULT_URL",
+    "BudgetChange",
+    "BudgetRecord",
+    "DecisionRecord",
     "Ledger",
     "LedgerSchemaError",
     "Money",

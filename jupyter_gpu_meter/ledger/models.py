@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .types import Money, UTCDateTime
@@ -97,3 +108,74 @@ class StateModel(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DecisionModel(Base):
+    """A policy's decision about one server (stop, warn, keep alive) and its outcome."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    username: Mapped[str] = mapped_column(String(255))
+    server: Mapped[str] = mapped_column(String(255))
+    container_id: Mapped[str] = mapped_column(String(128))
+    #: "gpu-idle", "max-age", "budget", "keep-alive", ...
+    policy: Mapped[str] = mapped_column(String(64))
+    #: "stop", "warn", ...
+    action: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    #: "stopped", "would stop (dry run)", "failed: <error>", "reported activity", ...
+    outcome: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(None, "username", "at"),
+        Index(None, "at"),
+        # a retried write of the same decision adds nothing
+        UniqueConstraint("container_id", "policy", "at"),
+    )
+
+
+class BudgetModel(Base):
+    """A budget in force: an amount per period for a user, or for each member of a group."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: "user" or "group"
+    scope: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(255))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    #: "money" or "gpu-hours"
+    unit: Mapped[str] = mapped_column(String(16))
+    #: ISO 4217 for money, None for GPU-hours
+    currency: Mapped[str | None] = mapped_column(String(3))
+    #: "month" or "rolling:<days>"
+    period: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+    __table_args__ = (UniqueConstraint("scope", "name"),)
+
+
+class BudgetChangeModel(Base):
+    """Every change to a budget: set, grant (extra for the current period), remove."""
+
+    __tablename__ = "budget_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: who made the change ("by" is a keyword in SQL)
+    changed_by: Mapped[str] = mapped_column(String(255))
+    scope: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(255))
+    #: "set", "grant" or "remove"
+    change: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    unit: Mapped[str | None] = mapped_column(String(16))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    period: Mapped[str | None] = mapped_column(String(32))
+    note: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index(None, "scope", "name", "at"),)

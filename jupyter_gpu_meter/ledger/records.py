@@ -95,3 +95,64 @@ class Rollup:
     memory_max_bytes: int
     #: how many meter processes wrote to this minute
     writers: int
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """What a policy decided about a server, and what came of it."""
+
+    id: int
+    at: datetime
+    user: str
+    server: str
+    container_id: str
+    #: e.g. "gpu-idle", "max-age", "budget", "keep-alive"
+    policy: str
+    #: e.g. "stop", "warn", "keep-alive"
+    action: str
+    #: why, in words shown to the user
+    reason: str
+    #: True when the meter only said what it would do
+    dry_run: bool
+    #: what happened, e.g. "stopped", "would stop (dry run)", "failed: <error>"
+    outcome: str
+
+
+@dataclass(frozen=True)
+class BudgetRecord:
+    """An amount of money or GPU-hours per period, for a user or for each member of a group."""
+
+    #: "user" or "group"
+    scope: str
+    #: the user or group name
+    name: str
+    #: per period
+    amount: Decimal
+    #: "money" or "gpu-hours"
+    unit: str
+    #: ISO 4217 code for money, None for GPU-hours
+    currency: str | None
+    #: "month" (calendar month, UTC) or "rolling:<days>"
+    period: str
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    """One change to a budget: who made it, when, and how much."""
+
+    id: int
+    at: datetime
+    #: who made it
+    by: str
+    scope: str
+    name: str
+    #: "set", "grant" or "remove"
+    change: str
+    #: set: the new amount; grant: the extra amount; remove: the amount removed
+    amount: Decimal | None
+    unit: str | None
+    currency: str | None
+    period: str | None
+    note: str

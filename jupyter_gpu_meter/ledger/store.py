@@ -1,4 +1,4 @@
-"""The ledger store: sessions, per-minute rollups and the meter's state in one database.
+"""The ledger store: sessions, rollups, meter state, policy decisions and budgets in one database.
 
 Every method is blocking and uses a short transaction of its own: call them
 off the event loop. A write that fails (database down, locked) raises; the
@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
+from decimal import Decimal
 
 from sqlalchemy import (
     Engine,
     bindparam,
     case,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -26,11 +28,27 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+from .. import budgets as _budgets
 from ..clock import utcnow
 from ..pricing import PriceSnapshot
 from . import schema
-from .models import RollupModel, SessionModel, StateModel
-from .records import Rollup, RollupRow, SessionRecord, truncate_to_minute
+from .models import (
+    BudgetChangeModel,
+    BudgetModel,
+    DecisionModel,
+    RollupModel,
+    SessionModel,
+    StateModel,
+)
+from .records import (
+    BudgetChange,
+    BudgetRecord,
+    DecisionRecord,
+    Rollup,
+    RollupRow,
+    SessionRecord,
+    truncate_to_minute,
+)
 from .types import UTCDateTime
 
 log = logging.getLogger(__name__)
@@ -43,10 +61,15 @@ SUPPORTED = ("sqlite", "postgresql")
 _WRITE = "jupyter_gpu_meter_write"
 #: one key for PostgreSQL's advisory lock around schema changes ("jgm-ledger")
 _SCHEMA_LOCK = 0x6A676D2D6C6564
+#: the longest reason, outcome or note the ledger takes, in characters
+_LONG = 1 << 16
 
 _sessions = SessionModel.__table__
 _rollups = RollupModel.__table__
 _state = StateModel.__table__
+_decisions = DecisionModel.__table__
+_budgets_table = BudgetModel.__table__
+_changes = BudgetChangeModel.__table__
 
 
 def make_engine(url: str, *, lock_timeout: float = 10.0) -> Engine:
@@ -133,8 +156,61 @@ def _record(row) -> SessionRecord:
     )
 
 
+def _text(name: str, value, *, most: int = 255, empty: bool = True) -> str:
+    if not isinstance(value, str) or (not empty and not value) or len(value) > most:
+        allowed = "a string" if empty else "a non-empty string"
+        raise ValueError(
+            f"{name} {value!r} is not allowed: give {allowed} of at most {most} characters"
+        )
+    return value
+
+
+def _budget_record(row) -> BudgetRecord:
+    return BudgetRecord(
+        scope=row.scope,
+        name=row.name,
+        amount=row.amount,
+        unit=row.unit,
+        currency=row.currency,
+        period=row.period,
+        updated_at=row.updated_at,
+        updated_by=row.updated_by,
+    )
+
+
+def _change_record(row) -> BudgetChange:
+    return BudgetChange(
+        id=row.id,
+        at=row.at,
+        by=row.changed_by,
+        scope=row.scope,
+        name=row.name,
+        change=row.change,
+        amount=row.amount,
+        unit=row.unit,
+        currency=row.currency,
+        period=row.period,
+        note=row.note,
+    )
+
+
+def _decision_record(row) -> DecisionRecord:
+    return DecisionRecord(
+        id=row.id,
+        at=row.at,
+        user=row.username,
+        server=row.server,
+        container_id=row.container_id,
+        policy=row.policy,
+        action=row.action,
+        reason=row.reason,
+        dry_run=bool(row.dry_run),
+        outcome=row.outcome,
+    )
+
+
 class Ledger:
-    """Sessions, rollups and meter state in a SQLite file or a PostgreSQL database.
+    """Sessions, rollups, meter state, decisions and budgets in SQLite or PostgreSQL.
 
     ``Ledger("sqlite:///jupyter_gpu_meter.sqlite")`` or
     ``Ledger("postgresql+psycopg://jgm:secret@db/jgm")``. Nothing connects
@@ -276,6 +352,8 @@ class Ledger:
         before the start is taken as the start: a session never lasts < 0 s.
         """
         ended = bindparam("ended", _aware("ended_at", ended_at), type_=UTCDateTime())
+        if len(reason) > 255:  # the column's width; a policy's reason can be long
+            reason = reason[:254] + "…"
         statement = (
             update(_sessions)
             .where(_sessions.c.container_id == container_id, _sessions.c.ended_at.is_(None))
@@ -456,3 +534,288 @@ class Ledger:
         )
         with self._write() as connection:
             connection.execute(statement)
+
+    # --- policy decisions -----------------------------------------------------
+
+    def record_decision(
+        self,
+        *,
+        at: datetime,
+        user: str,
+        server: str,
+        container_id: str,
+        policy: str,
+        action: str,
+        reason: str,
+        dry_run: bool,
+        outcome: str,
+    ) -> int:
+        """Record what a policy decided about a server and what came of it; the row's id.
+
+        Idempotent on (container_id, policy, at): writing the same decision
+        again (a retried write) adds nothing and returns the first row's id.
+        """
+        at = _aware("at", at)
+        if not isinstance(dry_run, bool):
+            raise TypeError(f"dry_run must be True or False, got {dry_run!r}")
+        values = {
+            "at": at,
+            "username": _text("user", user, empty=False),
+            "server": _text("server", server),
+            "container_id": _text("container_id", container_id, most=128),
+            "policy": _text("policy", policy, most=64, empty=False),
+            "action": _text("action", action, most=64, empty=False),
+            "reason": _text("reason", reason, most=_LONG),
+            "dry_run": dry_run,
+            "outcome": _text("outcome", outcome, most=_LONG),
+        }
+        statement = (
+            self._insert(_decisions)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["container_id", "policy", "at"])
+        )
+        key = select(_decisions.c.id).where(
+            _decisions.c.container_id == container_id,
+            _decisions.c.policy == policy,
+            _decisions.c.at == at,
+        )
+        with self._write() as connection:
+            connection.execute(statement)
+            return connection.execute(key).scalar_one()
+
+    def decisions(
+        self,
+        *,
+        user: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[DecisionRecord]:
+        """Recorded decisions, newest first: at most `limit`, at or after `since`."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit {limit!r} is not allowed: give a whole number >= 1")
+        d = _decisions.c
+        conditions = []
+        if user is not None:
+            conditions.append(d.username == user)
+        if since is not None:
+            conditions.append(d.at >= _aware("since", since))
+        statement = select(_decisions).where(*conditions).order_by(d.at.desc(), d.id.desc())
+        with self._read() as connection:
+            rows = connection.execute(statement.limit(limit))
+            return [_decision_record(row) for row in rows]
+
+    # --- budgets ------------------------------------------------------------------
+
+    def set_budget(
+        self,
+        *,
+        scope: str,
+        name: str,
+        amount,
+        unit: str,
+        period: str,
+        currency: str | None = None,
+        by: str,
+        at: datetime,
+    ) -> bool:
+        """Set the budget of a user or of each member of a group; True if it changed.
+
+        `amount` per `period` ("month" or "rolling:<days>") in `unit`
+        ("money", with an ISO 4217 `currency`, or "gpu-hours"). Replaces the
+        budget (scope, name) had; the change is recorded with `by` and `at`.
+        Setting the same values again changes and records nothing (False).
+        Grants made earlier in the period still count.
+        """
+        scope = _budgets.parse_scope(scope)
+        name = _budgets.parse_name(name, scope)
+        amount = _budgets.parse_amount(amount)
+        unit = _budgets.parse_unit(unit)
+        period = _budgets.parse_period(period)
+        currency = _budgets.parse_currency_for(unit, currency)
+        by = _text("by", by, empty=False)
+        at = _aware("at", at)
+        values = {"amount": amount, "unit": unit, "currency": currency, "period": period}
+        with self._write() as connection:
+            current = self._budget_row(connection, scope, name)
+            if current is not None and all(
+                getattr(current, key) == value for key, value in values.items()
+            ):
+                return False
+            # an upsert: a concurrent first set of the same budget is a change, not an error
+            statement = self._insert(_budgets_table).values(
+                scope=scope, name=name, updated_at=at, updated_by=by, **values
+            )
+            statement = statement.on_conflict_do_update(
+                index_elements=["scope", "name"],
+                set_={
+                    key: statement.excluded[key] for key in (*values, "updated_at", "updated_by")
+                },
+            )
+            connection.execute(statement)
+            self._record_change(connection, at, by, scope, name, _budgets.SET, note="", **values)
+        return True
+
+    def grant_budget(
+        self,
+        *,
+        scope: str,
+        name: str,
+        amount,
+        by: str,
+        at: datetime,
+        note: str = "",
+        unit: str | None = None,
+        currency: str | None = None,
+    ) -> BudgetChange:
+        """Add `amount` to a budget for the current period only; the recorded change.
+
+        The grant is in the unit (and currency) of (scope, name)'s budget. A
+        user without a budget of their own may still get a grant on top of
+        their group's budget: then give its `unit` (and `currency`). Grants
+        add up; each is recorded with `by`, `at` and `note`.
+        """
+        scope = _budgets.parse_scope(scope)
+        name = _budgets.parse_name(name, scope)
+        amount = _budgets.parse_amount(amount, "grant amount", positive=True)
+        by = _text("by", by, empty=False)
+        note = _text("note", note, most=_LONG)
+        at = _aware("at", at)
+        with self._write() as connection:
+            current = self._budget_row(connection, scope, name)
+            if current is not None:
+                other_unit = unit is not None and _budgets.parse_unit(unit) != current.unit
+                other_currency = currency is not None and str(currency).strip().upper() != (
+                    current.currency or ""
+                )
+                if other_unit or other_currency:
+                    raise ValueError(
+                        f"{scope} {name!r} has a budget in "
+                        f"{_budgets.unit_label(current.unit, current.currency)}: a grant is in "
+                        "the same unit; leave unit and currency out"
+                    )
+                unit, currency, period = current.unit, current.currency, current.period
+            elif scope == _budgets.GROUP:
+                raise ValueError(f"group {name!r} has no budget to add to: set one first")
+            elif unit is None:
+                raise ValueError(
+                    f"user {name!r} has no budget of their own: set one first, or give the "
+                    "unit (and currency) of the group budget the grant adds to, e.g. "
+                    "unit='money', currency='USD'"
+                )
+            else:
+                unit = _budgets.parse_unit(unit)
+                currency = _budgets.parse_currency_for(unit, currency)
+                period = None
+            change_id = self._record_change(
+                connection,
+                at,
+                by,
+                scope,
+                name,
+                _budgets.GRANT,
+                amount=amount,
+                unit=unit,
+                currency=currency,
+                period=period,
+                note=note,
+            )
+            row = connection.execute(select(_changes).where(_changes.c.id == change_id)).one()
+        return _change_record(row)
+
+    def remove_budget(self, *, scope: str, name: str, by: str, at: datetime) -> bool:
+        """Remove the budget of (scope, name); True if there was one.
+
+        Recorded as a change (with the amount removed). Grants made before it
+        no longer count, even if a budget is set again in the same period.
+        """
+        scope = _budgets.parse_scope(scope)
+        name = _budgets.parse_name(name, scope)
+        by = _text("by", by, empty=False)
+        at = _aware("at", at)
+        with self._write() as connection:
+            current = self._budget_row(connection, scope, name)
+            if current is None:
+                return False
+            connection.execute(delete(_budgets_table).where(_budgets_table.c.id == current.id))
+            self._record_change(
+                connection,
+                at,
+                by,
+                scope,
+                name,
+                _budgets.REMOVE,
+                amount=current.amount,
+                unit=current.unit,
+                currency=current.currency,
+                period=current.period,
+                note="",
+            )
+        return True
+
+    def budgets(self) -> list[BudgetRecord]:
+        """Every budget in force, users' then groups', by name."""
+        b = _budgets_table.c
+        statement = select(_budgets_table).order_by(case((b.scope == "user", 0), else_=1), b.name)
+        with self._read() as connection:
+            return [_budget_record(row) for row in connection.execute(statement)]
+
+    def get_budget(self, scope: str, name: str) -> BudgetRecord | None:
+        """The budget of a user or group, None if it has none."""
+        scope = _budgets.parse_scope(scope)
+        with self._read() as connection:
+            row = self._budget_row(connection, scope, name, lock=False)
+        return _budget_record(row) if row is not None else None
+
+    def budget_changes(
+        self, *, scope: str | None = None, name: str | None = None
+    ) -> list[BudgetChange]:
+        """Recorded budget changes, oldest first; all, or those of a scope and name."""
+        conditions = []
+        if scope is not None:
+            conditions.append(_changes.c.scope == _budgets.parse_scope(scope))
+        if name is not None:
+            conditions.append(_changes.c.name == name)
+        statement = select(_changes).where(*conditions).order_by(_changes.c.at, _changes.c.id)
+        with self._read() as connection:
+            return [_change_record(row) for row in connection.execute(statement)]
+
+    @staticmethod
+    def _budget_row(connection, scope: str, name: str, *, lock: bool = True):
+        b = _budgets_table.c
+        statement = select(_budgets_table).where(b.scope == scope, b.name == name)
+        if lock:  # in a write: PostgreSQL holds the row until the change is recorded
+            statement = statement.with_for_update()
+        return connection.execute(statement).first()
+
+    @staticmethod
+    def _record_change(
+        connection,
+        at: datetime,
+        by: str,
+        scope: str,
+        name: str,
+        change: str,
+        *,
+        amount: Decimal | None,
+        unit: str | None,
+        currency: str | None,
+        period: str | None,
+        note: str,
+    ) -> int:
+        result = connection.execute(
+            _changes.insert()
+            .values(
+                at=at,
+                changed_by=by,
+                scope=scope,
+                name=name,
+                change=change,
+                amount=amount,
+                unit=unit,
+                currency=currency,
+                period=period,
+                note=note,
+            )
+            .returning(_changes.c.id)
+        )
+        return result.scalar_one()

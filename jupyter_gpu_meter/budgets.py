@@ -1,0 +1,415 @@
+"""Budgets: which one applies to a user, and how much of it is spent. Pure.
+
+A budget is an amount of money (in one currency) or of GPU-hours per period:
+the calendar month in UTC (``"month"``) or the last N days (``"rolling:30"``).
+It belongs to a user or to a JupyterHub group; a group budget applies to each
+member on their own ("students: 50 USD per month each"). A user's own budget
+overrides their groups'; among several groups the largest amount applies.
+
+Grants add to a budget for the current period only: a grant counts while its
+time lies in the period (this month, or the last N days).
+
+The ledger stores budgets and every change to them
+(:meth:`jupyter_gpu_meter.ledger.Ledger.budgets`,
+:meth:`~jupyter_gpu_meter.ledger.Ledger.budget_changes`); the functions here
+take those records, or any objects with the same attributes, plus the user's
+sessions, and compute what is left. Nothing here touches a database.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Protocol
+
+from .pricing import MONEY_LIMIT, MONEY_PLACES, PriceSnapshot, charge, gpu_seconds, parse_currency
+
+USER = "user"
+GROUP = "group"
+#: who a budget belongs to
+SCOPES = (USER, GROUP)
+
+MONEY = "money"
+GPU_HOURS = "gpu-hours"
+#: what a budget counts
+UNITS = (MONEY, GPU_HOURS)
+
+MONTH = "month"
+ROLLING = "rolling:"
+#: the longest rolling window, in days
+MAX_ROLLING_DAYS = 3660
+
+SET = "set"
+GRANT = "grant"
+REMOVE = "remove"
+#: the kinds of budget change the ledger records
+CHANGES = (SET, GRANT, REMOVE)
+
+_HOUR = Decimal(3600)
+
+
+class Budget(Protocol):
+    """What the functions here read of a budget (the ledger's ``BudgetRecord`` has it)."""
+
+    scope: str
+    name: str
+    amount: Decimal
+    unit: str
+    currency: str | None
+    period: str
+
+
+class Change(Protocol):
+    """What the functions here read of a budget change (the ledger's ``BudgetChange``)."""
+
+    at: datetime
+    scope: str
+    name: str
+    change: str
+    amount: Decimal | None
+    unit: str | None
+    currency: str | None
+
+
+class Session(Protocol):
+    """What the functions here read of a session (the ledger's ``SessionRecord``)."""
+
+    user: str
+    price: PriceSnapshot
+    started_at: datetime
+    ended_at: datetime | None
+
+
+# --- validation ------------------------------------------------------------------
+
+
+def parse_scope(value) -> str:
+    """'user' or 'group'; raises ValueError saying so."""
+    scope = value.strip().lower() if isinstance(value, str) else value
+    if scope not in SCOPES:
+        raise ValueError(f"budget scope {value!r} is not allowed: use 'user' or 'group'")
+    return scope
+
+
+def parse_unit(value) -> str:
+    """'money' or 'gpu-hours'; raises ValueError saying so."""
+    unit = value.strip().lower() if isinstance(value, str) else value
+    if unit not in UNITS:
+        raise ValueError(
+            f"budget unit {value!r} is not allowed: use 'money' (an amount in a currency) "
+            "or 'gpu-hours'"
+        )
+    return unit
+
+
+def parse_period(value) -> str:
+    """'month' or 'rolling:<days>' (1 to 3660 days), normalised; raises ValueError saying so."""
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if text == MONTH:
+        return MONTH
+    match = re.fullmatch(r"rolling:\s*(\d+)", text)
+    if match and 1 <= int(match.group(1)) <= MAX_ROLLING_DAYS:
+        return f"{ROLLING}{int(match.group(1))}"
+    raise ValueError(
+        f"budget period {value!r} is not allowed: use 'month' (the calendar month in UTC) or "
+        f"'rolling:<days>' for the last 1 to {MAX_ROLLING_DAYS} days, e.g. 'rolling:30'"
+    )
+
+
+def parse_amount(value, what: str = "amount", *, positive: bool = False) -> Decimal:
+    """A budget or grant amount as ``Decimal``: not negative (with `positive`, above 0).
+
+    At most 6 decimal places. Floats are read through ``str``. Raises
+    ValueError naming `what` and what is allowed.
+    """
+    least = "a positive" if positive else "a non-negative"
+    example = f"use {least} number with at most {MONEY_PLACES} decimal places, e.g. 50 or 12.5"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        raise ValueError(f"{what} {value!r} is not a number: {example}")
+    try:
+        amount = Decimal(str(value).strip()) if isinstance(value, (str, float)) else Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{what} {value!r} is not a number: {example}") from None
+    if not amount.is_finite():
+        raise ValueError(f"{what} {value!r} is not a number: {example}")
+    if amount < 0 or (positive and amount == 0):
+        raise ValueError(f"{what} {value!r} is not allowed: {example}")
+    if amount >= MONEY_LIMIT:
+        raise ValueError(f"{what} {value!r} is too large: it must be below {MONEY_LIMIT:,}")
+    if amount != amount.quantize(Decimal(1).scaleb(-MONEY_PLACES)):
+        raise ValueError(f"{what} {value!r} has more than {MONEY_PLACES} decimal places: {example}")
+    return abs(amount)  # -0 -> 0
+
+
+def parse_currency_for(unit: str, currency) -> str | None:
+    """The currency a budget in `unit` needs: an ISO 4217 code for money, None for GPU-hours."""
+    if unit == MONEY:
+        if currency is None or currency == "":
+            raise ValueError(
+                "a money budget needs a currency: give the one the hub charges in "
+                "(Pricing.currency), e.g. 'USD'"
+            )
+        return parse_currency(currency)
+    if currency:
+        raise ValueError(
+            f"a {unit} budget has no currency (got {currency!r}): leave the currency out"
+        )
+    return None
+
+
+def parse_name(value, scope: str) -> str:
+    """A user or group name: not empty, at most 255 characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 255:
+        raise ValueError(
+            f"{scope} name {value!r} is not allowed: give the JupyterHub {scope} name, "
+            "1 to 255 characters"
+        )
+    return value
+
+
+# --- periods and limits --------------------------------------------------------------
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    """Where the period containing `now` starts, UTC.
+
+    ``"month"``: midnight UTC on the 1st of `now`'s month; ``"rolling:N"``:
+    exactly N days before `now`.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"now {now!r} is naive: pass a timezone-aware UTC time")
+    now = now.astimezone(timezone.utc)
+    period = parse_period(period)
+    if period == MONTH:
+        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return now - timedelta(days=int(period[len(ROLLING) :]))
+
+
+def unit_label(unit: str, currency: str | None) -> str:
+    """How amounts of a budget are shown: its currency code, or "GPU-hours"."""
+    return currency if unit == MONEY and currency else "GPU-hours"
+
+
+def granted(
+    budget: Budget, changes: Iterable[Change], *, now: datetime, user: str | None = None
+) -> Decimal:
+    """The grants that add to `budget` in the period containing `now`.
+
+    Grants to the budget's owner and, with `user`, to that user themself, in
+    the budget's unit and currency, made in [period start, now] and after the
+    last removal of their owner's budget: a budget removed and set again
+    starts without the old grants.
+    """
+    start = period_start(budget.period, now)
+    owners = {(budget.scope, budget.name)}
+    if user is not None:
+        owners.add((USER, user))
+    changes = sorted(changes, key=lambda change: change.at)
+    removed: dict[tuple[str, str], datetime] = {}
+    for change in changes:
+        if change.change == REMOVE and change.at <= now:
+            removed[(change.scope, change.name)] = change.at
+    total = Decimal(0)
+    for change in changes:
+        owner = (change.scope, change.name)
+        if (
+            change.change == GRANT
+            and owner in owners
+            and start <= change.at <= now
+            and (owner not in removed or change.at > removed[owner])
+            and change.unit == budget.unit
+            and change.currency == budget.currency
+        ):
+            total += change.amount
+    return total
+
+
+def spent(
+    sessions: Iterable[Session],
+    *,
+    unit: str,
+    currency: str | None,
+    since: datetime,
+    now: datetime,
+) -> Decimal:
+    """What `sessions` used in [since, now]: money in `currency`, or GPU-hours. Exact.
+
+    Only the part of each session inside the window counts, charged at the
+    price snapshot it started with (like ``jupyter-gpu-meter report --since``);
+    running sessions count up to `now`. A money budget counts only sessions
+    charged in its currency: amounts in another currency cannot be converted.
+    """
+    total = Decimal(0)
+    for session in sessions:
+        start = max(session.started_at, since)
+        end = min(session.ended_at or now, now)
+        if end <= start:
+            continue
+        if unit == MONEY:
+            if session.price.currency == currency:
+                total += charge(session.price, start, end)
+        else:
+            total += gpu_seconds(session.price, start, end) / _HOUR
+    return total
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A user's budget in the current period: the limit, what is spent, what is left."""
+
+    #: the user it is about
+    user: str
+    #: where the budget comes from: ("user", the user) or ("group", a group of theirs)
+    scope: str
+    name: str
+    unit: str
+    #: ISO 4217 code for money budgets, None for GPU-hours
+    currency: str | None
+    period: str
+    period_start: datetime
+    #: the budget's amount per period
+    amount: Decimal
+    #: grants in this period, to the budget's owner and to the user
+    granted: Decimal
+    #: amount + granted
+    limit: Decimal
+    #: used in this period, exact (running sessions up to now)
+    spent: Decimal
+    #: limit - spent, never below 0
+    remaining: Decimal
+    #: spent / limit (1 for a limit of 0: nothing may be spent)
+    fraction: Decimal
+
+    @property
+    def unit_label(self) -> str:
+        """The currency code, or "GPU-hours"."""
+        return unit_label(self.unit, self.currency)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.spent >= self.limit
+
+
+def budget_status(
+    budget: Budget,
+    changes: Iterable[Change],
+    sessions: Iterable[Session],
+    *,
+    now: datetime,
+    user: str | None = None,
+) -> BudgetStatus:
+    """Where `user` stands against `budget` at `now`.
+
+    `user` defaults to the budget's name for a user budget; a group budget
+    applies to each member, so say which. Only that user's sessions count
+    (others in `sessions` are ignored). The limit is the budget's amount plus
+    the grants made in the current period to the budget's owner and, for a
+    group budget, to the user themself (in the budget's unit and currency).
+    """
+    if user is None:
+        if budget.scope != USER:
+            raise ValueError(
+                f"group {budget.name!r}'s budget applies to each member: pass user=<member>"
+            )
+        user = budget.name
+    start = period_start(budget.period, now)
+    extra = granted(budget, changes, now=now, user=user)
+    limit = budget.amount + extra
+    used = spent(
+        (session for session in sessions if session.user == user),
+        unit=budget.unit,
+        currency=budget.currency,
+        since=start,
+        now=now,
+    )
+    return BudgetStatus(
+        user=user,
+        scope=budget.scope,
+        name=budget.name,
+        unit=budget.unit,
+        currency=budget.currency,
+        period=budget.period,
+        period_start=start,
+        amount=budget.amount,
+        granted=extra,
+        limit=limit,
+        spent=used,
+        remaining=max(limit - used, Decimal(0)),
+        fraction=used / limit if limit > 0 else Decimal(1),
+    )
+
+
+def effective_budget(user: str, groups: Iterable[str], budgets: Iterable[Budget]) -> Budget | None:
+    """The budget that applies to `user`, a member of `groups`; None: no budget, no limit.
+
+    The user's own budget if there is one; else the budget of their groups
+    with the largest amount (the user gets the most generous of their groups).
+    Amounts in different units or currencies cannot be compared: if their
+    groups' budgets mix them, the group whose name sorts first applies (give
+    such users a budget of their own). Equal amounts: the name sorting first.
+    """
+    groups = set(groups)
+    candidates = []
+    for budget in budgets:
+        if budget.scope == USER and budget.name == user:
+            return budget
+        if budget.scope == GROUP and budget.name in groups:
+            candidates.append(budget)
+    if not candidates:
+        return None
+    candidates.sort(key=lambda budget: budget.name)
+    if len({(budget.unit, budget.currency) for budget in candidates}) > 1:
+        return candidates[0]
+    return max(candidates, key=lambda budget: budget.amount)  # max keeps the first of ties
+
+
+def user_budget_status(
+    user: str,
+    groups: Iterable[str],
+    budgets: Iterable[Budget],
+    changes: Iterable[Change],
+    sessions: Iterable[Session],
+    *,
+    now: datetime,
+) -> BudgetStatus | None:
+    """:func:`effective_budget` then :func:`budget_status`; None when no budget applies."""
+    budget = effective_budget(user, groups, budgets)
+    if budget is None:
+        return None
+    return budget_status(budget, changes, sessions, now=now, user=user)
+
+
+# --- what a start can afford ---------------------------------------------------------
+
+
+def hourly_usage(status: BudgetStatus, price: PriceSnapshot) -> Decimal:
+    """What one hour of a server at `price` uses of the budget in `status`.
+
+    Money: the snapshot's hourly rate, if it is charged in the budget's
+    currency (0 otherwise: it does not count against this budget). GPU-hours:
+    the number of GPUs (0 for a CPU-only server).
+    """
+    if status.unit == MONEY:
+        return price.hourly_rate if price.currency == status.currency else Decimal(0)
+    return Decimal(price.gpus)
+
+
+def affordable_seconds(status: BudgetStatus, hourly_rate) -> int | None:
+    """How many whole seconds the remaining budget pays for at `hourly_rate`; None: unlimited.
+
+    `hourly_rate` is what one hour of the server uses of the budget: money per
+    hour for a money budget, GPUs for a GPU-hours budget (see
+    :func:`hourly_usage`). A rate of 0 uses nothing of the budget: None. For
+    the spawner's "refuse a start that the remaining budget cannot cover for a
+    minimum time"; the billing increment and minimum charge are not counted.
+    """
+    rate = Decimal(hourly_rate)
+    if not rate.is_finite() or rate < 0:
+        raise ValueError(f"hourly_rate {hourly_rate!r} must be a non-negative number")
+    if rate == 0:
+        return None
+    return math.floor(status.remaining * _HOUR / rate)
