@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from .gpus import SIMULATED_ENV
 from .sampler import SIMULATED_UTILIZATION_ENV
 from .service.app import DB_URL_ENV
+from .service.auth import READ_ALL_DESCRIPTION, READ_ALL_SCOPE
 
 #: the service's name, and so its URL prefix: /services/gpu-meter/
 SERVICE_NAME = "gpu-meter"
@@ -25,7 +27,10 @@ PASS_ENV = (
 
 #: what the meter may do on the hub's API, and why (least privilege)
 METER_SCOPES = {
-    "servers": "stop a server that a policy (GPU idle, max age, budget) ends",
+    "servers": (
+        "stop a server that a policy (GPU idle, max age, budget) ends, or that a hub admin "
+        "stops with the admin page's button (DELETE /users/:name/server needs delete:servers)"
+    ),
     "users:activity": "report activity while a server's GPUs are busy (keep-alive)",
     "read:users:groups": "find a user's group budgets",
 }
@@ -58,3 +63,108 @@ def meter_service(
         "cwd": os.getcwd(),  # a relative ledger path means next to jupyterhub.sqlite
         "environment": env,
     }
+
+
+# --- usage pages: access, the custom scope, the hub's navigation bar ---------------
+
+#: the scope that lets a user (or a token) use the service at all: pages, API, CSV
+ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
+#: the hub template dir whose page.html adds "GPU usage" to the hub's navigation bar
+TEMPLATE_PATH = str(Path(__file__).parent / "hub_templates")
+#: the role that grants READ_ALL_SCOPE (see read_all_role)
+READ_ALL_ROLE = "gpu-meter-read-all"
+
+
+def template_paths(existing=()) -> list[str]:
+    """``c.JupyterHub.template_paths`` with the "GPU usage" link added (after yours).
+
+    A ``page.html`` of your own earlier in the list wins: add the link there
+    (see ``jupyter_gpu_meter/hub_templates/page.html``).
+    """
+    paths = [str(path) for path in existing or ()]
+    return paths if TEMPLATE_PATH in paths else [*paths, TEMPLATE_PATH]
+
+
+def read_all_role(users=(), groups=()) -> dict:
+    """A role that lets `users` and `groups` see every user's usage (not stop servers)."""
+    return {
+        "name": READ_ALL_ROLE,
+        "description": READ_ALL_DESCRIPTION,
+        "scopes": [READ_ALL_SCOPE, ACCESS_SCOPE],
+        "users": list(users),
+        "groups": list(groups),
+    }
+
+
+def _current(section, name: str, empty):
+    """A config value as set so far (a LazyConfigValue's value too), else `empty`."""
+    value = section.get(name)
+    if value is None:
+        return empty
+    if hasattr(value, "get_value"):
+        return value.get_value(empty)
+    return value
+
+
+def _put_named(entries: list, entry: dict) -> list:
+    """`entries` with `entry` in place of the one of the same name (or appended)."""
+    return [e for e in entries if e.get("name") != entry["name"]] + [entry]
+
+
+def _grant_users_access(c) -> None:
+    """Every user may use the service (JupyterHub 5 gives users no service access)."""
+    from jupyterhub import version_info
+
+    if version_info >= (6,):
+        scopes = set(_current(c.JupyterHub, "extra_user_scopes", set()))
+        c.JupyterHub.extra_user_scopes = scopes | {ACCESS_SCOPE}
+        return
+    roles = list(_current(c.JupyterHub, "load_roles", []))
+    user = next((role for role in roles if role.get("name") == "user"), None)
+    scopes = list(user.get("scopes", ["self"])) if user else ["self"]
+    if ACCESS_SCOPE not in scopes:
+        scopes.append(ACCESS_SCOPE)
+    c.JupyterHub.load_roles = _put_named(roles, {**(user or {"name": "user"}), "scopes": scopes})
+
+
+def setup_meter(
+    c,
+    config_file: str,
+    *,
+    url: str = "http://127.0.0.1:10101",
+    environment: dict | None = None,
+    read_all_users=(),
+    read_all_groups=(),
+) -> None:
+    """Configure the hub for the meter, in ``jupyterhub_config.py``: ``setup_meter(c, __file__)``.
+
+    - runs the meter as the managed service ``gpu-meter`` (:func:`meter_service`),
+      shown in the hub's Services menu, logging users in through the hub's
+      OAuth without a confirmation page, and asking for :data:`READ_ALL_SCOPE`
+      for those who hold it;
+    - gives the service its role (:func:`meter_role`);
+    - defines the custom scope :data:`READ_ALL_SCOPE` and, when
+      `read_all_users` or `read_all_groups` are given, a role granting it
+      (:func:`read_all_role`);
+    - lets every user use the service (:data:`ACCESS_SCOPE`);
+    - adds "GPU usage" to the hub's navigation bar (:func:`template_paths`).
+
+    Calling it again replaces what it set; other services and roles stay.
+    """
+    service = meter_service(config_file, url=url, environment=environment)
+    service.update(
+        display=True,
+        oauth_no_confirm=True,
+        oauth_client_allowed_scopes=[READ_ALL_SCOPE],
+    )
+    c.JupyterHub.services = _put_named(list(_current(c.JupyterHub, "services", [])), service)
+    roles = _put_named(list(_current(c.JupyterHub, "load_roles", [])), meter_role())
+    if read_all_users or read_all_groups:
+        roles = _put_named(roles, read_all_role(read_all_users, read_all_groups))
+    c.JupyterHub.load_roles = roles
+    c.JupyterHub.custom_scopes = {
+        **_current(c.JupyterHub, "custom_scopes", {}),
+        READ_ALL_SCOPE: {"description": READ_ALL_DESCRIPTION},
+    }
+    _grant_users_access(c)
+    c.JupyterHub.template_paths = template_paths(_current(c.JupyterHub, "template_paths", []))

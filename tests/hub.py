@@ -56,7 +56,11 @@ c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {"admin"}
 c.JupyterHub.services = [{"name": "test-admin", "api_token": settings["token"]}]
 c.JupyterHub.load_roles = [
-    {"name": "test-admin", "scopes": ["admin:users", "admin:servers"], "services": ["test-admin"]}
+    {
+        "name": "test-admin",
+        "scopes": ["admin:users", "admin:servers", "tokens"],
+        "services": ["test-admin"],
+    }
 ]
 c.JupyterHub.spawner_class = "gpu-docker"
 c.GPUDockerSpawner.image = settings["image"]
@@ -71,23 +75,22 @@ if memlock != resource.RLIM_INFINITY:
 c.Spawner.start_timeout = 90
 c.Spawner.http_timeout = 90
 if settings.get("meter"):  # the meter service, managed by the hub, reading this same file
-    from jupyter_gpu_meter.hubconfig import meter_role, meter_service
+    # the service, its role, the read-all scope, users' access, the nav link
+    from jupyter_gpu_meter.hubconfig import setup_meter
 
     c.MeterService.db_url = settings["ledger_url"]
     c.MeterService.reconcile_interval = 5
     c.MeterService.flush_interval = 1
-    c.JupyterHub.services.append(
-        meter_service(
-            __file__,
-            url="http://127.0.0.1:%i" % settings["meter_port"],
-            environment={
-                key: os.environ[key]
-                for key in ("JGM_TEST_SETTINGS", "FAKE_NVML_STATE")
-                if key in os.environ
-            },
-        )
+    setup_meter(
+        c,
+        __file__,
+        url="http://127.0.0.1:%i" % settings["meter_port"],
+        environment={
+            key: os.environ[key]
+            for key in ("JGM_TEST_SETTINGS", "FAKE_NVML_STATE")
+            if key in os.environ
+        },
     )
-    c.JupyterHub.load_roles.append(meter_role())
 for key, value in settings["extra"].items():
     section, name = key.split(".")
     if key in ("JupyterHub.services", "JupyterHub.load_roles"):  # added to the test's own
@@ -223,6 +226,13 @@ class Hub:
         response = self.api("POST", "/users", json={"usernames": list(names)})
         assert response.status_code in (201, 409), response.text
         return names
+
+    def user_token(self, user: str) -> str:
+        """A new API token of `user`, as a script of theirs would hold."""
+        self.create_users(user)
+        response = self.api("POST", f"/users/{user}/tokens", json={"note": "test"})
+        assert response.status_code == 201, response.text
+        return response.json()["token"]
 
     def start_server(self, user: str, options=None, server: str = "", wait=True):
         """POST the start; with wait, follow a pending spawn until it ends. Returns the response."""

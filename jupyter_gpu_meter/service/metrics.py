@@ -1,0 +1,145 @@
+"""Prometheus text at ``GET /services/gpu-meter/metrics``.
+
+Protected like the hub's own ``/hub/metrics``: a hub token whose owner has
+the scope ``read:metrics`` (hub admins have it; give a Prometheus service a
+role with it). Every value is read when scraped: the GPUs from the meter's
+last sample, the per-user counters from the ledger (cached for
+``c.UsagePages.metrics_cache_seconds``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .auth import Authenticated
+from .handlers import JSONHandler
+
+#: the hub scope that allows scraping
+METRICS_SCOPE = "read:metrics"
+PREFIX = "jupyter_gpu_meter_"
+
+
+def metric_families(tick, running: dict, health: dict, per_user) -> list:
+    """The metric families of one scrape. Pure.
+
+    `tick`: the last sample (or None), `running`: container id -> running
+    container, `health`: the meter's health dict, `per_user`: (GPU-seconds by
+    user, charges by (user, currency)), all time.
+    """
+    gpu_labels = ["uuid", "index", "model"]
+
+    def gauge(name, doc, labels=gpu_labels):
+        return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+
+    utilization = gauge("gpu_utilization_ratio", "GPU utilization (0-1) at the last sample.")
+    memory_used = gauge("gpu_memory_used_bytes", "GPU memory in use at the last sample.")
+    memory_total = gauge("gpu_memory_total_bytes", "GPU memory in all.")
+    power = gauge("gpu_power_watts", "GPU power draw at the last sample.")
+    temperature = gauge("gpu_temperature_celsius", "GPU temperature at the last sample.")
+    healthy = gauge("gpu_healthy", "1 if the GPU answered the last sample, else 0.")
+    allocated = gauge("gpu_allocated", "1 if a running server holds the GPU, else 0.")
+    holder = gauge(
+        "gpu_holder_info",
+        "1 for each GPU a running server holds, labelled with who holds it.",
+        labels=["uuid", "user", "server"],
+    )
+    holders = {uuid: container for container in running.values() for uuid in container.gpu_uuids}
+    for gpu in tick.gpus if tick is not None else ():
+        labels = [gpu.uuid, str(gpu.index), gpu.model]
+        if gpu.utilization is not None:
+            utilization.add_metric(labels, gpu.utilization / 100)
+        if gpu.healthy:
+            memory_used.add_metric(labels, gpu.memory_used_bytes)
+        memory_total.add_metric(labels, gpu.memory_total_bytes)
+        if gpu.power_watts is not None:
+            power.add_metric(labels, gpu.power_watts)
+        if gpu.temperature_c is not None:
+            temperature.add_metric(labels, gpu.temperature_c)
+        healthy.add_metric(labels, 1 if gpu.healthy else 0)
+        allocated.add_metric(labels, 1 if gpu.uuid in holders else 0)
+    for uuid, container in sorted(holders.items()):
+        holder.add_metric([uuid, container.user, container.server], 1)
+
+    seconds, charges = per_user
+    gpu_seconds = CounterMetricFamily(
+        PREFIX + "user_gpu_seconds",
+        "GPU-seconds used per user, all time (running sessions up to the scrape).",
+        labels=["user"],
+    )
+    for user, value in sorted(seconds.items()):
+        gpu_seconds.add_metric([user], float(value))
+    charged = CounterMetricFamily(
+        PREFIX + "user_charges",
+        "Charges per user in the currency of the label, all time, unrounded.",
+        labels=["user", "currency"],
+    )
+    for (user, currency), value in sorted(charges.items()):
+        charged.add_metric([user, currency], float(value))
+
+    sessions = GaugeMetricFamily(PREFIX + "running_sessions", "Servers running now.")
+    sessions.add_metric([], len(running))
+    families = [
+        utilization,
+        memory_used,
+        memory_total,
+        power,
+        temperature,
+        healthy,
+        allocated,
+        holder,
+        gpu_seconds,
+        charged,
+        sessions,
+    ]
+    tick_duration = GaugeMetricFamily(
+        PREFIX + "sampler_tick_duration_seconds",
+        "How long the last GPU sample took (absent while GPU sampling is off).",
+    )
+    last_tick = GaugeMetricFamily(
+        PREFIX + "sampler_last_tick_timestamp_seconds",
+        "When the last GPU sample was taken, seconds since the epoch.",
+    )
+    if tick is not None:
+        tick_duration.add_metric([], tick.duration_s)
+        last_tick.add_metric([], tick.at.timestamp())
+    sampling = GaugeMetricFamily(PREFIX + "gpu_sampling", "1 if GPU sampling is on, else 0.")
+    sampling.add_metric([], 1 if health.get("gpu_sampling") == "on" else 0)
+    pending = GaugeMetricFamily(
+        PREFIX + "ledger_pending_writes", "Ledger writes queued, not yet written."
+    )
+    pending.add_metric([], health.get("pending_writes", 0))
+    return [*families, tick_duration, last_tick, sampling, pending]
+
+
+class _Families:
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
+def exposition(families) -> bytes:
+    """Prometheus text format of `families`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+class MetricsHandler(Authenticated, JSONHandler):
+    """``GET metrics``: needs a hub token with ``read:metrics`` (no cookie login)."""
+
+    @property
+    def hub_scopes(self):
+        return {METRICS_SCOPE}
+
+    async def get(self):
+        context = self.context
+        reader = context.reader
+        per_user = await reader.call(reader.metrics_totals)
+        live = context.live
+        body = exposition(metric_families(live.tick(), live.running(), live.health(), per_user))
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(body)

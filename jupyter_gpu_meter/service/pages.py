@@ -1,0 +1,348 @@
+"""The usage pages: the user's own page, the admin page and its stop button.
+
+Rendered with Jinja (autoescape on) through the hub's own ``page.html``, so the
+pages carry the hub's navigation bar, CSS and dark mode. Templates are looked
+up in this package's ``templates/``, then the hub's ``template_paths`` (from
+the hub's config file), then the hub's default templates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from urllib.parse import urlencode
+
+import jinja2
+from tornado import web
+
+from .. import usage
+from .._version import __version__
+from ..pricing import minor_unit, round_money
+from .auth import READ_ALL_SCOPE, Authenticated, PageUser
+from .charts import bar_chart_svg, sparkline_svg
+from .reader import gpu_rows
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+#: the package's hub templates: page.html adds "GPU usage" to the hub's navigation bar
+HUB_TEMPLATES = HERE.parent / "hub_templates"
+
+
+def hub_default_templates() -> str:
+    """The hub's own templates (share/jupyterhub/templates of the installed JupyterHub)."""
+    from jupyterhub._data import DATA_FILES_PATH
+
+    return os.path.join(DATA_FILES_PATH, "templates")
+
+
+def make_templates(hub_template_paths=(), template_vars: dict | None = None) -> jinja2.Environment:
+    """The Jinja environment of the pages: ours, the hub's configured, the hub's defaults."""
+    default = hub_default_templates()
+    loader = jinja2.ChoiceLoader(
+        [
+            jinja2.FileSystemLoader(str(TEMPLATES)),
+            jinja2.FileSystemLoader([str(p) for p in hub_template_paths if p]),
+            jinja2.FileSystemLoader(str(HUB_TEMPLATES)),
+            jinja2.PrefixLoader({"templates": jinja2.FileSystemLoader(default)}, "/"),
+            jinja2.FileSystemLoader(default),
+        ]
+    )
+    env = jinja2.Environment(loader=loader, autoescape=True)
+    env.filters.update(
+        money=format_money,
+        charges=format_charges,
+        hours=format_hours,
+        duration=format_duration,
+        utc=format_time,
+        percent=format_percent,
+        bytes=format_bytes,
+    )
+    env.globals["template_vars"] = {
+        key: value for key, value in (template_vars or {}).items() if not callable(value)
+    }
+    return env
+
+
+# --- formatting (for people; the API gives exact decimals) ------------------------
+
+
+def format_money(amount: Decimal, currency: str) -> str:
+    """``12.35 USD``: rounded half up to the currency's minor unit."""
+    return f"{round_money(Decimal(amount), currency):,} {currency}"
+
+
+def format_charges(charges: dict, currency: str = "") -> str:
+    """Charges in several currencies, ``12.35 USD + 1.00 EUR``; ``0.00 <currency>`` if none."""
+    if not charges:
+        return format_money(Decimal(0), currency or "USD")
+    return " + ".join(format_money(amount, cur) for cur, amount in sorted(charges.items()))
+
+
+def format_hours(hours: Decimal) -> str:
+    return f"{Decimal(hours).quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
+
+
+def format_duration(seconds: float) -> str:
+    """``2 d 03 h``, ``1 h 02 min``, ``5 min 03 s``, ``42 s``."""
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours:02d} h"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def format_time(at: datetime | None) -> str:
+    return "" if at is None else usage.isoformat(at)[:16].replace("T", " ") + " UTC"
+
+
+def format_percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}%"
+
+
+def format_bytes(value: int | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1024**3:.1f} GiB"
+
+
+# --- handlers ------------------------------------------------------------------------
+
+
+class PageHandler(Authenticated, web.RequestHandler):
+    """A page: a browser that is not logged in is sent through the hub's OAuth login."""
+
+    def not_authenticated(self):
+        if self.request.method in ("GET", "HEAD"):
+            self.redirect(self.get_login_url())
+            return
+        super().not_authenticated()
+
+    def namespace(self, **extra) -> dict:
+        """What the hub's page.html expects, and ours."""
+        context = self.context
+        viewer = self.viewer
+
+        def hub_static(path, include_version=True):
+            return context.hub_prefix + "static/" + path
+
+        def meter_static(path):
+            return f"{context.prefix}static/{path}?v={__version__}"
+
+        return {
+            # the hub's page.html
+            "base_url": context.hub_prefix,
+            "prefix": context.base_url,
+            "user": PageUser(viewer.name) if viewer else None,
+            "login_url": context.hub_prefix + "login",
+            "logout_url": context.hub_prefix + "logout",
+            "static_url": hub_static,
+            "version_hash": "",
+            "services": [{"name": context.service_name, "href": context.prefix}],
+            "parsed_scopes": {"admin-ui": True} if viewer and viewer.admin else {},
+            "admin_access": bool(viewer and viewer.admin),
+            "no_spawner_check": True,
+            "announcement": "",
+            "logo_url": "",
+            "xsrf_token": self.xsrf_token.decode("ascii") if viewer else "",
+            # ours
+            "meter_prefix": context.prefix,
+            "meter_static": meter_static,
+            "viewer": viewer,
+            "read_all_scope": READ_ALL_SCOPE,
+            **extra,
+        }
+
+    def render_page(self, name: str, **extra):
+        template = self.context.templates.get_template(name)
+        self.set_header("Content-Security-Policy", "frame-ancestors 'self'")
+        self.finish(template.render(self.namespace(**extra)))
+
+    def write_error(self, status_code, **kwargs):
+        message = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], web.HTTPError) and exc_info[1].log_message:
+            error = exc_info[1]
+            message = error.log_message % error.args if error.args else error.log_message
+        try:
+            self.render_page("error.html", status_code=status_code, message=message)
+        except Exception:  # never fail the error page itself
+            log.exception("Rendering the error page failed")
+            self.finish(f"{status_code}: {message}")
+
+    def query(self, name: str) -> str | None:
+        return self.get_query_argument(name, None)
+
+    def bad_request(self, error: usage.UsageArgumentError):
+        raise web.HTTPError(400, "%s", str(error))
+
+
+def _live_running(view) -> dict:
+    """The part of a user's view the page's script refreshes."""
+    return {
+        "as_of": usage.isoformat(view.now),
+        "running": [item.to_json() for item in view.running],
+        "this_month": view.this_month.to_json(),
+        "all_time": view.all_time.to_json(),
+    }
+
+
+class UserPageHandler(PageHandler):
+    """``GET /services/gpu-meter/``: your GPU usage (admins: ``?user=`` anyone's)."""
+
+    async def get(self):
+        viewer = self.viewer
+        subject = self.query("user") or viewer.name
+        viewer.check_read(subject)
+        try:
+            since, until = usage.parse_range(self.query("since"), self.query("until"))
+            offset = usage.parse_count(self.query("offset"), "offset", default=0)
+        except usage.UsageArgumentError as e:
+            self.bad_request(e)
+        reader = self.context.reader
+        view = await reader.call(reader.user_view, subject, since=since, until=until, offset=offset)
+        currencies = {view.currency, *view.all_time.charges}
+        live = {
+            "url": self.context.prefix + "api/usage?" + urlencode({"user": subject, "limit": 0}),
+            "refresh_s": self.context.settings.refresh_interval,
+            "minor_units": {currency: minor_unit(currency) for currency in currencies},
+            "data": _live_running(view),
+        }
+
+        def page_url(new_offset):
+            args = {"user": subject if subject != viewer.name else None, "offset": new_offset}
+            args.update(since=self.query("since"), until=self.query("until"))
+            return "?" + urlencode({k: v for k, v in args.items() if v not in (None, "")})
+
+        history = view.history
+        self.render_page(
+            "usage.html",
+            view=view,
+            subject=subject,
+            own=subject == viewer.name,
+            chart=bar_chart_svg(view.daily),
+            sparkline=lambda item: sparkline_svg(item.utilization),
+            live=live,
+            since_text=self.query("since") or "",
+            until_text=self.query("until") or "",
+            previous_url=page_url(max(history.offset - history.limit, 0))
+            if history.offset
+            else None,
+            next_url=page_url(history.next_offset) if history.next_offset is not None else None,
+        )
+
+
+class AdminPageHandler(PageHandler):
+    """``GET admin``: every user, every GPU, totals, CSV, stop buttons."""
+
+    async def get(self):
+        viewer = self.viewer
+        viewer.check_sees_everyone("the admin page")
+        arguments = self.request.query_arguments
+        now = self.context.reader.clock()
+        if "since" not in arguments and "until" not in arguments:
+            since_text, until_text = usage.month_start(now).date().isoformat(), ""
+        else:
+            since_text, until_text = self.query("since") or "", self.query("until") or ""
+        try:
+            since, until = usage.parse_range(since_text, until_text)
+            sort = usage.parse_choice(self.query("sort"), "sort", usage.USER_SORT_KEYS, "gpu_hours")
+            order = usage.parse_choice(self.query("order"), "order", ("asc", "desc"), "desc")
+            offset = usage.parse_count(self.query("offset"), "offset", default=0)
+        except usage.UsageArgumentError as e:
+            self.bad_request(e)
+        reader = self.context.reader
+        view = await reader.call(
+            reader.users_view, since=since, until=until, sort=sort, order=order, offset=offset
+        )
+        gpus = await gpu_list(self.context, viewer)
+        range_args = {"since": since_text, "until": until_text}
+
+        def url(**changes):
+            args = {**range_args, "sort": sort, "order": order, **changes}
+            return "?" + urlencode({k: v for k, v in args.items() if v is not None})
+
+        def sort_url(key):
+            if key == sort:  # the current column: the other way round
+                new_order = "asc" if order == "desc" else "desc"
+            else:
+                new_order = "asc" if key == "user" else "desc"
+            return url(sort=key, order=new_order, offset=None)
+
+        page = view.users
+        self.render_page(
+            "admin.html",
+            view=view,
+            gpus=gpus,
+            since_text=since_text,
+            until_text=until_text,
+            sort=sort,
+            order=order,
+            sort_url=sort_url,
+            csv_url=self.context.prefix
+            + "api/export.csv?"
+            + urlencode({k: v for k, v in range_args.items() if v}),
+            this_month=usage.month_start(now).date().isoformat(),
+            previous_url=url(offset=max(page.offset - page.limit, 0)) if page.offset else None,
+            next_url=url(offset=page.next_offset) if page.next_offset is not None else None,
+            stopped=self.query("stopped"),
+            live={
+                "url": self.context.prefix + "api/gpus",
+                "refresh_s": self.context.settings.refresh_interval,
+            },
+        )
+
+
+async def gpu_list(context, viewer) -> list[dict]:
+    """The GPUs as ``api/gpus`` gives them to `viewer` (inventory read off the loop)."""
+    live = context.live
+    tick = live.tick()
+    inventory = None if tick is not None else await context.reader.call(live.inventory)
+    return gpu_rows(
+        tick,
+        inventory,
+        live.running(),
+        viewer=viewer.name,
+        sees_everyone=viewer.sees_everyone,
+    )
+
+
+class StopServerHandler(PageHandler):
+    """``POST admin/stop`` (form fields ``user``, ``server``): stop a user's server.
+
+    Hub admins only. From the admin page it needs the page's XSRF token (a
+    cookie-authenticated POST without it is not authenticated at all); a
+    script uses a token instead. The service stops the server through the
+    hub's API with its own token (scope ``delete:servers``).
+    """
+
+    async def post(self):
+        viewer = self.viewer
+        if not viewer.may_stop_servers:
+            raise web.HTTPError(403, "only hub admins may stop servers; %s is not one", viewer.name)
+        user = self.get_body_argument("user", "").strip()
+        server = self.get_body_argument("server", "").strip()
+        if not user:
+            raise web.HTTPError(400, "say whose server to stop: form field 'user' (and 'server')")
+        status = await self.context.hub_api.stop_server(user, server)
+        # the hub: 202 stopping, 204 stopped (or it was not running)
+        message = f"stopping {user}/{server}" if status == 202 else f"{user}/{server} is stopped"
+        log.info(
+            "%s %s asked the hub to stop %s/%s: %s", viewer.kind, viewer.name, user, server, status
+        )
+        if getattr(self, "_token_authenticated", False):
+            self.set_status(202 if status == 202 else 200)
+            self.finish({"status": self.get_status(), "hub_status": status, "message": message})
+            return
+        self.redirect(self.context.prefix + "admin?" + urlencode({"stopped": message}), status=303)

@@ -1,0 +1,395 @@
+"""What the pages, the API and /metrics read: the ledger, aggregated, off the event loop.
+
+:class:`UsageReader` has blocking methods (ledger reads plus the pure
+aggregation of :mod:`jupyter_gpu_meter.usage`) and :meth:`UsageReader.call`,
+which runs one of them in the reader's own thread pool: reads never wait
+behind the meter's ledger writes, and never block the event loop.
+:class:`LiveState` reads what the running meter holds in memory (the last
+GPU sample, the running containers), for ``api/gpus`` and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from traitlets import Float, Int
+from traitlets.config import Configurable
+
+from .. import usage
+from ..clock import utcnow
+
+#: the most items one page of the API may hold
+MAX_LIMIT = 1000
+
+
+class UsagePages(Configurable):
+    """Settings of the meter's usage pages and API (``c.UsagePages.…``)."""
+
+    refresh_interval = Float(
+        5.0,
+        min=1.0,
+        help="""
+        Seconds between two refreshes of the live parts of the pages (running
+        sessions' cost, the GPUs on the admin page), e.g. 5. Each refresh is one
+        API request per open page.
+        """,
+    ).tag(config=True)
+
+    history_page_size = Int(
+        25,
+        min=1,
+        max=MAX_LIMIT,
+        help="Sessions per page of the session history on the user page, e.g. 25.",
+    ).tag(config=True)
+
+    users_page_size = Int(
+        100,
+        min=1,
+        max=MAX_LIMIT,
+        help="Users per page of the admin page's table, e.g. 100.",
+    ).tag(config=True)
+
+    read_threads = Int(
+        4,
+        min=1,
+        help="""
+        Threads that read the ledger for pages, API and metrics (apart from the
+        meter's one writer thread), e.g. 4: that many requests read at once.
+        """,
+    ).tag(config=True)
+
+    metrics_cache_seconds = Float(
+        10.0,
+        min=0.0,
+        help="""
+        How long /metrics reuses its per-user totals before reading the ledger
+        again, in seconds, e.g. 10 (0: every scrape reads it).
+        """,
+    ).tag(config=True)
+
+
+@dataclass
+class UserView:
+    """One user's usage page, and ``api/usage``."""
+
+    user: str
+    now: datetime
+    since: datetime | None
+    until: datetime | None
+    currency: str
+    #: over [since, until) (all time when neither is given)
+    in_range: usage.Totals
+    this_month: usage.Totals
+    all_time: usage.Totals
+    running: list[usage.SessionUsage]
+    history: usage.Page
+    daily: list[tuple[date, Decimal]]
+    #: remaining budget, None where there is none (budgets: a later release)
+    budget: dict | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "user": self.user,
+            "as_of": usage.isoformat(self.now),
+            "since": usage.isoformat(self.since),
+            "until": usage.isoformat(self.until),
+            "currency": self.currency,
+            "totals": self.in_range.to_json(),
+            "this_month": {
+                "since": usage.isoformat(usage.month_start(self.now)),
+                **self.this_month.to_json(),
+            },
+            "all_time": self.all_time.to_json(),
+            "budget": self.budget,
+            "running": [item.to_json() for item in self.running],
+            "sessions": self.history.to_json(lambda item: item.to_json()),
+            "daily_gpu_hours": [
+                {"date": day.isoformat(), "gpu_hours": usage.decimal_string(hours)}
+                for day, hours in self.daily
+            ],
+        }
+
+
+@dataclass
+class UsersView:
+    """Every user's totals: the admin page, and ``api/users``."""
+
+    now: datetime
+    since: datetime | None
+    until: datetime | None
+    currency: str
+    sort: str
+    order: str
+    totals: usage.Totals
+    users: usage.Page
+    #: user -> their running sessions (for the stop buttons)
+    running: dict[str, list] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "as_of": usage.isoformat(self.now),
+            "since": usage.isoformat(self.since),
+            "until": usage.isoformat(self.until),
+            "currency": self.currency,
+            "sort": self.sort,
+            "order": self.order,
+            "totals": {"users": self.users.total, **self.totals.to_json()},
+            "users": self.users.to_json(
+                lambda row: {
+                    "user": row.user,
+                    "last_active": usage.isoformat(row.last_active),
+                    **row.totals.to_json(),
+                    "running_servers": [s.server for s in self.running.get(row.user, [])],
+                }
+            ),
+        }
+
+
+class UsageReader:
+    """Reads usage from the ledger for one request at a time, in its own threads.
+
+    `clock` gives `now` for running sessions; `budget` (user -> dict or None)
+    is where remaining budgets will come from (a later release).
+    """
+
+    def __init__(
+        self,
+        ledger,
+        *,
+        currency: str,
+        settings: UsagePages | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        budget: Callable[[str], dict | None] | None = None,
+        executor=None,
+    ):
+        self.ledger = ledger
+        self.currency = currency
+        self.settings = settings or UsagePages()
+        self.clock = clock
+        self.budget = budget or (lambda user: None)
+        self.executor = executor or ThreadPoolExecutor(
+            self.settings.read_threads, thread_name_prefix="gpu-meter-read"
+        )
+        self._metrics_lock = threading.Lock()
+        self._metrics_cache: tuple[float, tuple] | None = None
+
+    async def call(self, method: Callable, *args, **kwargs):
+        """`method(*args, **kwargs)` in the reader's threads, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(method, *args, **kwargs))
+
+    def close(self):
+        self.executor.shutdown(wait=False)
+
+    # --- blocking reads -------------------------------------------------------
+
+    def user_view(
+        self,
+        user: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> UserView:
+        """`user`'s totals, running sessions, history (newest first, one page) and days."""
+        now = self.clock()
+        sessions = self.ledger.sessions(user=user)
+        limit = self.settings.history_page_size if limit is None else limit
+        history = usage.overlapping(sessions, now=now, since=since, until=until)[::-1]
+        page = usage.paginate(history, limit=limit, offset=offset)
+        running = [s for s in sessions if s.running]
+        shown = {s.container_id: s for s in [*page.items, *running] if s.gpu_count}
+        rollups = {container_id: self.ledger.rollups(container_id) for container_id in shown}
+
+        def with_usage(session):
+            return usage.session_usage(session, now=now, rollups=rollups.get(session.container_id))
+
+        return UserView(
+            user=user,
+            now=now,
+            since=since,
+            until=until,
+            currency=self.currency,
+            in_range=usage.totals(sessions, now=now, since=since, until=until),
+            this_month=usage.totals(sessions, now=now, since=usage.month_start(now)),
+            all_time=usage.totals(sessions, now=now),
+            running=[with_usage(s) for s in running],
+            history=usage.Page(
+                [with_usage(s) for s in page.items], page.total, page.limit, page.offset
+            ),
+            daily=usage.daily_gpu_hours(sessions, now=now),
+            budget=self.budget(user),
+        )
+
+    def users_view(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        sort: str = "gpu_hours",
+        order: str = "desc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> UsersView:
+        """Every user in the ledger: totals over [since, until), last active, sorted, one page."""
+        now = self.clock()
+        sessions = self.ledger.sessions()
+        rows = usage.user_table(sessions, now=now, since=since, until=until)
+        rows = usage.sort_users(rows, sort, descending=order == "desc", currency=self.currency)
+        limit = self.settings.users_page_size if limit is None else limit
+        page = usage.paginate(rows, limit=limit, offset=offset)
+        grand = usage.Totals()
+        for row in rows:
+            grand = grand + row.totals
+        shown = {row.user for row in page.items}
+        running: dict[str, list] = {}
+        for session in sessions:
+            if session.running and session.user in shown:
+                running.setdefault(session.user, []).append(session)
+        return UsersView(now, since, until, self.currency, sort, order, grand, page, running)
+
+    def export(
+        self,
+        *,
+        user: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> usage.Page:
+        """Invoice lines (see :func:`jupyter_gpu_meter.usage.export_row`), oldest first."""
+        now = self.clock()
+        sessions = self.ledger.sessions(user=user, since=since, until=until)
+        rows = usage.export_rows(sessions, now=now, since=since, until=until)
+        return usage.paginate(rows, limit=len(rows) if limit is None else limit, offset=offset)
+
+    def metrics_totals(self) -> tuple[dict[str, Decimal], dict[tuple[str, str], Decimal]]:
+        """All-time (GPU-seconds per user, charges per user and currency), cached briefly."""
+        with self._metrics_lock:
+            cached = self._metrics_cache
+            if cached and time.monotonic() - cached[0] < self.settings.metrics_cache_seconds:
+                return cached[1]
+            now = self.clock()
+            seconds: dict[str, Decimal] = {}
+            charges: dict[tuple[str, str], Decimal] = {}
+            for session in self.ledger.sessions():
+                seconds[session.user] = seconds.get(session.user, Decimal(0)) + (
+                    session.gpu_seconds(now)
+                )
+                key = (session.user, session.price.currency)
+                charges[key] = charges.get(key, Decimal(0)) + session.charge(now)
+            result = (seconds, charges)
+            self._metrics_cache = (time.monotonic(), result)
+            return result
+
+
+class LiveState:
+    """The running meter's in-memory state: last GPU sample, running containers, health.
+
+    Reads attributes only (no locks, no I/O): the meter replaces them whole.
+    """
+
+    def __init__(self, meter):
+        self.meter = meter
+        self._inventory = None
+        self._inventory_at = 0.0
+
+    def tick(self):
+        """The last sample (:class:`~jupyter_gpu_meter.sampler.Tick`), None before one."""
+        return getattr(self.meter, "last_tick", None)
+
+    def running(self) -> dict:
+        """container id -> :class:`~jupyter_gpu_meter.sessions.ManagedContainer`."""
+        tracker = getattr(self.meter, "tracker", None)
+        return dict(tracker.running) if tracker is not None else {}
+
+    def health(self) -> dict:
+        return self.meter.health() if hasattr(self.meter, "health") else {}
+
+    def inventory(self):
+        """The GPUs, when there is no sample (GPU sampling off). Blocking; cached 60 s."""
+        source = getattr(self.meter, "inventory_source", None)
+        if source is None:
+            return None
+        if self._inventory is None or time.monotonic() - self._inventory_at > 60:
+            self._inventory = source.discover()
+            self._inventory_at = time.monotonic()
+        return self._inventory
+
+
+def gpu_rows(tick, inventory, running: dict, *, viewer: str, sees_everyone: bool) -> list[dict]:
+    """Each GPU now: model, memory, utilization, power, health and who holds it. Pure.
+
+    From the last sample (`tick`) when there is one, else from `inventory`
+    (GPU sampling off: no readings). `running` maps container ids to the
+    running containers. A viewer who does not see everyone sees the readings
+    and the holder of their own GPUs only; of the others, whether they are
+    allocated.
+    """
+    holders = {
+        uuid: container
+        for container in running.values()
+        for uuid in getattr(container, "gpu_uuids", ())
+    }
+    if tick is not None:
+        readings = [
+            {
+                "uuid": gpu.uuid,
+                "index": gpu.index,
+                "model": gpu.model,
+                "utilization": gpu.utilization,
+                "memory_used_bytes": gpu.memory_used_bytes,
+                "memory_total_bytes": gpu.memory_total_bytes,
+                "power_watts": gpu.power_watts,
+                "temperature_c": gpu.temperature_c,
+                "healthy": gpu.healthy,
+                "problem": gpu.problem,
+            }
+            for gpu in tick.gpus
+        ]
+        sampled_at = usage.isoformat(tick.at)
+    else:
+        readings = [
+            {
+                "uuid": gpu.uuid,
+                "index": gpu.index,
+                "model": gpu.model,
+                "utilization": None,
+                "memory_used_bytes": None,
+                "memory_total_bytes": gpu.memory_total_bytes,
+                "power_watts": None,
+                "temperature_c": None,
+                "healthy": gpu.healthy,
+                "problem": gpu.problem,
+            }
+            for gpu in (inventory.gpus if inventory is not None else ())
+        ]
+        sampled_at = None
+    rows = []
+    for reading in readings:
+        holder = holders.get(reading["uuid"])
+        mine = holder is not None and holder.user == viewer
+        row = {**reading, "sampled_at": sampled_at, "allocated": holder is not None}
+        if holder is not None and (sees_everyone or mine):
+            row["holder"] = {
+                "user": holder.user,
+                "server": holder.server,
+                "since": usage.isoformat(holder.started_at),
+            }
+        else:
+            row["holder"] = None
+        if holder is not None and not (sees_everyone or mine):
+            # another user's GPU: its readings are their usage
+            for key in ("utilization", "memory_used_bytes", "power_watts", "temperature_c"):
+                row[key] = None
+        rows.append(row)
+    return rows

@@ -1,0 +1,42 @@
+/* jupyter_gpu_meter: the admin page. The GPU table comes from api/gpus every refresh. */
+(function () {
+  "use strict";
+  var m = window.gpuMeter;
+  var config = m.config();
+
+  function gib(bytes) {
+    return bytes === null || bytes === undefined ? "–" : (bytes / Math.pow(1024, 3)).toFixed(1) + " GiB";
+  }
+
+  function rowFor(gpu) {
+    var row = document.createElement("tr");
+    row.dataset.uuid = gpu.uuid;
+    m.cell(row, String(gpu.index));
+    var model = m.cell(row, gpu.model);
+    model.appendChild(document.createElement("br"));
+    var uuid = document.createElement("span");
+    uuid.className = "gpu-meter-uuid";
+    uuid.textContent = gpu.uuid;
+    model.appendChild(uuid);
+    m.cell(row, gpu.utilization === null ? "–" : gpu.utilization + "%");
+    m.cell(row, gib(gpu.memory_used_bytes) + " / " + gib(gpu.memory_total_bytes));
+    m.cell(row, gpu.power_watts === null ? "–" : Math.round(gpu.power_watts) + " W");
+    var holder = gpu.holder
+      ? gpu.holder.user + (gpu.holder.server ? "/" + gpu.holder.server : "")
+      : (gpu.allocated ? "allocated" : "free");
+    m.cell(row, holder);
+    var health = m.cell(row, "");
+    var badge = document.createElement("span");
+    badge.className = "badge " + (gpu.healthy ? "text-bg-success" : "text-bg-danger");
+    badge.textContent = gpu.healthy ? "ok" : "unhealthy";
+    if (gpu.problem) badge.title = gpu.problem;
+    health.appendChild(badge);
+    return row;
+  }
+
+  function show(data) {
+    if (data.gpus.length) m.setRows(document.getElementById("gpus-table"), data.gpus.map(rowFor));
+  }
+
+  m.every(config.refresh_s, function () { return m.getJSON(config.url).then(show); });
+})();
