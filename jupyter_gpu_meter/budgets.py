@@ -413,3 +413,23 @@ def affordable_seconds(status: BudgetStatus, hourly_rate) -> int | None:
     if rate == 0:
         return None
     return math.floor(status.remaining * _HOUR / rate)
+
+
+def budget_view(status: BudgetStatus | None, warn_fraction) -> dict | None:
+    """What a page shows of a budget: left, of, period, and a warning near or past the end."""
+    if status is None:
+        return None
+    unit = status.unit_label
+    places = Decimal("0.01")
+    view = {
+        "left": {"amount": str(status.remaining.quantize(places)), "currency": unit},
+        "of": {"amount": str(status.limit.quantize(places)), "currency": unit},
+        "period": f"since {status.period_start:%b %-d}, UTC",
+        "fraction": str(status.fraction.quantize(places)),
+        "warning": "",
+    }
+    if status.exhausted:
+        view["warning"] = "Your budget is used up: running GPU servers will be stopped."
+    elif status.fraction >= Decimal(str(warn_fraction)):
+        view["warning"] = f"You have used {int(status.fraction * 100)}% of your budget."
+    return view

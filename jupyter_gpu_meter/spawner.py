@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import jinja2
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import random_port
+from sqlalchemy.engine import make_url
 from tornado import web
 from traitlets import Bool, Dict, Int, List, Unicode, default, validate
 
 from . import labels
 from .allocation import NoFreeGPUs, choose_gpus
+from .budgets import affordable_seconds, hourly_usage
 from .choice import Choice, ChoiceError, parse_profiles, resolve_choice
+from .clock import utcnow
 from .container import Hardening, container_labels, enforce_create_kwargs
 from .gpus import GPUInventory, Inventory, cuda_driver_problem
+from .ledger import DEFAULT_URL, Ledger
+from .policies import format_duration
 from .pricing import Pricing
+from .usage import spawn_prices
 
 #: container states in which a container holds its GPUs
 HOLDING_STATES = ("running", "paused", "restarting")
@@ -147,6 +156,20 @@ class GPUDockerSpawner(DockerSpawner):
         dropped. Empty by default: a notebook started as a non-root user needs none.
         """,
     ).tag(config=True)
+
+    ledger_url = Unicode(
+        help="""
+        The meter's ledger, read for budget checks before a start, e.g.
+        ``postgresql+psycopg://jgm:secret@db/jgm``. Defaults to
+        ``c.MeterService.db_url``, then ``$JUPYTER_GPU_METER_DB_URL``, then
+        the meter's default SQLite file in the hub's working directory.
+        """,
+    ).tag(config=True)
+
+    @default("ledger_url")
+    def _ledger_url_default(self):
+        configured = self.config.get("MeterService", {}).get("db_url")
+        return configured or os.environ.get("JUPYTER_GPU_METER_DB_URL", DEFAULT_URL)
 
     check_cuda_driver = Bool(
         True,
@@ -306,6 +329,7 @@ class GPUDockerSpawner(DockerSpawner):
                 self._owner,
                 ", ".join(f"GPU {gpu.index} ({gpu.uuid})" for gpu in gpus) or "no GPU",
             )
+            await self._check_budget(len(gpus))
             if self.network_name == "host":
                 self.port = random_port()
             if not self.remove:
@@ -314,6 +338,60 @@ class GPUDockerSpawner(DockerSpawner):
         finally:
             # From here on the running container's labels hold the GPUs.
             self._release(gpus)
+
+    def _budget_status(self):
+        """The user's budget status from the ledger (blocking); None without a budget."""
+        url = make_url(self.ledger_url)
+        if url.get_backend_name() == "sqlite" and not os.path.exists(url.database or ""):
+            return None  # no meter has run yet: no budgets either
+        with Ledger(self.ledger_url) as ledger:
+            groups = [group.name for group in self.user.groups]
+            return ledger.user_budget_status(self.user.name, groups, utcnow())
+
+    async def _budget_left(self) -> str | None:
+        try:
+            status = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._budget_status
+            )
+        except Exception:
+            self.log.exception("Reading the budget of %s failed", self._owner)
+            return None
+        if status is None:
+            return None
+        places = Decimal("0.01")
+        return (
+            f"{status.remaining.quantize(places)} of {status.limit.quantize(places)} "
+            f"{status.unit_label} (since {status.period_start:%b %-d}, UTC)"
+        )
+
+    async def _check_budget(self, gpu_count: int):
+        """Refuse a start the user's remaining budget cannot pay for a minimum time."""
+        from .service.policy_runner import Policies
+
+        try:
+            status = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._budget_status
+            )
+        except Exception:
+            # fail open: the meter's budget policy still stops the server later
+            self.log.exception("Budget check for %s failed; starting anyway", self._owner)
+            return
+        if status is None:
+            return
+        price = Pricing(parent=self).snapshot(self.gpu_model, gpu_count)
+        seconds = affordable_seconds(status, hourly_usage(status, price))
+        if seconds is None:
+            return  # this server uses nothing of that budget
+        minimum = Policies(parent=self).budget_minimum_start
+        if status.exhausted or seconds < max(minimum, 1):
+            left = f"{status.remaining.quantize(Decimal('0.01'))} {status.unit_label}"
+            what = f"{gpu_count} × {self.gpu_model}" if gpu_count else "a CPU-only server"
+            raise spawn_error(
+                403,
+                f"your budget ({status.scope} {status.name}) has {left} left this period: "
+                f"{format_duration(timedelta(seconds=seconds))} of {what}; "
+                f"a start needs at least {format_duration(timedelta(seconds=minimum))}",
+            )
 
     async def _remove_kept_container(self):
         """Never restart a kept container: each run gets a new one.
@@ -394,6 +472,9 @@ class GPUDockerSpawner(DockerSpawner):
             profiles=profiles,
             chosen=chosen,
             models=models,
+            prices=spawn_prices(profiles, list(models), Pricing(parent=self)),
+            # the user's remaining budget as text ("12.50 of 50.00 USD"); None: no budget
+            budget_left=await self._budget_left(),
             only_model=next(iter(models)) if len(models) == 1 else None,
             free_any=sum(free for _, free in models.values()),
             total_any=len(inventory.gpus),

@@ -4,10 +4,14 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
+from decimal import Decimal
 
 import pytest
+import requests
 
 from jupyter_gpu_meter.ledger import Ledger
+from tests.hub import login
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -100,3 +104,62 @@ def test_a_busy_gpu_server_survives_the_idle_culler(make_hub, tmp_path):
     assert (hub.server_model("ada") or {}).get("ready"), "the busy GPU server was culled"
     activity = hub.api("GET", "/users/ada").json()["servers"][""]["last_activity"]
     assert activity is not None
+
+
+def test_a_budget_used_up_mid_session_stops_the_server_and_refuses_the_next(make_hub):
+    model = "NVIDIA H100 80GB HBM3"
+    hub = make_hub(
+        f"1x{model}",
+        meter=True,
+        **FAST,
+        **{
+            "Pricing.prices": {model: "3600"},  # 1 USD a second, so a test can spend it
+            "Policies.budget_grace": 2,
+            "Policies.budget_minimum_start": 5,
+        },
+    )
+    path = hub.ledger_url.removeprefix("sqlite:///")
+    wait_until(lambda: os.path.exists(path), 30, "the meter to create its ledger")
+    with Ledger(hub.ledger_url) as ledger:
+        ledger.set_budget(
+            scope="user",
+            name="ada",
+            amount=Decimal("15"),
+            unit="money",
+            period="month",
+            currency="USD",
+            by="test-admin",
+            at=datetime.now(timezone.utc),
+        )
+    hub.start_server("ada", {"gpus": 1})
+    container = hub.container_of("ada")
+    # about 15 s later the budget is used up; 2 s after that the server stops
+    wait_until(lambda: hub.server_model("ada") is None, 60, "the budget policy to stop ada")
+    closed = wait_until(
+        lambda: (s := session(hub, container.id)) and s.ended_at and s, 20, "the session to close"
+    )
+    assert closed.end_reason.startswith("stopped: budget used up (")
+    kinds = [(d.policy, d.action, d.outcome) for d in reversed(decisions(hub, "ada"))]
+    assert kinds == [
+        ("budget", "warn", "warned"),  # 80 %
+        ("budget", "warn", "warned"),  # used up, grace period
+        ("budget", "stop", "stopped"),
+    ]
+
+    refused = hub.start_server("ada", {"gpus": 1})
+    assert refused.status_code == 403
+    assert refused.json()["message"].startswith(
+        "your budget (user ada) has 0.00 USD left this period: 0 s of 1 × NVIDIA H100 80GB HBM3;"
+    )
+    # the user sees it: on the usage API (and page) and on the spawn page
+    token = hub.user_token("ada")
+    usage = requests.get(
+        hub.meter_url + "api/usage", headers={"Authorization": f"token {token}"}, timeout=30
+    ).json()
+    assert usage["budget"]["left"] == {"amount": "0.00", "currency": "USD"}
+    assert usage["budget"]["of"] == {"amount": "15.00", "currency": "USD"}
+    assert "used up" in usage["budget"]["warning"]
+    form = login(hub, "ada").get(hub.url + "/hub/spawn", timeout=30).text
+    assert "Budget left: 0.00 of 15.00 USD" in form
+    # a CPU-only server costs nothing here, so the budget does not stand in its way
+    assert hub.start_server("ada", {"gpus": 0}).status_code in (201, 202)

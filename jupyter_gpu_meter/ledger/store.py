@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 from .. import budgets as _budgets
+from .. import budgets as budget_rules
 from ..clock import utcnow
 from ..pricing import PriceSnapshot
 from . import schema
@@ -536,6 +537,23 @@ class Ledger:
             connection.execute(statement)
 
     # --- policy decisions -----------------------------------------------------
+
+    def user_budget_status(self, user: str, groups, now: datetime):
+        """The budget that applies to `user` (own, else their groups') and how much is left.
+
+        None when no budget applies. Reads only this period's sessions.
+        """
+        budget = budget_rules.effective_budget(user, groups, self.budgets())
+        if budget is None:
+            return None
+        since = budget_rules.period_start(budget.period, now)
+        return budget_rules.budget_status(
+            budget,
+            self.budget_changes(),
+            self.sessions(user=user, since=since),
+            now=now,
+            user=user,
+        )
 
     def record_decision(
         self,

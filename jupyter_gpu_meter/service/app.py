@@ -28,6 +28,7 @@ from traitlets import Float, Unicode, default
 from traitlets.config import Application
 
 from .._version import __version__
+from ..budgets import budget_view
 from ..clock import utcnow
 from ..gpus import GPUInventory
 from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
@@ -35,16 +36,26 @@ from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
 from ..sessions import EVENTS_SINCE_KEY, SessionTracker
 from .handlers import HealthHandler
-from .policy_runner import HubAPI, Policies, PolicyRunner
+from .hubapi import HubAPI
+from .policy_runner import Policies, PolicyRunner
 
 DB_URL_ENV = "JUPYTER_GPU_METER_DB_URL"
 
 
-def create_application(meter: MeterService, prefix: str) -> web.Application:
-    """The meter's web app under `prefix` (``/services/gpu-meter/`` behind the hub)."""
+def create_application(meter: MeterService, prefix: str, **pieces) -> web.Application:
+    """The meter's web app under `prefix` (``/services/gpu-meter/`` behind the hub).
+
+    Health, the usage pages, the JSON API, the CSV export and /metrics
+    (:mod:`jupyter_gpu_meter.service.web`). `pieces` replace parts of the
+    running meter in tests: ``hub_auth``, ``hub_api``, ``reader``, ``clock``.
+    """
+    from .web import app_settings, make_context, routes
+
+    context = make_context(meter, prefix, **pieces)
     return web.Application(
-        [(prefix + "api/health", HealthHandler, {"meter": meter})],
+        [(prefix + "api/health", HealthHandler, {"meter": meter}), *routes(context)],
         log_function=_log_request,
+        **app_settings(context),
     )
 
 
@@ -161,9 +172,13 @@ class MeterService(Application):
             self.policies,
             self.tracker,
             self._record_decision,
-            HubAPI(),
+            HubAPI(
+                os.environ.get("JUPYTERHUB_API_URL", ""),
+                os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+            ),
             self.log,
             utcnow,
+            budget_of=self._budget_of,
         )
         self.sampler_config = GPUSampler(parent=self)
         self.sampler = None
@@ -233,6 +248,19 @@ class MeterService(Application):
                 len(unplaced),
                 sorted({row.container_id[:12] for row in unplaced}),
             )
+
+    def budget_view(self, user: str) -> dict | None:
+        """The user page's budget box (blocking: the reader runs it in its own threads).
+
+        Group budgets count with the groups the hub last told the meter (the
+        policy runner asks for them while the user has servers running).
+        """
+        groups = self.runner.groups.get(user, [])
+        status = self.ledger.user_budget_status(user, groups, utcnow())
+        return budget_view(status, self.policies.budget_warn_fraction)
+
+    async def _budget_of(self, user, groups, now):
+        return await self._in_ledger_thread(self.ledger.user_budget_status, user, groups, now)
 
     async def _record_decision(self, *, server, decision, outcome):
         self.buffer.add(

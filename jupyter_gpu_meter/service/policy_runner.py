@@ -8,18 +8,16 @@ activity), logs each one and records it in the ledger with its reason.
 from __future__ import annotations
 
 import inspect
-import json
-import os
 from datetime import timedelta
-from urllib.parse import quote
+from decimal import Decimal
 
 from jupyterhub.traitlets import Callable
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Bool, Dict, Float, Int, validate
 from traitlets.config import LoggingConfigurable
 
 from .. import policies
-from ..policies import STOP, ServerState, track_idle
+from ..budgets import hourly_usage
+from ..policies import STOP, WARN, ServerState, track_idle
 
 
 class Policies(LoggingConfigurable):
@@ -168,47 +166,21 @@ async def _call(function, **kwargs):
     return result
 
 
-class HubAPI:
-    """The few hub REST calls the meter makes, with the service's own token."""
-
-    def __init__(self, url: str | None = None, token: str | None = None):
-        self.url = (url or os.environ.get("JUPYTERHUB_API_URL", "")).rstrip("/")
-        self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
-        self.client = AsyncHTTPClient()
-
-    async def request(self, method: str, path: str, body=None):
-        request = HTTPRequest(
-            self.url + path,
-            method=method,
-            headers={"Authorization": f"token {self.token}"},
-            body=None if body is None else json.dumps(body),
-            allow_nonstandard_methods=True,
-            request_timeout=30,
-        )
-        response = await self.client.fetch(request, raise_error=True)
-        return json.loads(response.body) if response.body else None
-
-    @staticmethod
-    def _server_path(user: str, server: str) -> str:
-        path = f"/users/{quote(user, safe='')}"
-        return path + (f"/servers/{quote(server, safe='')}" if server else "/server")
-
-    async def stop_server(self, user: str, server: str):
-        await self.request("DELETE", self._server_path(user, server))
-
-    async def report_activity(self, user: str, server: str, at):
-        stamp = at.isoformat().replace("+00:00", "Z")
-        body = {"last_activity": stamp, "servers": {server: {"last_activity": stamp}}}
-        await self.request("POST", f"/users/{quote(user, safe='')}/activity", body)
-
-
 class PolicyRunner:
     """Tracks GPU idleness per server and applies the policies on a period."""
 
-    def __init__(self, config: Policies, tracker, record, hub: HubAPI, log, clock):
+    def __init__(self, config: Policies, tracker, record, hub, log, clock, budget_of=None):
         self.config = config
         self.tracker = tracker
         self.record = record  # async (decision fields) -> None, writes to the ledger
+        #: async (user, groups, now) -> BudgetStatus | None, read from the ledger
+        self.budget_of = budget_of
+        #: user -> when the meter first saw their budget used up
+        self.exhausted_since: dict = {}
+        #: user -> the last budget warning recorded ("80%" or "used up"), to record each once
+        self.warned: dict[str, str] = {}
+        #: user -> their groups, as the hub last said (for group budgets)
+        self.groups: dict[str, list[str]] = {}
         self.hub = hub
         self.log = log
         self.clock = clock
@@ -252,9 +224,10 @@ class PolicyRunner:
 
     async def run_once(self):
         now = self.clock()
+        await self.check_budgets(now)
         for container in list(self.tracker.running.values()):
-            if container.started_at is None:
-                continue
+            if container.started_at is None or container.container_id in self.tracker.stop_reasons:
+                continue  # not started yet, or a stop is already under way
             server = self.server_state(container)
             decision = (
                 await _call(
@@ -282,6 +255,55 @@ class PolicyRunner:
                 window=timedelta(seconds=self.config.keep_alive_window),
             ):
                 await self.vouch(server, now)
+
+    async def check_budgets(self, now):
+        """Warn users near their budget; stop their paid servers once it is used up."""
+        if self.budget_of is None:
+            return
+        by_user: dict[str, list] = {}
+        for container in self.tracker.running.values():
+            if container.started_at and container.container_id not in self.tracker.stop_reasons:
+                by_user.setdefault(container.user, []).append(container)
+        for user in (set(self.exhausted_since) | set(self.warned)) - set(by_user):
+            self.exhausted_since.pop(user, None)
+            self.warned.pop(user, None)
+        for user, containers in by_user.items():
+            groups = self.groups[user] = await self.hub.user_groups(user)
+            status = await self.budget_of(user, groups, now)
+            if status is None:
+                self.exhausted_since.pop(user, None)
+                continue
+            if status.exhausted:
+                self.exhausted_since.setdefault(user, now)
+            else:
+                self.exhausted_since.pop(user, None)
+            decision = await _call(
+                self.config.budget_policy,
+                spent=status.spent,
+                limit=status.limit,
+                unit=status.unit_label,
+                now=now,
+                exhausted_since=self.exhausted_since.get(user),
+                grace=timedelta(seconds=self.config.budget_grace),
+                warn_fraction=Decimal(str(self.config.budget_warn_fraction)),
+            )
+            if decision is None:
+                self.warned.pop(user, None)
+                continue
+            paid = [
+                self.server_state(c)
+                for c in containers
+                if c.price is None or hourly_usage(status, c.price) > 0
+            ]
+            if decision.action == STOP:
+                for server in paid:
+                    await self.stop(server, decision)
+            elif decision.action == WARN:
+                kind = "used up" if status.exhausted else "near"
+                if self.warned.get(user) != kind and paid:
+                    self.warned[user] = kind
+                    self.log.warning("Budget of %s: %s", user, decision.reason)
+                    await self.record(server=paid[0], decision=decision, outcome="warned")
 
     async def stop(self, server: ServerState, decision):
         if self.config.dry_run:
