@@ -85,6 +85,24 @@ def template_paths(existing=()) -> list[str]:
     return paths if TEMPLATE_PATH in paths else [*paths, TEMPLATE_PATH]
 
 
+def idle_culler_role(service: str = "idle-culler") -> dict:
+    """The role for a jupyterhub-idle-culler service using
+    :class:`jupyter_gpu_meter.idle_culler.GPUCullArbiter`: the culler's own
+    scopes, plus reading who holds which GPU from the meter."""
+    return {
+        "name": f"{service}-gpu-aware",
+        "scopes": [
+            "list:users",
+            "read:users:activity",
+            "read:servers",
+            "delete:servers",
+            ACCESS_SCOPE,
+            READ_ALL_SCOPE,
+        ],
+        "services": [service],
+    }
+
+
 def read_all_role(users=(), groups=()) -> dict:
     """A role that lets `users` and `groups` see every user's usage (not stop servers)."""
     return {

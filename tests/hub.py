@@ -191,6 +191,11 @@ class Hub:
         return self.settings["ledger_url"]
 
     @property
+    def meter_url_direct(self) -> str:
+        """The meter's own address, as another hub service reaches it (not through the proxy)."""
+        return f"http://127.0.0.1:{self.settings['meter_port']}/services/gpu-meter/"
+
+    @property
     def meter_url(self) -> str:
         return f"{self.url}/services/gpu-meter/"
 

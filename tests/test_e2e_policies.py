@@ -163,3 +163,46 @@ def test_a_budget_used_up_mid_session_stops_the_server_and_refuses_the_next(make
     assert "Budget left: 0.00 of 15.00 USD" in form
     # a CPU-only server costs nothing here, so the budget does not stand in its way
     assert hub.start_server("ada", {"gpus": 0}).status_code in (201, 202)
+
+
+def test_gpu_aware_cull_arbiter_for_admins_who_run_the_idle_culler(make_hub, tmp_path):
+    from jupyter_gpu_meter.hubconfig import idle_culler_role
+
+    utilization = tmp_path / "utilization.json"
+    config = tmp_path / "idle_culler_config.py"
+    config.write_text(
+        "from jupyter_gpu_meter.idle_culler import GPUCullArbiter\n"
+        "c = get_config()\n"
+        "c.IdleCuller.cull_arbiter_hook = GPUCullArbiter(gpu_inactive_limit=8)\n"
+    )
+    hub = make_hub(
+        "2",
+        env={**os.environ, "JUPYTER_GPU_METER_SIMULATED_UTILIZATION": str(utilization)},
+        meter=True,
+        **FAST,
+        **{"Policies.keep_alive": False},  # the arbiter alone, no activity reports
+    )
+    culler = {
+        "name": "idle-culler",
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            "--timeout=600",  # CPU-only servers: 10 min
+            "--cull-every=3",
+            f"--config={config}",
+        ],
+        "environment": {"JUPYTER_GPU_METER_URL": hub.meter_url_direct},
+    }
+    hub.restart(**{"JupyterHub.services": [culler], "JupyterHub.load_roles": [idle_culler_role()]})
+    hub.start_server("ada", {"gpus": 1})  # training, no browser
+    hub.start_server("cyd", {"gpus": 1})  # a GPU nobody uses
+    hub.start_server("bob", {"gpus": 0})  # CPU only
+    utilization.write_text(json.dumps({hub.gpus_held()["ada/"][0]: 97}))
+
+    # cyd's idle GPU server goes after 8 s without activity...
+    wait_until(lambda: hub.server_model("cyd") is None, 60, "the culler to stop cyd's GPU server")
+    time.sleep(10)
+    # ...ada's busy one stays though just as inactive, and bob's CPU server has 10 min
+    assert (hub.server_model("ada") or {}).get("ready"), "the busy GPU server was culled"
+    assert (hub.server_model("bob") or {}).get("ready")
