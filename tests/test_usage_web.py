@@ -25,6 +25,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from jupyter_gpu_meter import usage
+from jupyter_gpu_meter.budgets import budget_view
 from jupyter_gpu_meter.ledger import Ledger, RollupRow
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.sampler import GPUReading, Tick
@@ -128,6 +129,8 @@ async def meter(tmp_path):
         last_tick=Tick(NOW, gpus, (), 0.0042),
         tracker=SimpleNamespace(running=running),
         health=lambda: {"gpu_sampling": "on", "pending_writes": 0},
+        # as MeterService.budget_view, at the test's clock
+        budget_view=lambda user: budget_view(ledger.user_budget_status(user, [], NOW), 0.8),
     )
     yield meter
     ledger.close()
@@ -468,6 +471,10 @@ async def test_openapi_document_describes_every_api_route(app):
         "/api/export.csv",
         "/metrics",
         "/admin/stop",
+        "/api/budgets",
+        "/api/budgets/{scope}/{name}",
+        "/api/budgets/{scope}/{name}/grants",
+        "/api/budgets/{scope}/{name}/changes",
     }
 
 
@@ -480,3 +487,110 @@ def test_money_is_exact_until_rounded_for_people():
     }
     assert format_money(Decimal("1234.565"), "USD") == "1,234.57 USD"
     assert format_money(Decimal("1234.5"), "JPY") == "1,235 JPY"
+
+
+# --- api/budgets -------------------------------------------------------------------------
+
+
+async def test_admins_set_grant_show_and_remove_budgets_and_each_change_is_recorded(app):
+    put = await fetch(
+        app,
+        "api/budgets/user/ada",
+        "admin-token",
+        method="PUT",
+        body=json.dumps({"amount": "50", "currency": "EUR"}),
+    )
+    assert body(put)["budget"] | {"updated_at": None} == {
+        "scope": "user",
+        "name": "ada",
+        "amount": "50.000000",
+        "unit": "money",
+        "currency": "EUR",
+        "period": "month",
+        "updated_at": None,
+        "updated_by": "admin",
+    }
+    grant = await fetch(
+        app,
+        "api/budgets/user/ada/grants",
+        "admin-token",
+        method="POST",
+        body=json.dumps({"amount": "10", "note": "deadline"}),
+    )
+    assert grant.code == 201 and body(grant)["grant"]["note"] == "deadline"
+    listed = body(await fetch(app, "api/budgets", "auditor-token"))["budgets"]
+    assert [(b["scope"], b["name"]) for b in listed] == [("user", "ada")]
+    # ada sees her balance in api/usage: 50 + 10 granted this month, less this month's spend
+    balance = body(await fetch(app, "api/usage", "ada-token"))["budget"]
+    assert balance["of"] == {"amount": "60.00", "currency": "EUR"}
+
+    removed = await fetch(app, "api/budgets/user/ada", "admin-token", method="DELETE")
+    assert body(removed)["removed"] == {"scope": "user", "name": "ada"}
+    changes = body(await fetch(app, "api/budgets/user/ada/changes", "admin-token"))["changes"]
+    assert [(c["change"], c["by"]) for c in changes] == [
+        ("set", "admin"),
+        ("grant", "admin"),
+        ("remove", "admin"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "token, method, path, payload, status, message",
+    [
+        ("ada-token", "PUT", "api/budgets/user/ada", {"amount": "1"}, 403, "only hub admins"),
+        ("auditor-token", "DELETE", "api/budgets/user/ada", None, 403, "only hub admins"),
+        ("ada-token", "GET", "api/budgets", None, 403, "hub admins and holders"),
+        ("admin-token", "PUT", "api/budgets/user/ada", {"amount": "-5"}, 400, "amount"),
+        ("admin-token", "PUT", "api/budgets/user/ada", {"amt": "5"}, 400, "give 'amount'"),
+        (
+            "admin-token",
+            "PUT",
+            "api/budgets/user/ada",
+            {"amount": "5", "period": "weekly"},
+            400,
+            "period",
+        ),
+        ("admin-token", "DELETE", "api/budgets/group/nobody", None, 404, "has no budget"),
+        ("admin-token", "POST", "api/budgets/group/nobody/grants", {"amount": "5"}, 400, "budget"),
+    ],
+)
+async def test_budget_api_errors_say_what_is_allowed(
+    app, token, method, path, payload, status, message
+):
+    response = await fetch(
+        app,
+        path,
+        token,
+        method=method,
+        body=None if payload is None and method in ("GET", "DELETE") else json.dumps(payload or {}),
+        ok=False,
+    )
+    assert response.code == status
+    assert message in body(response)["message"]
+
+
+async def test_admin_page_lists_budgets_and_its_form_sets_and_grants(app):
+    form = {"action": "set", "scope": "group", "name": "students", "amount": "50"}
+    done = await fetch(
+        app, "admin/budget", "admin-token", method="POST", body=urlencode(form), ok=False
+    )
+    assert done.code == 303 and "set+for+group+students%3A+done" in done.headers["Location"]
+    refused = await fetch(
+        app,
+        "admin/budget",
+        "admin-token",
+        method="POST",
+        body=urlencode({**form, "action": "grant", "amount": "-1"}),
+        ok=False,
+    )
+    assert "not+done" in refused.headers["Location"]
+    page = (await fetch(app, "admin?budget=set+for+group+students%3A+done", "admin-token")).body
+    page = page.decode()
+    assert "group <strong>students</strong>" in page and "50.00 EUR" in page
+    assert 'id="budget-form"' in page and "set for group students: done" in page
+    # read-all holders see the budgets but get no form, and may not post it
+    assert 'id="budget-form"' not in (await fetch(app, "admin", "auditor-token")).body.decode()
+    forbidden = await fetch(
+        app, "admin/budget", "auditor-token", method="POST", body=urlencode(form), ok=False
+    )
+    assert forbidden.code == 403

@@ -267,6 +267,7 @@ class AdminPageHandler(PageHandler):
             reader.users_view, since=since, until=until, sort=sort, order=order, offset=offset
         )
         gpus = await gpu_list(self.context, viewer)
+        budgets = await reader.call(reader.ledger.budgets)
         range_args = {"since": since_text, "until": until_text}
 
         def url(**changes):
@@ -297,6 +298,9 @@ class AdminPageHandler(PageHandler):
             previous_url=url(offset=max(page.offset - page.limit, 0)) if page.offset else None,
             next_url=url(offset=page.next_offset) if page.next_offset is not None else None,
             stopped=self.query("stopped"),
+            budgets=budgets,
+            budget_message=self.query("budget"),
+            may_change_budgets=viewer.admin,
             live={
                 "url": self.context.prefix + "api/gpus",
                 "refresh_s": self.context.settings.refresh_interval,
@@ -346,3 +350,53 @@ class StopServerHandler(PageHandler):
             self.finish({"status": self.get_status(), "hub_status": status, "message": message})
             return
         self.redirect(self.context.prefix + "admin?" + urlencode({"stopped": message}), status=303)
+
+
+class BudgetFormHandler(PageHandler):
+    """``POST admin/budget``: the admin page's budget form (set, grant or remove).
+
+    Form fields: ``action`` (set, grant, remove), ``scope`` (user, group),
+    ``name``, ``amount``, and for set ``unit``, ``period``, ``currency``, for
+    grant ``note``. Hub admins only, with the page's XSRF token. Recorded
+    with who and when, like the CLI and the API.
+    """
+
+    async def post(self):
+        viewer = self.viewer
+        if not viewer.admin:
+            raise web.HTTPError(
+                403, "only hub admins may change budgets; %s is not one", viewer.name
+            )
+        field = self.get_body_argument
+        action, scope, name = field("action", ""), field("scope", "user"), field("name", "").strip()
+        if action not in ("set", "grant", "remove") or not name:
+            raise web.HTTPError(400, "say what to do (set, grant or remove) and for whom (name)")
+        reader = self.context.reader
+        common = {"scope": scope, "name": name, "by": viewer.name, "at": reader.clock()}
+        try:
+            if action == "set":
+                unit = field("unit", "money")
+                await reader.call(
+                    reader.ledger.set_budget,
+                    amount=field("amount", ""),
+                    unit=unit,
+                    period=field("period", "month") or "month",
+                    currency=(field("currency", "") or reader.currency)
+                    if unit == "money"
+                    else None,
+                    **common,
+                )
+            elif action == "grant":
+                await reader.call(
+                    reader.ledger.grant_budget,
+                    amount=field("amount", ""),
+                    note=field("note", ""),
+                    **common,
+                )
+            elif not await reader.call(reader.ledger.remove_budget, **common):
+                raise ValueError(f"{scope} {name} has no budget")
+        except ValueError as e:
+            message = f"not done: {e}"
+        else:
+            message = f"{action} for {scope} {name}: done"
+        self.redirect(self.context.prefix + "admin?" + urlencode({"budget": message}), status=303)

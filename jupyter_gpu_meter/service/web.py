@@ -25,9 +25,17 @@ from .api import (
     UsageAPIHandler,
     UsersAPIHandler,
 )
+from .budget_api import budget_routes
 from .hubapi import HubAPI
 from .metrics import MetricsHandler
-from .pages import STATIC, AdminPageHandler, StopServerHandler, UserPageHandler, make_templates
+from .pages import (
+    STATIC,
+    AdminPageHandler,
+    BudgetFormHandler,
+    StopServerHandler,
+    UserPageHandler,
+    make_templates,
+)
 from .reader import LiveState, UsagePages, UsageReader
 
 
@@ -116,10 +124,12 @@ def routes(context: WebContext) -> list:
         (prefix, UserPageHandler, args),
         (prefix + "admin", AdminPageHandler, args),
         (prefix + "admin/stop", StopServerHandler, args),
+        (prefix + "admin/budget", BudgetFormHandler, args),
         (prefix + "api/usage", UsageAPIHandler, args),
         (prefix + "api/users", UsersAPIHandler, args),
         (prefix + "api/gpus", GPUsAPIHandler, args),
         (prefix + "api/export.csv", ExportHandler, args),
+        *budget_routes(prefix, args),
         (prefix + "api/openapi.yaml", OpenAPIHandler),
         (prefix + "api/.*", NotFoundAPIHandler),
         (prefix + "metrics", MetricsHandler, args),
