@@ -131,8 +131,11 @@ def _no_formulas(row: dict) -> dict:
     }
 
 
-class OpenAPIHandler(web.RequestHandler):
-    """``GET api/openapi.yaml``: the API's description (no usage in it, no login)."""
+class OpenAPIHandler(JSONHandler):
+    """``GET api/openapi.yaml``: the API's description (no usage in it, no login).
+
+    A JSON handler for its errors (a wrong method is a JSON 405 like the rest).
+    """
 
     def get(self):
         self.set_header("Content-Type", "application/yaml; charset=utf-8")
@@ -145,6 +148,6 @@ class NotFoundAPIHandler(JSONHandler):
     def prepare(self):
         raise web.HTTPError(
             404,
-            "no such API: use api/usage, api/users, api/gpus, api/export.csv, api/health "
-            "or api/openapi.yaml",
+            "no such API: use api/usage, api/users, api/gpus, api/export.csv, api/budgets, "
+            "api/health or api/openapi.yaml",
         )

@@ -8,6 +8,7 @@ the hub's config file), then the hub's default templates.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import datetime
@@ -175,6 +176,11 @@ class PageHandler(Authenticated, web.RequestHandler):
         if exc_info and isinstance(exc_info[1], web.HTTPError) and exc_info[1].log_message:
             error = exc_info[1]
             message = error.log_message % error.args if error.args else error.log_message
+        if "text/html" not in self.request.headers.get("Accept", ""):
+            # a script, not a browser (browsers ask for text/html): the API's JSON errors
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.finish(json.dumps({"status": status_code, "message": message}))
+            return
         try:
             self.render_page("error.html", status_code=status_code, message=message)
         except Exception:  # never fail the error page itself
