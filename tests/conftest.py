@@ -58,6 +58,31 @@ def make_hub(tmp_path, docker_client, request):
 
 
 @pytest.fixture
+def postgres_url():
+    """A URL to a fresh schema of the test PostgreSQL (JGM_TEST_POSTGRES_URL), dropped after."""
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get("JGM_TEST_POSTGRES_URL", "")
+    if not base:
+        if REQUIRE_DOCKER:
+            pytest.fail("no JGM_TEST_POSTGRES_URL (JGM_REQUIRE_DOCKER=1); run scripts/test")
+        pytest.skip("no PostgreSQL: run scripts/start-postgres and export JGM_TEST_POSTGRES_URL")
+    schema = f"jgm_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    admin.dispose()  # a test may have restarted PostgreSQL under the pooled connection
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
 def docker_times(docker_client):
     """Docker's own start/die times of managed containers, watched apart from the meter."""
     from tests.metering import DockerTimes

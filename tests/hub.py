@@ -178,6 +178,11 @@ class Hub:
                 self.process.kill()
                 self.process.wait()
 
+    def kill(self):
+        """SIGKILL the hub: no clean shutdown, as in a crash or an OOM kill."""
+        self.process.kill()
+        self.process.wait()
+
     def restart(self, **extra):
         """Stop the hub (its managed services with it) and start it again, with `extra` config."""
         self.stop()

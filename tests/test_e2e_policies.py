@@ -173,7 +173,7 @@ def test_gpu_aware_cull_arbiter_for_admins_who_run_the_idle_culler(make_hub, tmp
     config.write_text(
         "from jupyter_gpu_meter.idle_culler import GPUCullArbiter\n"
         "c = get_config()\n"
-        "c.IdleCuller.cull_arbiter_hook = GPUCullArbiter(gpu_inactive_limit=8)\n"
+        "c.IdleCuller.cull_arbiter_hook = GPUCullArbiter(gpu_inactive_limit=15)\n"
     )
     hub = make_hub(
         "2",
@@ -195,12 +195,12 @@ def test_gpu_aware_cull_arbiter_for_admins_who_run_the_idle_culler(make_hub, tmp
         "environment": {"JUPYTER_GPU_METER_URL": hub.meter_url_direct},
     }
     hub.restart(**{"JupyterHub.services": [culler], "JupyterHub.load_roles": [idle_culler_role()]})
-    hub.start_server("ada", {"gpus": 1})  # training, no browser
+    hub.start_server("ada", {"gpus": 1})  # training, no browser: its GPU is busy at once
+    utilization.write_text(json.dumps({hub.gpus_held()["ada/"][0]: 97}))
     hub.start_server("cyd", {"gpus": 1})  # a GPU nobody uses
     hub.start_server("bob", {"gpus": 0})  # CPU only
-    utilization.write_text(json.dumps({hub.gpus_held()["ada/"][0]: 97}))
 
-    # cyd's idle GPU server goes after 8 s without activity...
+    # cyd's idle GPU server goes after 15 s without activity...
     wait_until(lambda: hub.server_model("cyd") is None, 60, "the culler to stop cyd's GPU server")
     time.sleep(10)
     # ...ada's busy one stays though just as inactive, and bob's CPU server has 10 min

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from jupyter_gpu_meter.ledger import Ledger
 from tests.metering import (
     assert_matches_docker,
     closed_session,
@@ -109,3 +110,132 @@ def test_a_gpu_lost_mid_session_ends_it_and_is_never_handed_out(make_hub, fake_n
     fake_nvml.write()
     assert hub.start_server("cyd", {"gpus": 1}).status_code in (201, 202)
     assert hub.gpus_held()["cyd/"] == [lost]
+
+
+def test_hub_sigkilled_with_servers_running(make_hub, docker_times):
+    hub = make_hub("2", meter=True)
+    hub.start_server("ada", {"gpus": 1})
+    ada = hub.container_of("ada")
+    wait_until(lambda: session_of(hub, ada.id), 30, "ada's session")
+    held = hub.gpus_held()
+
+    old_meter = hub.meter_pid()
+    hub.kill()  # the hub dies; the notebook container does not
+    # the meter notices its hub is gone and stops, so the next hub's meter can start
+    wait_until(lambda: hub.meter_pid() != old_meter, 30, "the orphaned meter to stop")
+    hub.start()
+    assert hub.server_model("ada")["ready"]
+    assert hub.gpus_held() == held
+    hub.start_server("bob", {"gpus": 1})
+    assert set(hub.gpus_held()["bob/"]).isdisjoint(held["ada/"])
+    hub.stop_server("ada")
+    session = closed_session(hub, ada.id, timeout=60)
+    assert_matches_docker(session, docker_times.times[ada.id], "hub SIGKILLed")
+    assert len(user_sessions(hub, "ada")) == 1
+
+
+def test_postgresql_down_for_30_seconds_loses_nothing(make_hub, docker_times, postgres_url):
+    import subprocess
+
+    hub = make_hub("1", meter=True, **{"MeterService.db_url": postgres_url})
+    hub.settings["ledger_url"] = postgres_url
+
+    def schema_ready():
+        try:
+            with Ledger(postgres_url) as ledger:
+                ledger.check_revision()
+            return True
+        except Exception:
+            return False
+
+    wait_until(schema_ready, 30, "the meter to create its tables")
+    cluster = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
+    ).stdout.split()[:2]
+    subprocess.run(["pg_ctlcluster", *cluster, "stop", "-m", "fast"], check=True)
+    try:
+        started = time.monotonic()
+        hub.start_server("ada", {"gpus": 1})
+        container = hub.container_of("ada")
+        time.sleep(5)
+        hub.stop_server("ada")
+        time.sleep(max(0, 30 - (time.monotonic() - started)))
+    finally:
+        subprocess.run(["pg_ctlcluster", *cluster, "start"], check=True)
+    session = closed_session(hub, container.id, timeout=90)
+    assert_matches_docker(session, docker_times.times[container.id], "PostgreSQL down 30 s")
+    assert len(user_sessions(hub, "ada")) == 1
+
+
+def test_fifty_concurrent_starts_and_stops_for_a_minute_never_share_or_leak(make_hub):
+    from concurrent.futures import ThreadPoolExecutor
+
+    hub = make_hub("8")
+    users = [f"user{i}" for i in range(50)]
+    hub.create_users(*users)
+    deadline = time.monotonic() + 60
+    overlaps, started = [], []
+
+    def churn(user):
+        while time.monotonic() < deadline:
+            response = hub.start_server(user, {"gpus": 1})
+            if response.status_code in (201, 202) and (hub.server_model(user) or {}).get("ready"):
+                started.append(user)
+                time.sleep(1)
+                hub.stop_server(user)
+            else:
+                time.sleep(0.5)
+
+    def watch():
+        while time.monotonic() < deadline:
+            held = hub.gpus_held()
+            uuids = [uuid for gpus in held.values() for uuid in gpus]
+            if len(uuids) != len(set(uuids)):
+                overlaps.append(held)
+            time.sleep(0.5)
+
+    with ThreadPoolExecutor(51) as pool:
+        watcher = pool.submit(watch)
+        for future in [pool.submit(churn, user) for user in users]:
+            future.result()
+        watcher.result()
+    assert not overlaps, f"a GPU was held twice: {overlaps[0]}"
+    assert len(started) >= 8  # the GPUs were really used, again and again
+    for user in users:
+        if hub.server_model(user) is not None:
+            hub.stop_server(user)
+    assert hub.gpus_held() == {}  # none leaked
+    assert len(hub.containers()) == 0
+
+
+def test_docker_engine_restarted_mid_session(make_hub, docker_times):
+    """dockerd restarts (an upgrade, a crash): the notebook dies with it, the meter closes
+    its session from what Docker still knows and goes on metering new ones."""
+    import subprocess
+    from pathlib import Path
+
+    pidfile = Path("/run/jupyter-gpu-meter-dockerd.pid")
+    if not pidfile.exists():
+        pytest.skip("dockerd was not started by scripts/start-docker: not ours to restart")
+    hub = make_hub("1", meter=True)
+    hub.start_server("ada", {"gpus": 1})
+    container = hub.container_of("ada")
+    wait_until(lambda: session_of(hub, container.id), 30, "ada's session")
+
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 60, "dockerd to stop")
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([str(repo / "scripts/start-docker")], check=True, capture_output=True)
+
+    session = closed_session(hub, container.id, timeout=90)
+    die = docker_times.times.get(container.id, {}).get("die")
+    if die is not None:  # the watcher saw the die event before the engine went away
+        assert abs((session.ended_at - die).total_seconds()) <= 1
+    assert session.end_reason  # says how it ended
+    wait_until(lambda: hub.server_model("ada") is None, 90, "the hub to see ada's server gone")
+    # the meter follows the new engine: a new session is metered
+    hub.start_server("bob", {"gpus": 1})
+    bob = hub.container_of("bob")
+    wait_until(lambda: session_of(hub, bob.id), 60, "bob's session on the restarted engine")
+    assert len(user_sessions(hub, "ada")) == 1

@@ -335,6 +335,15 @@ class MeterService(Application):
 
     # --- start and stop ----------------------------------------------------
 
+    async def _follow_the_hub(self, stop: asyncio.Event):
+        """A managed service lives and dies with its hub: if the hub is killed
+        (its pid is gone as our parent), stop, so the next hub's meter can start."""
+        parent = os.getppid()
+        while os.getppid() == parent:  # noqa: ASYNC110 (no event tells of a parent's death)
+            await asyncio.sleep(1)
+        self.log.warning("The hub (pid %s) is gone: stopping the meter", parent)
+        stop.set()
+
     async def _open_sampler(self):
         sampler = self.sampler_config.make_sampler(self.inventory_source)
         try:
@@ -392,6 +401,8 @@ class MeterService(Application):
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if os.environ.get("JUPYTERHUB_SERVICE_NAME"):
+            tasks.append(asyncio.ensure_future(self._follow_the_hub(stop)))
         await stop.wait()
         self.log.info("Stopping: writing what is pending")
         self._stopping.set()

@@ -179,8 +179,9 @@ class PolicyRunner:
         self.exhausted_since: dict = {}
         #: user -> the last budget warning recorded ("80%" or "used up"), to record each once
         self.warned: dict[str, str] = {}
-        #: user -> their groups, as the hub last said (for group budgets)
+        #: user -> their groups, as the hub last said (for group budgets), and when it said so
         self.groups: dict[str, list[str]] = {}
+        self._groups_at: dict = {}
         self.hub = hub
         self.log = log
         self.clock = clock
@@ -256,6 +257,14 @@ class PolicyRunner:
             ):
                 await self.vouch(server, now)
 
+    async def groups_of(self, user: str, now) -> list[str]:
+        """`user`'s groups from the hub, asked at most once a minute per user."""
+        fetched = self._groups_at.get(user)
+        if fetched is None or now - fetched >= timedelta(seconds=60):
+            self.groups[user] = await self.hub.user_groups(user)
+            self._groups_at[user] = now
+        return self.groups[user]
+
     async def check_budgets(self, now):
         """Warn users near their budget; stop their paid servers once it is used up."""
         if self.budget_of is None:
@@ -268,7 +277,7 @@ class PolicyRunner:
             self.exhausted_since.pop(user, None)
             self.warned.pop(user, None)
         for user, containers in by_user.items():
-            groups = self.groups[user] = await self.hub.user_groups(user)
+            groups = await self.groups_of(user, now)
             status = await self.budget_of(user, groups, now)
             if status is None:
                 self.exhausted_since.pop(user, None)
