@@ -1,0 +1,126 @@
+"""Start-to-ready: plain DockerSpawner against GPUDockerSpawner, interleaved; a crowd of starts.
+
+Two real hubs with their proxies on the real Docker engine and the same image:
+one with DockerSpawner (host networking, as the GPU hub), one with
+GPUDockerSpawner (1 simulated GPU). Starts alternate between them, so both see
+the same machine load; the figure is the ratio of the medians. Then 50 users
+ask one GPU hub with 8 GPUs for a GPU at the same moment: how long until
+every request is answered, and that exactly 8 got disjoint GPUs. Usage, from
+the repository root after scripts/setup:
+
+    .venv/bin/python benchmarks/spawn_ratio.py [--rounds 7] [--concurrent 50]
+"""
+
+import argparse
+import itertools
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.hub import Hub  # noqa: E402  (the same harness as the end-to-end tests)
+
+# DockerSpawner with host networking needs the same two adjustments the GPU
+# spawner makes for it: no port bindings, and a free port on the host.
+PLAIN_SPAWNER = """
+import json, os
+from dockerspawner import DockerSpawner
+from jupyterhub.utils import random_port
+
+
+class PlainHostDockerSpawner(DockerSpawner):
+    async def start(self):
+        self.port = random_port()
+        return await super().start()
+
+    async def get_ip_and_port(self):
+        return "127.0.0.1", self.port
+
+
+settings = json.loads(os.environ["JGM_TEST_SETTINGS"])
+c = get_config()  # noqa
+c.JupyterHub.spawner_class = PlainHostDockerSpawner
+c.DockerSpawner.image = settings["image"]  # the same image as the GPU hub
+c.DockerSpawner.pull_policy = "never"
+c.DockerSpawner.name_template = settings["prefix"] + "{username}--{servername}"
+c.DockerSpawner.network_name = "host"
+c.DockerSpawner.use_internal_ip = True
+c.DockerSpawner.ip = "127.0.0.1"
+c.DockerSpawner.remove = True
+"""
+
+
+def time_start(hub: Hub, user: str, options: dict) -> float:
+    started = time.perf_counter()
+    response = hub.start_server(user, options)
+    assert response.status_code in (201, 202), response.text
+    assert hub.wait_for(user)
+    elapsed = time.perf_counter() - started
+    hub.stop_server(user)
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--concurrent", type=int, default=50)
+    args = parser.parse_args()
+    client = docker.from_env()
+    work = Path(tempfile.mkdtemp(prefix="jgm-spawn-ratio-"))
+    plain_config = work / "plain.py"
+    plain_config.write_text(PLAIN_SPAWNER)
+    plain = Hub(work / "plain", client, "1")
+    hub_config = plain.dir / "jupyterhub_config.py"
+    # after the harness's own settings, so DockerSpawner replaces the GPU spawner
+    hub_config.write_text(hub_config.read_text() + f"\nload_subconfig({str(plain_config)!r})\n")
+    gpu = Hub(work / "gpu", client, "1")
+    times = {"DockerSpawner": [], "GPUDockerSpawner": []}
+    try:
+        plain.start()
+        gpu.start()
+        time_start(plain, "warmup", {})
+        time_start(gpu, "warmup", {"gpus": 1})
+        for _ in range(args.rounds):
+            times["DockerSpawner"].append(time_start(plain, "bench", {}))
+            times["GPUDockerSpawner"].append(time_start(gpu, "bench", {"gpus": 1}))
+    finally:
+        plain.cleanup()
+        gpu.cleanup()
+
+    crowd = Hub(work / "crowd", client, "8")
+    try:
+        crowd.start()
+        users = [f"user{i}" for i in range(args.concurrent)]
+        started = time.perf_counter()
+        responses = crowd.start_many([(user, {"gpus": 1}) for user in users])
+        answered = time.perf_counter() - started
+        held = crowd.gpus_held()
+        all_uuids = list(itertools.chain.from_iterable(held.values()))
+        codes = sorted(r.status_code for r in responses)
+    finally:
+        crowd.cleanup()
+
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores")
+    for kind, values in times.items():
+        print(
+            f"{kind:17s} start-to-ready: median {statistics.median(values):.2f} s, "
+            f"min {min(values):.2f} s, max {max(values):.2f} s ({len(values)} starts)"
+        )
+    ratio = statistics.median(times["GPUDockerSpawner"]) / statistics.median(times["DockerSpawner"])
+    print(f"ratio GPUDockerSpawner / DockerSpawner (medians): {ratio:.3f} (goal <= 1.05)")
+    print(
+        f"{args.concurrent} concurrent starts on 8 GPUs: all answered in {answered:.1f} s; "
+        f"{codes.count(503)} refused (503), {len(held)} started holding {len(all_uuids)} GPUs, "
+        f"{len(set(all_uuids))} distinct"
+    )
+    assert len(all_uuids) == len(set(all_uuids)) == len(held) == 8
+
+
+if __name__ == "__main__":
+    main()
