@@ -56,16 +56,6 @@ c.DockerSpawner.remove = True
 """
 
 
-def time_start(hub: Hub, user: str, options: dict) -> float:
-    started = time.perf_counter()
-    response = hub.start_server(user, options)
-    assert response.status_code in (201, 202), response.text
-    assert hub.wait_for(user)
-    elapsed = time.perf_counter() - started
-    hub.stop_server(user)
-    return elapsed
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -84,11 +74,11 @@ def main():
     try:
         plain.start()
         gpu.start()
-        time_start(plain, "warmup", {})
-        time_start(gpu, "warmup", {"gpus": 1})
+        plain.time_to_ready("warmup", {})
+        gpu.time_to_ready("warmup", {"gpus": 1})
         for _ in range(args.rounds):
-            times["DockerSpawner"].append(time_start(plain, "bench", {}))
-            times["GPUDockerSpawner"].append(time_start(gpu, "bench", {"gpus": 1}))
+            times["DockerSpawner"].append(plain.time_to_ready("bench", {}))
+            times["GPUDockerSpawner"].append(gpu.time_to_ready("bench", {"gpus": 1}))
     finally:
         plain.cleanup()
         gpu.cleanup()

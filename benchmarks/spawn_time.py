@@ -15,23 +15,12 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.hub import Hub  # noqa: E402  (the same harness as the end-to-end tests)
-
-
-def time_start(hub: Hub, user: str, options: dict) -> float:
-    started = time.perf_counter()
-    response = hub.start_server(user, options)
-    assert response.status_code in (201, 202), response.text
-    assert hub.wait_for(user)
-    elapsed = time.perf_counter() - started
-    hub.stop_server(user)
-    return elapsed
 
 
 def main():
@@ -46,11 +35,11 @@ def main():
         base_config=str(shipped),
     ).start()
     try:
-        time_start(hub, "warmup", {"profile": "gpu-1"})
+        hub.time_to_ready("warmup", {"profile": "gpu-1"})
         times = {"1 GPU": [], "CPU only": []}
         for _ in range(args.rounds):
-            times["1 GPU"].append(time_start(hub, "bench", {"profile": "gpu-1"}))
-            times["CPU only"].append(time_start(hub, "bench", {"profile": "cpu"}))
+            times["1 GPU"].append(hub.time_to_ready("bench", {"profile": "gpu-1"}))
+            times["CPU only"].append(hub.time_to_ready("bench", {"profile": "cpu"}))
     finally:
         hub.cleanup()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores")

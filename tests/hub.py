@@ -253,6 +253,16 @@ class Hub:
             self.wait_for(user, server)
         return response
 
+    def time_to_ready(self, user: str, options: dict) -> float:
+        """Seconds from the start request until the hub reports the server ready; then stop it."""
+        started = time.perf_counter()
+        response = self.start_server(user, options)
+        assert response.status_code in (201, 202), response.text
+        assert self.wait_for(user)
+        elapsed = time.perf_counter() - started
+        self.stop_server(user)
+        return elapsed
+
     def server_model(self, user: str, server: str = ""):
         model = self.api("GET", f"/users/{user}").json()
         return model.get("servers", {}).get(server)

@@ -12,30 +12,16 @@ import requests
 
 from jupyter_gpu_meter.ledger import Ledger
 from tests.hub import login
+from tests.metering import closed_session, session_of, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
 FAST = {"Policies.interval": 1.0, "GPUSampler.interval": 0.5}
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def decisions(hub, user):
     with Ledger(hub.ledger_url) as ledger:
         return ledger.decisions(user=user)
-
-
-def session(hub, container_id):
-    with Ledger(hub.ledger_url) as ledger:
-        return ledger.get_session(container_id)
 
 
 def test_an_idle_gpu_server_is_stopped_and_told_why(make_hub):
@@ -45,9 +31,7 @@ def test_an_idle_gpu_server_is_stopped_and_told_why(make_hub):
     # the simulated GPU reads 0 %: idle from the first tick
     wait_until(lambda: hub.server_model("ada") is None, 40, "the hub to stop ada's server")
 
-    closed = wait_until(
-        lambda: (s := session(hub, container.id)) and s.ended_at and s, 20, "the session to close"
-    )
+    closed = closed_session(hub, container.id, timeout=20)
     assert closed.end_reason.startswith("stopped: GPUs idle for ")
     (decision,) = decisions(hub, "ada")
     assert (decision.policy, decision.action, decision.outcome) == ("gpu-idle", "stop", "stopped")
@@ -65,7 +49,7 @@ def test_dry_run_decides_but_stops_nothing(make_hub):
     assert found[0].outcome == "would stop (dry run)" and found[0].dry_run
     time.sleep(3)
     assert hub.server_model("ada")["ready"]
-    assert session(hub, container.id).ended_at is None
+    assert session_of(hub, container.id).ended_at is None
 
 
 def test_a_busy_gpu_server_survives_the_idle_culler(make_hub, tmp_path):
@@ -135,9 +119,7 @@ def test_a_budget_used_up_mid_session_stops_the_server_and_refuses_the_next(make
     container = hub.container_of("ada")
     # about 15 s later the budget is used up; 2 s after that the server stops
     wait_until(lambda: hub.server_model("ada") is None, 60, "the budget policy to stop ada")
-    closed = wait_until(
-        lambda: (s := session(hub, container.id)) and s.ended_at and s, 20, "the session to close"
-    )
+    closed = closed_session(hub, container.id, timeout=20)
     assert closed.end_reason.startswith("stopped: budget used up (")
     kinds = [(d.policy, d.action, d.outcome) for d in reversed(decisions(hub, "ada"))]
     assert kinds == [
