@@ -121,13 +121,7 @@ def render_report(rows, fmt: str) -> str:
         writer.writeheader()
         writer.writerows(records)
         return out.getvalue()
-    table = [columns] + [[str(record[c]) for c in columns] for record in records]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    lines = []
-    for line in table:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        lines.append("  ".join(cells).rstrip() + "\n")
-    return "".join(lines)
+    return _table(columns, records)
 
 
 class UpgradeDBCommand(_LedgerCommand):
