@@ -220,7 +220,11 @@ class Hub:
         )
 
     def containers(self, all=False):
-        return self.docker.containers.list(all=all, filters={"name": self.prefix})
+        # ignore_removed: a container that goes away between the list and its
+        # inspect (a stop racing this call) is simply not listed
+        return self.docker.containers.list(
+            all=all, filters={"name": self.prefix}, ignore_removed=True
+        )
 
     def cleanup(self):
         self.stop()
