@@ -12,11 +12,12 @@ on each database:
    ``UsageReader.user_view(user)``, what the user page and ``api/usage`` run
    (all of the user's sessions, totals, 30 days, the rollups of the 25 sessions
    shown); p50 and p95 over --user-samples users picked at random;
-2. everyone's month: ``Ledger.sessions(since=<month start>)`` plus
-   ``report.usage_by_user`` (the CLI report), and
-   ``UsageReader.users_view(since=<month start>)``, what the admin page and
-   ``api/users`` run; with the time split into database (query and driver),
-   building session records, and aggregation;
+2. everyone's month: ``Ledger.usage_sums(since=<month start>)`` plus
+   ``report.usage_by_user`` (the database adds up the closed sessions, Python
+   the running ones and those crossing the month's start), against reading
+   every session of the month (the same totals, checked);
+   ``UsageReader.users_view`` this month and all time, what the admin page
+   and ``api/users`` run, and the uncached per-user totals of ``/metrics``;
 3. ingest: ``Ledger.add_rollups`` with flushes of 1,000 new rows, the same
    rows rewritten (the meter rewrites the current minute's cumulative rows
    every flush), and flushes of 8 rows (one 8-GPU node);
@@ -53,8 +54,7 @@ the script refuses one that holds sessions):
 A quick run: ``--sessions 20000 --rollups 200000``. The SQLite file goes to a
 temporary folder unless --sqlite-path is given; --keep keeps it (and the
 PostgreSQL tables), --reuse measures a database kept by an earlier run with
-the same arguments instead of filling a new one, and --candidate-index
-measures with the index a migration 0004 would add (dropped again afterwards).
+the same arguments instead of filling a new one.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from jupyter_gpu_meter import usage  # noqa: E402
 from jupyter_gpu_meter.ledger import Ledger, RollupRow  # noqa: E402
-from jupyter_gpu_meter.pricing import Pricing  # noqa: E402
+from jupyter_gpu_meter.pricing import Pricing, session_sums  # noqa: E402
 from jupyter_gpu_meter.report import usage_by_user  # noqa: E402
 from jupyter_gpu_meter.service.reader import UsageReader  # noqa: E402
 
@@ -126,6 +126,8 @@ SESSION_COLUMNS = (
     "ended_at",
     "end_reason",
     "last_seen_at",
+    "gpu_microseconds",
+    "charge_units",
 )
 ROLLUP_COLUMNS = (
     "session_id",
@@ -148,9 +150,6 @@ SQLITE_ROLLUPS_INSERT = _insert_sql("rollups", ROLLUP_COLUMNS, "?")
 POSTGRESQL_ROLLUPS_INSERT = _insert_sql("rollups", ROLLUP_COLUMNS, "%s")
 _US = timedelta(microseconds=1)
 _MINUTE = timedelta(minutes=1)
-#: the index a migration 0004 would add (--candidate-index measures with it)
-CANDIDATE_INDEX_NAME = "ix_sessions_username_ended_at"
-CANDIDATE_INDEX = f"CREATE INDEX {CANDIDATE_INDEX_NAME} ON sessions (username, ended_at)"
 #: writers of the rows this script adds while measuring ingest (deleted afterwards)
 BENCH_WRITER = "bench-"
 
@@ -235,8 +234,10 @@ class Plan:
         price = self.snapshot(i)
         if ended is None:
             last_seen = max(started, self.now - timedelta(seconds=2))
+            sums = (None, None)
         else:
             last_seen = ended
+            sums = session_sums(price, started, ended)
         return (
             i + 1,
             self.container_id(i),
@@ -255,6 +256,7 @@ class Plan:
             ended,
             None if ended is None else END_REASONS[self.reason[i]][0],
             last_seen,
+            *sums,
         )
 
     def minutes(self, i: int) -> tuple[int, int]:
@@ -508,14 +510,6 @@ class Database:
                 connection.execute(text("SELECT count(*) FROM rollups")).scalar_one(),
             )
 
-    def add_candidate_index(self) -> None:
-        with self.ledger() as ledger, ledger._write() as connection:
-            connection.execute(text(CANDIDATE_INDEX))
-
-    def drop_candidate_index(self) -> None:
-        with self.ledger() as ledger, ledger._write() as connection:
-            connection.execute(text(f"DROP INDEX IF EXISTS {CANDIDATE_INDEX_NAME}"))
-
 
 class SQLiteDatabase(Database):
     name = "SQLite"
@@ -681,11 +675,6 @@ class PostgreSQLDatabase(Database):
             # what autovacuum does to tables this size in steady state
             connection.execute("VACUUM (ANALYZE) sessions")
             connection.execute("VACUUM (ANALYZE) rollups")
-
-    def add_candidate_index(self) -> None:
-        super().add_candidate_index()
-        with self.connect(autocommit=True) as connection:
-            connection.execute("ANALYZE sessions")
 
     def size(self) -> dict:
         tables = ("sessions", "rollups", "meter_state", "decisions", "budgets", "budget_changes")
@@ -906,35 +895,49 @@ def measure_queries(db: Database, plan: Plan, args, results: Results, log) -> No
 
         # 2. everyone's month
         with captured(ledger.engine) as statements:
-            ledger.sessions(since=month)
-        admin_month_sql = statements[0]
+            ledger.usage_sums(since=month)
+        sums_sql = statements
         with captured(ledger.engine) as statements:
-            ledger.sessions()
-        admin_all_sql = statements[0]
-        summary, summary_db, summary_records, summary_agg = [], [], [], []
+            ledger.last_active(now)
+        active_sql = statements[0]
+        with captured(ledger.engine) as statements:
+            ledger.sessions(since=month)
+        every_month_sql = statements[0]
+        summary, summary_db, every = [], [], []
         for _ in range(args.admin_rounds):
-            db_s = raw_fetch(ledger, *admin_month_sql)
-            load_s, sessions = timed(ledger.sessions, since=month)
-            agg_s, rows = timed(usage_by_user, sessions, now=now, since=month)
+            db_s = sum(raw_fetch(ledger, *statement) for statement in sums_sql)
+            load_s, (sums, others) = timed(ledger.usage_sums, since=month)
+            agg_s, rows = timed(usage_by_user, others, now=now, since=month, sums=sums)
             summary.append(load_s + agg_s)
             summary_db.append(db_s)
-            summary_records.append(load_s - db_s)
-            summary_agg.append(agg_s)
-            f["admin_month_sessions"], f["admin_month_users"] = (
-                len(sessions),
-                len({r.user for r in rows}),
-            )
-            del sessions, rows
-        f["summary"], f["summary_db"] = summary, summary_db
-        f["summary_records"], f["summary_agg"] = summary_records, summary_agg
-        log(f"  sessions(since=<month>) + usage_by_user: {ms(statistics.median(summary))}")
-        page, page_db, page_load = [], [], []
+            # baseline: every session of the month read and added up one by one
+            load_s, sessions = timed(ledger.sessions, since=month)
+            agg_s, expected = timed(usage_by_user, sessions, now=now, since=month)
+            every.append(load_s + agg_s)
+            if rows != expected:
+                raise SystemExit("usage_sums: the month's totals differ from every session's")
+            f["admin_month_sessions"] = len(sessions)
+            f["admin_month_users"] = len({r.user for r in rows})
+            f["admin_month_read"] = len(others)
+            del sessions, sums, others, rows, expected
+        f["summary"], f["summary_db"], f["summary_every"] = summary, summary_db, every
+        log(
+            f"  everyone's month: usage_sums {ms(statistics.median(summary))}, "
+            f"every session {ms(statistics.median(every))}"
+        )
+        page, page_all, page_active, metrics = [], [], [], []
+        reader.settings.metrics_cache_seconds = 0  # every call reads the ledger
         for _ in range(args.page_rounds):
-            page_db.append(raw_fetch(ledger, *admin_all_sql))
             page.append(timed(reader.users_view, since=month)[0])
-            page_load.append(timed(ledger.sessions)[0])
-        f["users_view"], f["users_view_db"], f["users_view_load"] = page, page_db, page_load
-        log(f"  admin page (users_view since month): {statistics.median(page):.2f} s")
+            page_all.append(timed(reader.users_view)[0])
+            page_active.append(timed(ledger.last_active, now)[0])
+            metrics.append(timed(reader.metrics_totals)[0])
+        f["users_view"], f["users_view_all"] = page, page_all
+        f["users_view_active"], f["metrics_totals"] = page_active, metrics
+        log(
+            f"  admin page: this month {ms(statistics.median(page))}, "
+            f"all time {ms(statistics.median(page_all))}"
+        )
 
         # the plans of what was measured
         for title, (statement, parameters) in [
@@ -944,8 +947,12 @@ def measure_queries(db: Database, plan: Plan, args, results: Results, log) -> No
                 (f"user_view, statement {n + 1} of {len(user_view_sql)}", s)
                 for n, s in enumerate(user_view_sql[:2])
             ],
-            ("everyone's sessions this month: Ledger.sessions(since=)", admin_month_sql),
-            ("users_view: Ledger.sessions()", admin_all_sql),
+            *[
+                (f"Ledger.usage_sums(since=<month>), statement {n + 1}", statement)
+                for n, statement in enumerate(sums_sql)
+            ],
+            ("Ledger.last_active()", active_sql),
+            ("baseline: every session this month, Ledger.sessions(since=)", every_month_sql),
         ]:
             if parameters is None:
                 parameters = {"id": 1} if db.name == "PostgreSQL" else (1,)
@@ -1164,32 +1171,43 @@ def report(all_results: list[Results], plan: Plan, args, header: list[str]) -> s
     )
     row("baseline: `SELECT count(*) FROM sessions`, median", "", median_of("count"))
     row(
-        "everyone's month: `sessions(since=)` + `usage_by_user`, median",
+        "everyone's month: `usage_sums(since=)` + `usage_by_user`, median",
         "≤ 500 ms",
         median_of("summary", bold=True),
     )
+    row("… its SQL alone (DBAPI execute + fetch), median", "", median_of("summary_db"))
     row(
-        "… of which SQL (DBAPI execute + fetch) / building records / aggregating",
+        "… sessions / users in the month / sessions read one by one",
         "",
-        median_of("summary_db", "summary_records", "summary_agg"),
+        lambda f, r: (
+            f"{f['admin_month_sessions']:,} / {f['admin_month_users']:,} / "
+            f"{f['admin_month_read']:,}"
+        ),
     )
     row(
-        "… sessions / users in the month",
+        "baseline: every session of the month, `sessions(since=)` + `usage_by_user`, median",
         "",
-        lambda f, r: f"{f['admin_month_sessions']:,} / {f['admin_month_users']:,}",
+        median_of("summary_every"),
     )
-    row("… as a multiple of count(*)", "", ratio("summary", "count"))
+    row(
+        "… as a multiple of `usage_sums` (same totals, checked)",
+        "",
+        lambda f, r: f"{med(f['summary_every']) / med(f['summary']):.1f}×",
+    )
+    row("… `usage_sums` as a multiple of count(*)", "", ratio("summary", "count"))
     row(
         "admin page / `api/users`: `UsageReader.users_view(since=<month>)`, median",
         "≤ 500 ms",
         median_of("users_view", bold=True),
     )
+    row("… all time: `users_view()`, median", "", median_of("users_view_all"))
+    row("… of which `Ledger.last_active()`, median", "", median_of("users_view_active"))
+    row("… this month as a multiple of count(*)", "", ratio("users_view", "count"))
     row(
-        "… of which `Ledger.sessions()` (every session) / its SQL alone",
+        "`/metrics` per-user totals, all time: `metrics_totals()` uncached, median",
         "",
-        median_of("users_view_load", "users_view_db"),
+        median_of("metrics_totals"),
     )
-    row("… as a multiple of count(*)", "", ratio("users_view", "count"))
     size = args.batch_rows
     row(
         f"ingest: `add_rollups`, flushes of {size:,} new rows, rows/s",
@@ -1267,14 +1285,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure databases kept by --keep")
-    parser.add_argument(
-        "--candidate-index",
-        action="store_true",
-        help=f"measure with the index a migration 0004 would add: {CANDIDATE_INDEX}",
-    )
     parser.add_argument("--user-samples", type=int, default=200, help="users timed (default 200)")
     parser.add_argument("--admin-rounds", type=int, default=5, help="rounds of the monthly summary")
-    parser.add_argument("--page-rounds", type=int, default=3, help="rounds of users_view (slow)")
+    parser.add_argument("--page-rounds", type=int, default=5, help="rounds of users_view")
     parser.add_argument("--ingest-batches", type=int, default=20, help="flushes timed (default 20)")
     parser.add_argument(
         "--batch-rows", type=int, default=1_000, help="rows per flush (default 1000)"
@@ -1339,9 +1352,6 @@ def main(argv=None):
                     check_read_back(ledger, plan, random.Random(args.seed + 2))
                 if db.counts() != (plan.sessions, plan.rollups):
                     raise SystemExit(f"{db.name}: counts {db.counts()} are not the plan's")
-                if args.candidate_index:
-                    db.add_candidate_index()
-                    results.name += f" + {CANDIDATE_INDEX_NAME}"
                 results.size = db.size()
                 log(f"{results.name}: {mib(results.size['total'])} on disk")
                 measure_queries(db, plan, args, results, log)
@@ -1349,8 +1359,6 @@ def main(argv=None):
             finally:
                 if not args.keep:
                     db.drop()
-                elif args.candidate_index:
-                    db.drop_candidate_index()
             all_results.append(results)
         print(report(all_results, plan, args, header))
 

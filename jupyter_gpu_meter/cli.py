@@ -92,11 +92,13 @@ class ReportCommand(_LedgerCommand):
             since, until = _parse_date(self.since), _parse_date(self.until)
             with Ledger(self.db_url) as ledger:
                 ledger.check_revision()
-                sessions = ledger.sessions(user=self.user or None, since=since, until=until)
+                sums, sessions = ledger.usage_sums(
+                    user=self.user or None, since=since, until=until
+                )
         except (ValueError, LedgerSchemaError) as e:
             self.log.critical("%s", e)
             self.exit(2)
-        rows = usage_by_user(sessions, now=utcnow(), since=since, until=until)
+        rows = usage_by_user(sessions, now=utcnow(), since=since, until=until, sums=sums)
         sys.stdout.write(render_report(rows, self.format))
 
 

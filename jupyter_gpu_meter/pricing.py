@@ -28,7 +28,6 @@ LABEL_PREFIX = labels.PREFIX + "price."
 
 #: arithmetic for charges: the precision of Python's default context, whatever the caller's is
 _CONTEXT = Context(prec=28)
-_SECONDS_PER_HOUR = Decimal(3600)
 _MICROSECONDS = 1_000_000
 
 #: ISO 4217 currencies whose minor unit is not 1/100
@@ -255,26 +254,69 @@ def billable_seconds(started_at: datetime, ended_at: datetime, increment_s: int 
     return -(-_microseconds(started_at, ended_at) // increment_us) * increment_s
 
 
+#: a charge is an exact whole number of these parts of the currency's unit: prices
+#: have 6 places and time is billed in whole seconds, so price per hour x 10**6 x
+#: billed seconds is a whole number, the charge x 3,600,000,000
+CHARGE_UNITS = 3600 * _MICROSECONDS
+_CHARGE_UNITS = Decimal(CHARGE_UNITS)
+
+
+def gpu_microseconds(snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime) -> int:
+    """GPUs × microseconds of [started_at, ended_at]: GPU time as an exact whole number."""
+    return _microseconds(started_at, ended_at) * snapshot.gpus
+
+
 def gpu_seconds(snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime) -> Decimal:
     """GPUs × exact seconds (to the microsecond), not rounded to the billing increment."""
-    seconds = _CONTEXT.divide(Decimal(_microseconds(started_at, ended_at)), _MICROSECONDS)
-    return _CONTEXT.multiply(seconds, Decimal(snapshot.gpus))
+    return _CONTEXT.divide(Decimal(gpu_microseconds(snapshot, started_at, ended_at)), _MICROSECONDS)
 
 
-def charge(snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime) -> Decimal:
-    """What [started_at, ended_at] costs at `snapshot`'s prices. Exact: never rounded.
+def charge_units(snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime) -> int:
+    """What [started_at, ended_at] costs, in :data:`CHARGE_UNITS` parts of the currency.
 
-    GPU sessions: GPUs × price per GPU-hour × billable seconds / 3600; CPU-only
-    sessions: the CPU price per hour likewise. At least the minimum charge once
-    the session has any duration; 0 for none.
+    The definition of a charge: GPU sessions are charged GPUs × price per
+    GPU-hour × billable seconds / 3600, CPU-only sessions the CPU price per hour
+    likewise, and at least the minimum charge once the session has any
+    duration; nothing for none. Whole numbers add up exactly, in Python and in
+    SQL, which is how totals over many sessions stay exact.
     """
     seconds = billable_seconds(started_at, ended_at, snapshot.billing_increment_s)
     if not seconds:
-        return Decimal(0)
-    amount = _CONTEXT.divide(
-        _CONTEXT.multiply(snapshot.hourly_rate, Decimal(seconds)), _SECONDS_PER_HOUR
+        return 0
+    rate = int(snapshot.hourly_rate.scaleb(MONEY_PLACES))  # exact: prices have 6 places
+    minimum = int(snapshot.minimum_charge.scaleb(MONEY_PLACES)) * 3600
+    return max(rate * seconds, minimum)
+
+
+#: the largest whole number a database's BIGINT holds
+_BIGINT_MAX = 2**63 - 1
+
+
+def session_sums(
+    snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime
+) -> tuple[int | None, int | None]:
+    """(:func:`gpu_microseconds`, :func:`charge_units`) of a closed session, as the ledger
+    stores them; None for a number beyond 64 bits (a charge of over 2.5 billion)."""
+    numbers = (
+        gpu_microseconds(snapshot, started_at, ended_at),
+        charge_units(snapshot, started_at, ended_at),
     )
-    return max(amount, snapshot.minimum_charge)
+    return tuple(n if n <= _BIGINT_MAX else None for n in numbers)
+
+
+def from_charge_units(units: int) -> Decimal:
+    """:data:`CHARGE_UNITS` parts as an amount, to 28 significant digits."""
+    return _CONTEXT.divide(Decimal(units), _CHARGE_UNITS)
+
+
+def from_gpu_microseconds(microseconds: int) -> Decimal:
+    """GPU-microseconds as GPU-hours, to 28 significant digits."""
+    return _CONTEXT.divide(Decimal(microseconds), _CHARGE_UNITS)
+
+
+def charge(snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime) -> Decimal:
+    """What [started_at, ended_at] costs at `snapshot`'s prices (see :func:`charge_units`)."""
+    return from_charge_units(charge_units(snapshot, started_at, ended_at))
 
 
 def minor_unit(currency: str) -> int:

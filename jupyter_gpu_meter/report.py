@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from .pricing import charge, gpu_seconds
-
-_HOUR = Decimal(3600)
+from .pricing import charge_units, from_charge_units, from_gpu_microseconds, gpu_microseconds
 
 
 @dataclass(frozen=True)
@@ -28,13 +26,24 @@ def usage_by_user(
     now: datetime,
     since: datetime | None = None,
     until: datetime | None = None,
+    sums: Iterable = (),
 ) -> list[UserUsage]:
     """Totals per user and currency over the part of each session inside [since, until).
 
     Running sessions count up to `now`. Each session is charged at the price
     snapshot it started with, so a later price change never changes it.
+    `sums` (:class:`~jupyter_gpu_meter.ledger.UsageSum`) are sessions the
+    database already added up, wholly inside the range and not among
+    `sessions`: see :meth:`~jupyter_gpu_meter.ledger.Ledger.usage_sums`. GPU
+    time and charges add up as whole numbers and are divided once, so the
+    totals are the same however the sessions were split.
     """
     totals: dict[tuple[str, str], list] = {}
+    for part in sums:
+        entry = totals.setdefault((part.user, part.currency), [0, 0, 0, 0])
+        entry[0] += part.sessions
+        entry[2] += part.gpu_microseconds
+        entry[3] += part.charge_units
     for session in sessions:
         start = max(session.started_at, since) if since else session.started_at
         end = session.ended_at or now
@@ -42,13 +51,14 @@ def usage_by_user(
             end = min(end, until)
         if end <= start:
             continue
-        key = (session.user, session.price.currency)
-        entry = totals.setdefault(key, [0, 0, Decimal(0), Decimal(0)])
+        entry = totals.setdefault((session.user, session.price.currency), [0, 0, 0, 0])
         entry[0] += 1
         entry[1] += session.ended_at is None
-        entry[2] += gpu_seconds(session.price, start, end) / _HOUR
-        entry[3] += charge(session.price, start, end)
+        entry[2] += gpu_microseconds(session.price, start, end)
+        entry[3] += charge_units(session.price, start, end)
     return [
-        UserUsage(user, count, running, hours, money, currency)
-        for (user, currency), (count, running, hours, money) in sorted(totals.items())
+        UserUsage(
+            user, count, running, from_gpu_microseconds(gpu_us), from_charge_units(units), currency
+        )
+        for (user, currency), (count, running, gpu_us, units) in sorted(totals.items())
     ]

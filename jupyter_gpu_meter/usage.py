@@ -258,43 +258,32 @@ class UserTotals:
 
 
 def totals_by_user(
-    sessions: Iterable, *, now: datetime, since=None, until=None
+    sessions: Iterable, *, now: datetime, since=None, until=None, sums: Iterable = ()
 ) -> dict[str, Totals]:
-    """Totals per user over [since, until): :func:`~jupyter_gpu_meter.report.usage_by_user`,
-    its currencies merged."""
+    """Totals per user over [since, until): :func:`~jupyter_gpu_meter.report.usage_by_user`
+    (of `sessions` and the ledger's `sums`), its currencies merged."""
     result: dict[str, Totals] = {}
-    for row in usage_by_user(sessions, now=now, since=since, until=until):
+    for row in usage_by_user(sessions, now=now, since=since, until=until, sums=sums):
         part = Totals(row.sessions, row.running, row.gpu_hours, {row.currency: row.charges})
         result[row.user] = result[row.user] + part if row.user in result else part
     return result
 
 
-def totals(sessions: Iterable, *, now: datetime, since=None, until=None) -> Totals:
+def totals(sessions: Iterable, *, now: datetime, since=None, until=None, sums=()) -> Totals:
     """Everyone's totals over [since, until)."""
     result = Totals()
-    for part in totals_by_user(sessions, now=now, since=since, until=until).values():
+    for part in totals_by_user(sessions, now=now, since=since, until=until, sums=sums).values():
         result = result + part
     return result
 
 
-def last_active(sessions: Iterable, *, now: datetime) -> dict[str, datetime]:
-    """user -> the end of their latest session (`now` while one runs)."""
-    latest: dict[str, datetime] = {}
-    for session in sessions:
-        end = session.end(now)
-        if session.user not in latest or end > latest[session.user]:
-            latest[session.user] = end
-    return latest
-
-
-def user_table(
-    all_sessions: Sequence, *, now: datetime, since=None, until=None
-) -> list[UserTotals]:
-    """Every user with any session in `all_sessions`: totals over [since, until) (zero
-    when none), and when they were last active (over all time), by user name."""
-    in_range = totals_by_user(all_sessions, now=now, since=since, until=until)
-    active = last_active(all_sessions, now=now)
-    return [UserTotals(user, in_range.get(user, Totals()), active[user]) for user in sorted(active)]
+def user_table(in_range: dict[str, Totals], last_active: dict[str, datetime]) -> list[UserTotals]:
+    """Every user in `last_active` (user -> when last active, over all time) with their
+    totals from `in_range` (zero when none), by user name."""
+    return [
+        UserTotals(user, in_range.get(user, Totals()), last_active[user])
+        for user in sorted(last_active)
+    ]
 
 
 #: keys the user table sorts by

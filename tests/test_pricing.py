@@ -7,13 +7,17 @@ import pytest
 from traitlets.config import Config
 
 from jupyter_gpu_meter.pricing import (
+    CHARGE_UNITS,
     LABEL_PREFIX,
     PriceSnapshot,
     Pricing,
     billable_seconds,
     charge,
+    charge_units,
+    gpu_microseconds,
     gpu_seconds,
     round_money,
+    session_sums,
 )
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -97,6 +101,33 @@ def test_gpu_seconds_are_exact_and_not_rounded_to_the_increment():
     assert gpu_seconds(two, T0, after(1, 500_000)) == Decimal("3.000000")
     assert gpu_seconds(two, T0, after(microseconds=1)) == Decimal("0.000002")
     assert gpu_seconds(two, after(10), T0) == 0
+
+
+@pytest.mark.parametrize(
+    "prices, length",
+    [
+        (dict(gpus=2), after(90)),
+        (dict(billing_increment_s=60), after(61)),
+        (dict(minimum_charge=Decimal("0.25")), after(microseconds=1)),
+        (dict(gpus=0, gpu_model=""), after(7200)),
+        (dict(), T0),
+    ],
+)
+def test_charges_are_whole_numbers_of_charge_units(prices, length):
+    """Many sessions' charges add up exactly (in SQL too) as whole charge units."""
+    units = charge_units(snapshot(**prices), T0, length)
+    assert isinstance(units, int)
+    assert Decimal(units) / CHARGE_UNITS == charge(snapshot(**prices), T0, length)
+    assert charge_units(snapshot(gpus=3), T0, after(7)) == 3 * 2_490_000 * 7
+    assert gpu_microseconds(snapshot(gpus=3), T0, after(7)) == 21_000_000
+
+
+def test_sums_beyond_what_a_database_bigint_holds_are_not_stored():
+    cheap = snapshot(gpus=8)
+    assert session_sums(cheap, T0, after(3600)) == (8 * 3600 * 10**6, 8 * 2_490_000 * 3600)
+    dear = snapshot(gpus=8, price_per_gpu_hour=Decimal("999999999999"))
+    gpu_us, units = session_sums(dear, T0, after(10**6))
+    assert gpu_us == 8 * 10**12 and units is None
 
 
 def test_naive_datetimes_are_refused():

@@ -122,10 +122,13 @@ def test_user_table_lists_everyone_with_zero_outside_the_range_and_sorts():
         session("cy", "2026-11-11T10:00:00", "2026-11-11T10:30:00", gpus=4),
         session("dee", "2026-11-19T10:00:00"),
     ]
-    rows = usage.user_table(sessions, now=now, since=at("2026-11-01T00:00:00"))
+    in_range = usage.totals_by_user(sessions, now=now, since=at("2026-11-01T00:00:00"))
+    last_active = {s.user: s.end(now) for s in sessions}
+    rows = usage.user_table(in_range, last_active)
     assert [row.user for row in rows] == ["ada", "bob", "cy", "dee"]
     assert rows[0].totals == usage.Totals() and rows[0].last_active == at("2026-10-01T12:00:00")
     assert rows[3].last_active == now  # running
+    assert rows[2].totals == in_range["cy"]
     by_hours = usage.sort_users(rows, "gpu_hours", descending=True, currency="USD")
     assert [row.user for row in by_hours] == ["dee", "cy", "bob", "ada"]
     by_active = usage.sort_users(rows, "last_active", descending=False, currency="USD")
@@ -139,7 +142,9 @@ def test_user_table_lists_everyone_with_zero_outside_the_range_and_sorts():
 def test_ties_keep_name_order_both_ways():
     now = at("2026-11-20T12:00:00")
     sessions = [session(u, "2026-11-10T10:00:00", "2026-11-10T11:00:00") for u in "cab"]
-    rows = usage.user_table(sessions, now=now)
+    rows = usage.user_table(
+        usage.totals_by_user(sessions, now=now), {s.user: s.end(now) for s in sessions}
+    )
     for descending in (True, False):
         ordered = usage.sort_users(rows, "charges", descending=descending, currency="USD")
         assert [row.user for row in ordered] == ["a", "b", "c"]

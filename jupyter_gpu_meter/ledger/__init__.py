@@ -8,6 +8,7 @@ from .records import (
     Rollup,
     RollupRow,
     SessionRecord,
+    UsageSum,
     truncate_to_minute,
 )
 from .schema import LedgerSchemaError
@@ -26,6 +27,7 @@ __all__ = [
     "RollupRow",
     "SessionRecord",
     "UTCDateTime",
+    "UsageSum",
     "WriteBuffer",
     "is_transient",
     "make_engine",

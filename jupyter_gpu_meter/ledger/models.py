@@ -68,9 +68,17 @@ class SessionModel(Base):
     end_reason: Mapped[str | None] = mapped_column(String(255))
     #: the last time the meter saw the container running
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # written when the session closes, from its price snapshot (None while running):
+    # what totals add up in SQL instead of reading every session
+    #: GPUs × microseconds it ran (:func:`jupyter_gpu_meter.pricing.gpu_microseconds`)
+    gpu_microseconds: Mapped[int | None] = mapped_column(BigInteger)
+    #: its charge in CHARGE_UNITS parts (:func:`jupyter_gpu_meter.pricing.charge_units`);
+    #: None also where it would not fit 64 bits (charged from the snapshot instead)
+    charge_units: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index(None, "username", "started_at"),
+        Index(None, "username", "ended_at"),
         Index(None, "started_at"),
         Index(None, "ended_at"),
     )

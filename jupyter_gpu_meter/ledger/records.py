@@ -61,6 +61,19 @@ class SessionRecord:
 
 
 @dataclass(frozen=True)
+class UsageSum:
+    """Closed sessions of one user in one currency, added up by the database."""
+
+    user: str
+    currency: str
+    sessions: int
+    #: GPUs × microseconds (:func:`jupyter_gpu_meter.pricing.gpu_microseconds`)
+    gpu_microseconds: int
+    #: the charges, in :data:`jupyter_gpu_meter.pricing.CHARGE_UNITS` parts
+    charge_units: int
+
+
+@dataclass(frozen=True)
 class RollupRow:
     """What one meter process measured on one GPU of a container within one minute, so far.
 

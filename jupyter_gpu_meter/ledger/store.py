@@ -7,6 +7,7 @@ writes are idempotent, so the caller retries (see :class:`WriteBuffer`).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -14,7 +15,6 @@ from decimal import Decimal
 
 from sqlalchemy import (
     Engine,
-    bindparam,
     case,
     create_engine,
     delete,
@@ -27,11 +27,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from .. import budgets as _budgets
 from .. import budgets as budget_rules
 from ..clock import utcnow
-from ..pricing import PriceSnapshot
+from ..pricing import PriceSnapshot, session_sums
 from . import schema
 from .models import (
     BudgetChangeModel,
@@ -48,9 +49,9 @@ from .records import (
     Rollup,
     RollupRow,
     SessionRecord,
+    UsageSum,
     truncate_to_minute,
 )
-from .types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,12 @@ def _aware(name: str, value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+@functools.lru_cache(maxsize=4096)
+def _price(*values) -> PriceSnapshot:
+    """One checked snapshot per distinct price: the ledger holds few of them."""
+    return PriceSnapshot(*values)
+
+
 def _record(row) -> SessionRecord:
     return SessionRecord(
         id=row.id,
@@ -141,20 +148,44 @@ def _record(row) -> SessionRecord:
         gpu_uuids=tuple(uuid for uuid in row.gpu_uuids.split(",") if uuid),
         gpu_model=row.gpu_model,
         profile=row.profile,
-        price=PriceSnapshot(
-            gpu_model=row.gpu_model,
-            gpus=row.gpu_count,
-            price_per_gpu_hour=row.price_per_gpu_hour,
-            cpu_price_per_hour=row.cpu_price_per_hour,
-            currency=row.currency,
-            billing_increment_s=row.billing_increment_s,
-            minimum_charge=row.minimum_charge,
+        price=_price(
+            row.gpu_model,
+            row.gpu_count,
+            row.price_per_gpu_hour,
+            row.cpu_price_per_hour,
+            row.currency,
+            row.billing_increment_s,
+            row.minimum_charge,
         ),
         started_at=row.started_at,
         ended_at=row.ended_at,
         end_reason=row.end_reason,
         last_seen_at=row.last_seen_at,
     )
+
+
+def _overlapping(user: str | None, since: datetime | None, until: datetime | None) -> list:
+    """Conditions on sessions: `user`'s, overlapping [since, until)."""
+    conditions = []
+    if user is not None:
+        conditions.append(_sessions.c.username == user)
+    if since is not None:
+        since = _aware("since", since)
+        conditions.append(or_(_sessions.c.ended_at.is_(None), _sessions.c.ended_at > since))
+    if until is not None:
+        conditions.append(_sessions.c.started_at < _aware("until", until))
+    return conditions
+
+
+def _sum_in_python(rows) -> list[tuple]:
+    """(user, currency, count, GPU-microseconds, charge units) from unsummed rows."""
+    sums: dict[tuple[str, str], list[int]] = {}
+    for user, currency, gpu_us, units in rows:
+        entry = sums.setdefault((user, currency), [0, 0, 0])
+        entry[0] += 1
+        entry[1] += gpu_us
+        entry[2] += units
+    return [(*key, *entry) for key, entry in sorted(sums.items())]
 
 
 def _text(name: str, value, *, most: int = 255, empty: bool = True) -> str:
@@ -256,6 +287,16 @@ class Ledger:
     def _read(self):
         return self.engine.connect()
 
+    def _snapshot(self):
+        """A connection whose statements all see the same moment of the database.
+
+        SQLite: one transaction does (WAL). PostgreSQL: REPEATABLE READ.
+        """
+        connection = self.engine.connect()
+        if self.dialect == "postgresql":
+            connection.execution_options(isolation_level="REPEATABLE READ")
+        return connection
+
     # --- schema -----------------------------------------------------------
 
     def _lock_schema(self, connection) -> None:
@@ -351,21 +392,29 @@ class Ledger:
 
         Unknown or already closed sessions are left alone (False). An end
         before the start is taken as the start: a session never lasts < 0 s.
+        The session's GPU time and charge are stored with its end, for totals.
         """
-        ended = bindparam("ended", _aware("ended_at", ended_at), type_=UTCDateTime())
+        ended_at = _aware("ended_at", ended_at)
         if len(reason) > 255:  # the column's width; a policy's reason can be long
             reason = reason[:254] + "…"
-        statement = (
-            update(_sessions)
-            .where(_sessions.c.container_id == container_id, _sessions.c.ended_at.is_(None))
-            .values(
-                ended_at=case(
-                    (_sessions.c.started_at > ended, _sessions.c.started_at), else_=ended
-                ),
-                end_reason=reason,
-            )
-        )
+        is_open = (_sessions.c.container_id == container_id, _sessions.c.ended_at.is_(None))
         with self._write() as connection:
+            row = connection.execute(select(_sessions).where(*is_open)).first()
+            if row is None:
+                return False
+            session = _record(row)
+            ended_at = max(ended_at, session.started_at)
+            gpu_us, units = session_sums(session.price, session.started_at, ended_at)
+            statement = (
+                update(_sessions)
+                .where(*is_open)
+                .values(
+                    ended_at=ended_at,
+                    end_reason=reason,
+                    gpu_microseconds=gpu_us,
+                    charge_units=units,
+                )
+            )
             return connection.execute(statement).rowcount == 1
 
     def touch_sessions(self, container_ids: Iterable[str], at: datetime) -> int:
@@ -398,7 +447,8 @@ class Ledger:
 
     def open_sessions(self) -> list[SessionRecord]:
         """Sessions with no end yet, oldest first."""
-        return self._select_sessions(_sessions.c.ended_at.is_(None))
+        with self._read() as connection:
+            return self._select_sessions(connection, [_sessions.c.ended_at.is_(None)])
 
     def sessions(
         self,
@@ -408,22 +458,84 @@ class Ledger:
         until: datetime | None = None,
     ) -> list[SessionRecord]:
         """Sessions that overlap [since, until), running ones included, oldest first."""
-        conditions = []
+        with self._read() as connection:
+            return self._select_sessions(connection, _overlapping(user, since, until))
+
+    def usage_sums(
+        self,
+        *,
+        user: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[UsageSum], list[SessionRecord]]:
+        """Usage over [since, until), split so the database adds up what it can.
+
+        Returns (sums, sessions): the closed sessions wholly inside the range,
+        added up per user and currency by the database; and every other
+        session that overlaps the range (running, crossing one of its edges,
+        or without stored sums), oldest first. Together they are what
+        :func:`jupyter_gpu_meter.report.usage_by_user` totals, with ``sums=``.
+        """
+        c = _sessions.c
+        inside = [
+            c.ended_at.is_not(None),
+            c.ended_at > c.started_at,
+            c.gpu_microseconds.is_not(None),
+            c.charge_units.is_not(None),
+        ]
+        outside = [
+            c.ended_at.is_(None),
+            c.gpu_microseconds.is_(None),
+            c.charge_units.is_(None),
+        ]
         if user is not None:
-            conditions.append(_sessions.c.username == user)
+            inside.append(c.username == user)
         if since is not None:
             since = _aware("since", since)
-            conditions.append(or_(_sessions.c.ended_at.is_(None), _sessions.c.ended_at > since))
+            inside.append(c.started_at >= since)
+            outside.append(c.started_at < since)
         if until is not None:
-            conditions.append(_sessions.c.started_at < _aware("until", until))
-        return self._select_sessions(*conditions)
+            until = _aware("until", until)
+            inside.append(c.ended_at <= until)
+            outside.append(c.ended_at > until)
+        keys = (c.username, c.currency)
+        summed = select(
+            *keys, func.count(), func.sum(c.gpu_microseconds), func.sum(c.charge_units)
+        ).where(*inside)
+        with self._snapshot() as connection:
+            try:
+                rows = connection.execute(summed.group_by(*keys).order_by(*keys)).all()
+            except OperationalError as e:
+                if "integer overflow" not in str(e):  # SQLite's SUM stops at 64 bits
+                    raise
+                connection.rollback()
+                rows = _sum_in_python(
+                    connection.execute(
+                        select(*keys, c.gpu_microseconds, c.charge_units).where(*inside)
+                    )
+                )
+            others = self._select_sessions(
+                connection, [*_overlapping(user, since, until), or_(*outside)]
+            )
+        sums = [UsageSum(u, cur, int(n), int(us), int(units)) for u, cur, n, us, units in rows]
+        return sums, others
 
-    def _select_sessions(self, *conditions) -> list[SessionRecord]:
+    def last_active(self, now: datetime) -> dict[str, datetime]:
+        """user -> the end of their latest session, `now` while one of theirs runs."""
+        c = _sessions.c
+        statement = select(c.username, func.max(c.ended_at), func.count() - func.count(c.ended_at))
+        with self._read() as connection:
+            rows = connection.execute(statement.group_by(c.username)).all()
+        return {
+            user: max(filter(None, (ended, now if running else None)))
+            for user, ended, running in rows
+        }
+
+    def _select_sessions(self, connection, conditions) -> list[SessionRecord]:
         statement = (
             select(_sessions).where(*conditions).order_by(_sessions.c.started_at, _sessions.c.id)
         )
-        with self._read() as connection:
-            return [_record(row) for row in connection.execute(statement)]
+        return [_record(row) for row in connection.execute(statement)]
 
     # --- rollups ----------------------------------------------------------
 

@@ -25,6 +25,7 @@ from traitlets.config import Configurable
 
 from .. import usage
 from ..clock import utcnow
+from ..report import usage_by_user
 
 #: the most items one page of the API may hold
 MAX_LIMIT = 1000
@@ -242,8 +243,10 @@ class UsageReader:
     ) -> UsersView:
         """Every user in the ledger: totals over [since, until), last active, sorted, one page."""
         now = self.clock()
-        sessions = self.ledger.sessions()
-        rows = usage.user_table(sessions, now=now, since=since, until=until)
+        # the database adds up the closed sessions; only the others are read here
+        sums, sessions = self.ledger.usage_sums(since=since, until=until)
+        in_range = usage.totals_by_user(sessions, now=now, since=since, until=until, sums=sums)
+        rows = usage.user_table(in_range, self.ledger.last_active(now))
         rows = usage.sort_users(rows, sort, descending=order == "desc", currency=self.currency)
         limit = self.settings.users_page_size if limit is None else limit
         page = usage.paginate(rows, limit=limit, offset=offset)
@@ -252,8 +255,8 @@ class UsageReader:
             grand = grand + row.totals
         shown = {row.user for row in page.items}
         running: dict[str, list] = {}
-        for session in sessions:
-            if session.running and session.user in shown:
+        for session in self.ledger.open_sessions():
+            if session.user in shown:
                 running.setdefault(session.user, []).append(session)
         return UsersView(now, since, until, self.currency, sort, order, grand, page, running)
 
@@ -281,12 +284,10 @@ class UsageReader:
             now = self.clock()
             seconds: dict[str, Decimal] = {}
             charges: dict[tuple[str, str], Decimal] = {}
-            for session in self.ledger.sessions():
-                seconds[session.user] = seconds.get(session.user, Decimal(0)) + (
-                    session.gpu_seconds(now)
-                )
-                key = (session.user, session.price.currency)
-                charges[key] = charges.get(key, Decimal(0)) + session.charge(now)
+            sums, sessions = self.ledger.usage_sums()
+            for row in usage_by_user(sessions, now=now, sums=sums):
+                seconds[row.user] = seconds.get(row.user, Decimal(0)) + row.gpu_hours * 3600
+                charges[(row.user, row.currency)] = row.charges
             result = (seconds, charges)
             self._metrics_cache = (time.monotonic(), result)
             return result

@@ -1,0 +1,219 @@
+"""Totals the database adds up (Ledger.usage_sums), against the same totals computed
+session by session, on SQLite and PostgreSQL (see test_ledger.py)."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from jupyter_gpu_meter import pricing
+from jupyter_gpu_meter.ledger import schema as ledger_schema
+from jupyter_gpu_meter.ledger.models import SessionModel
+from jupyter_gpu_meter.pricing import Pricing
+from jupyter_gpu_meter.report import usage_by_user
+from tests import test_ledger
+from tests.test_ledger import H100, T0, at
+
+db_url = test_ledger.db_url
+clock = test_ledger.clock
+make_ledger = test_ledger.make_ledger
+ledger = test_ledger.ledger
+
+USD = Pricing(prices={H100: "2.49"}, cpu_price="0.05", minimum_charge="0.10")
+#: an older configuration: another currency, billed per started minute
+EUR = Pricing(prices={H100: "2.10"}, currency="EUR", billing_increment=60)
+
+
+def start(ledger, container_id, user, at_s, *, gpus=1, prices=USD):
+    uuids = tuple(f"GPU-{container_id}-{i}" for i in range(gpus))
+    model = H100 if gpus else ""
+    assert ledger.open_session(
+        container_id=container_id,
+        user=user,
+        server="",
+        gpu_uuids=uuids,
+        gpu_model=model,
+        profile="p",
+        price=prices.snapshot(model, gpus),
+        started_at=at(at_s),
+    )
+
+
+def run(ledger, container_id, user, start_s, end_s, **kwargs):
+    start(ledger, container_id, user, start_s, **kwargs)
+    assert ledger.close_session(container_id, ended_at=at(end_s), reason="stopped")
+
+
+@pytest.fixture
+def history(ledger):
+    """Three users' sessions around a range [1000 s, 5000 s) from T0."""
+    run(ledger, "a1", "ada", 0, 1500, gpus=2)  # crosses since
+    run(ledger, "a2", "ada", 1200, 1260.5)  # inside
+    run(ledger, "a3", "ada", 2000, 2000.000001, gpus=8)  # inside, one microsecond
+    run(ledger, "a4", "ada", 3000, 3000)  # no duration: counted nowhere
+    run(ledger, "a5", "ada", 4000, 6000, prices=EUR)  # crosses until
+    run(ledger, "b1", "bob", 1000, 5000, gpus=0)  # exactly the range
+    run(ledger, "b2", "bob", 100, 900)  # before it
+    run(ledger, "b3", "bob", 1100, 1161, prices=EUR)  # inside, another currency
+    run(ledger, "c1", "cy", 5000, 5100)  # after it
+    start(ledger, "c2", "cy", 2500, gpus=4)  # running
+    start(ledger, "c3", "cy", 7000)  # running, starts after the range
+    return ledger
+
+
+RANGES = [
+    (None, None),
+    (at(1000), None),
+    (None, at(5000)),
+    (at(1000), at(5000)),
+    (at(1200), at(1260.5)),
+    (at(9000), None),
+]
+
+
+@pytest.mark.parametrize("since, until", RANGES)
+@pytest.mark.parametrize("user", [None, "ada", "bob", "nobody"])
+def test_the_database_adds_up_what_each_session_would(history, since, until, user):
+    now = at(8000)
+    expected = usage_by_user(
+        history.sessions(user=user, since=since, until=until), now=now, since=since, until=until
+    )
+    sums, others = history.usage_sums(user=user, since=since, until=until)
+    assert usage_by_user(others, now=now, since=since, until=until, sums=sums) == expected
+    # only running sessions and those crossing an edge of the range are read one by one
+    for session in others:
+        crosses = (since and session.started_at < since) or (until and session.end(now) > until)
+        assert session.running or crosses, session.container_id
+
+
+def test_whole_history_is_added_up_by_the_database(history):
+    now = at(8000)
+    sums, others = history.usage_sums()
+    assert sorted(s.container_id for s in others) == ["c2", "c3"]  # the running ones
+    assert {(p.user, p.currency): p.sessions for p in sums} == {
+        ("ada", "EUR"): 1,
+        ("ada", "USD"): 3,  # a4 had no duration
+        ("bob", "EUR"): 1,
+        ("bob", "USD"): 2,
+        ("cy", "USD"): 1,
+    }
+    rows = usage_by_user(others, now=now, sums=sums)
+    ada = {row.currency: row for row in rows if row.user == "ada"}
+    # a1: 2 GPUs x 1500 s; a2: 60.5 s; a3: 8 GPUs x 1 us
+    assert ada["USD"].gpu_hours == Decimal("3060.500008") / 3600
+    # a1 2 x 2.49 x 1500 s; a2 (61 billed seconds: 0.042) and a3 the minimum, 0.10
+    assert ada["USD"].charges == Decimal("4.98") * 1500 / 3600 + 2 * Decimal("0.10")
+
+
+def test_a_closed_session_keeps_its_gpu_time_and_charge(ledger):
+    run(ledger, "c1", "ada", 0, 3600.5, gpus=2)
+    run(ledger, "c2", "ada", 0, 0)
+    run(ledger, "c4", "ada", 0, 20)
+    start(ledger, "c3", "ada", 0)
+    stored = stored_sums(ledger)
+    assert stored["c1"] == (7_201_000_000, 2 * 2_490_000 * 3601)  # 3,601 billed seconds
+    assert stored["c2"] == (0, 0)
+    assert stored["c4"] == (20_000_000, 100_000 * 3600)  # the minimum charge, 0.10
+    assert stored["c3"] == (None, None)  # running: nothing to store yet
+    session = ledger.get_session("c1")
+    assert pricing.from_charge_units(stored["c1"][1]) == session.charge(at(99))
+
+
+def stored_sums(ledger):
+    table = SessionModel.__table__
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(table.c.container_id, table.c.gpu_microseconds, table.c.charge_units)
+        )
+        return {cid: (gpu_us, units) for cid, gpu_us, units in rows}
+
+
+def test_sums_beyond_64_bits_are_added_up_without_overflow(ledger):
+    """SQLite's SUM stops at 2**63 - 1: the ledger adds those rows up itself."""
+    dear = Pricing(prices={H100: "500000000000"})  # 5e17 charge units per second
+    for i in range(3):
+        run(ledger, f"c{i}", "ada", 0, 10, prices=dear)
+    units = stored_sums(ledger)["c0"][1]
+    assert units == 5 * 10**17 * 10 and 3 * units > 2**63 - 1
+    sums, others = ledger.usage_sums()
+    assert others == []
+    (row,) = usage_by_user(others, now=at(99), sums=sums)
+    assert row.charges == 3 * Decimal("500000000000") * 10 / 3600
+    assert row.sessions == 3
+
+
+def test_a_charge_beyond_64_bits_is_charged_from_its_snapshot(ledger):
+    dear = Pricing(prices={H100: "999999999999"})
+    run(ledger, "c1", "ada", 0, 3600 * 24 * 365, gpus=8, prices=dear)
+    assert stored_sums(ledger)["c1"][1] is None
+    sums, others = ledger.usage_sums()
+    assert sums == [] and [s.container_id for s in others] == ["c1"]
+    (row,) = usage_by_user(others, now=at(0), sums=sums)
+    assert row.charges == Decimal("999999999999") * 8 * 24 * 365
+
+
+def test_last_active_is_the_latest_end_or_now_while_running(ledger):
+    run(ledger, "a1", "ada", 0, 50)
+    run(ledger, "a2", "ada", 10, 30)
+    run(ledger, "b1", "bob", 0, 500)
+    start(ledger, "b2", "bob", 100)
+    run(ledger, "c1", "cy", 0, 0)
+    now = at(200)
+    assert ledger.last_active(now) == {"ada": at(50), "bob": at(500), "cy": at(0)}
+    ledger.close_session("b2", ended_at=at(150), reason="stopped")
+    assert ledger.last_active(now)["bob"] == at(500)
+    start(ledger, "c2", "cy", 190)
+    assert ledger.last_active(now)["cy"] == now
+
+
+def test_upgrading_fills_in_the_sums_of_closed_sessions(make_ledger):
+    ledger = make_ledger()
+    with ledger.engine.begin() as connection:
+        ledger_schema.upgrade(connection, "0003")
+        sessions = sa.Table("sessions", sa.MetaData(), autoload_with=connection)
+        assert "charge_units" not in sessions.c
+        snapshot = USD.snapshot(H100, 2)
+        # the 0003 columns as stored: SQLite keeps money as fixed-point text
+        money = (lambda v: f"{Decimal(v):.6f}") if ledger.dialect == "sqlite" else Decimal
+        rows = []
+        for i in range(25_001):  # more than two batches of 10,000
+            rows.append(
+                dict(
+                    container_id=f"c{i}",
+                    username=f"user{i % 7}",
+                    server="",
+                    gpu_uuids="GPU-0,GPU-1",
+                    gpu_count=2,
+                    gpu_model=H100,
+                    profile="gpu-2",
+                    price_per_gpu_hour=money("2.49"),
+                    cpu_price_per_hour=money("0.05"),
+                    currency="USD",
+                    billing_increment_s=1,
+                    minimum_charge=money("0.10"),
+                    started_at=_stored_time(ledger, T0),
+                    ended_at=None if i == 0 else _stored_time(ledger, T0 + timedelta(seconds=i)),
+                    end_reason=None if i == 0 else "stopped",
+                    last_seen_at=_stored_time(ledger, T0),
+                )
+            )
+        connection.execute(sa.insert(sessions), rows)
+    ledger.upgrade()
+    stored = stored_sums(ledger)
+    assert stored["c0"] == (None, None)  # still running
+    for i in (1, 10_000, 10_001, 25_000):
+        end = T0 + timedelta(seconds=i)
+        assert stored[f"c{i}"] == (
+            pricing.gpu_microseconds(snapshot, T0, end),
+            pricing.charge_units(snapshot, T0, end),
+        )
+    assert sum(1 for gpu_us, _ in stored.values() if gpu_us is None) == 1
+    now = T0 + timedelta(days=1)
+    sums, others = ledger.usage_sums()
+    assert usage_by_user(others, now=now, sums=sums) == usage_by_user(ledger.sessions(), now=now)
+
+
+def _stored_time(ledger, when):
+    """`when` as the 0003 schema's column holds it (SQLite: naive UTC text)."""
+    return when.replace(tzinfo=None) if ledger.dialect == "sqlite" else when
