@@ -92,9 +92,7 @@ class ReportCommand(_LedgerCommand):
             since, until = _parse_date(self.since), _parse_date(self.until)
             with Ledger(self.db_url) as ledger:
                 ledger.check_revision()
-                sums, sessions = ledger.usage_sums(
-                    user=self.user or None, since=since, until=until
-                )
+                sums, sessions = ledger.usage_sums(user=self.user or None, since=since, until=until)
         except (ValueError, LedgerSchemaError) as e:
             self.log.critical("%s", e)
             self.exit(2)

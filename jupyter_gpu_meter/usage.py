@@ -208,11 +208,6 @@ def clipped(
     return (start, end) if end > start else None
 
 
-def overlapping(sessions: Iterable, *, now, since=None, until=None) -> list:
-    """The sessions with a part inside [since, until)."""
-    return [s for s in sessions if clipped(s, now=now, since=since, until=until)]
-
-
 # --- totals -------------------------------------------------------------------------
 
 
@@ -323,8 +318,17 @@ def day_start(day: date) -> datetime:
     return datetime.combine(day, time(), timezone.utc)
 
 
+#: days of the user page's chart
+DAILY_DAYS = 30
+
+
+def daily_start(now: datetime, days: int = DAILY_DAYS) -> datetime:
+    """Midnight UTC of the first of the `days` days up to and including `now`'s."""
+    return day_start(as_utc(now).date() - timedelta(days=days - 1))
+
+
 def daily_gpu_hours(
-    sessions: Iterable, *, now: datetime, days: int = 30
+    sessions: Iterable, *, now: datetime, days: int = DAILY_DAYS
 ) -> list[tuple[date, Decimal]]:
     """GPU-hours per UTC day for the `days` days up to and including today.
 
@@ -334,8 +338,8 @@ def daily_gpu_hours(
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days!r}")
     today = as_utc(now).date()
-    first = today - timedelta(days=days - 1)
-    window_start = day_start(first)
+    window_start = daily_start(now, days)
+    first = window_start.date()
     hours = {first + timedelta(days=i): Decimal(0) for i in range(days)}
     for session in sessions:
         if not session.price.gpus:

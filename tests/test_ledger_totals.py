@@ -8,10 +8,12 @@ import pytest
 import sqlalchemy as sa
 
 from jupyter_gpu_meter import pricing
+from jupyter_gpu_meter.ledger import RollupRow, truncate_to_minute
 from jupyter_gpu_meter.ledger import schema as ledger_schema
 from jupyter_gpu_meter.ledger.models import SessionModel
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.report import usage_by_user
+from jupyter_gpu_meter.usage import clipped
 from tests import test_ledger
 from tests.test_ledger import H100, T0, at
 
@@ -217,3 +219,51 @@ def test_upgrading_fills_in_the_sums_of_closed_sessions(make_ledger):
 def _stored_time(ledger, when):
     """`when` as the 0003 schema's column holds it (SQLite: naive UTC text)."""
     return when.replace(tzinfo=None) if ledger.dialect == "sqlite" else when
+
+
+# --- one user's page -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("since, until", [*RANGES, (at(7500), None), (at(8000), None)])
+def test_history_is_the_sessions_with_a_part_in_the_range_newest_first(history, since, until):
+    now = at(8000)
+    for user in ("ada", "bob", "cy", "nobody"):
+        every = [
+            s for s in history.sessions(user=user) if clipped(s, now=now, since=since, until=until)
+        ][::-1]
+        total, page = history.history(user=user, now=now, since=since, until=until, limit=100)
+        assert (total, page) == (len(every), every)
+        for offset in range(len(every) + 1):
+            total, page = history.history(
+                user=user, now=now, since=since, until=until, limit=2, offset=offset
+            )
+            assert total == len(every) and page == every[offset : offset + 2]
+
+
+def test_running_sessions_are_in_the_history_only_until_now(history):
+    ids = [s.container_id for s in history.history(user="cy", now=at(8000), limit=9)[1]]
+    assert ids == ["c3", "c1", "c2"]
+    # at 6000 s, c3 (starting at 7000 s) has not run yet; a range after now has nothing running
+    assert [s.container_id for s in history.history(user="cy", now=at(6000), limit=9)[1]] == [
+        "c1",
+        "c2",
+    ]
+    assert history.history(user="cy", now=at(6000), since=at(6500), limit=9) == (0, [])
+
+
+def test_rollups_of_several_sessions_in_one_query(ledger):
+    run(ledger, "c1", "ada", 0, 600)
+    run(ledger, "c2", "ada", 0, 600, gpus=2)
+    rows = [
+        RollupRow(cid, f"GPU-{cid}-{g}", at(60 * m), writer, 30, 40.0 + m, 60, 1 << 30)
+        for cid, gpus in (("c1", 1), ("c2", 2))
+        for g in range(gpus)
+        for m in range(3)
+        for writer in ("meter-a", "meter-b")
+    ]
+    assert ledger.add_rollups(rows) == []
+    both = ledger.rollups_of(["c1", "c2", "c9"])
+    assert both == {"c1": ledger.rollups("c1"), "c2": ledger.rollups("c2"), "c9": []}
+    assert len(both["c2"]) == 6 and {r.writers for r in both["c2"]} == {2}
+    assert [r.minute for r in both["c1"]] == [truncate_to_minute(at(60 * m)) for m in range(3)]
+    assert ledger.rollups_of([]) == {}

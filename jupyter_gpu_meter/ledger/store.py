@@ -15,10 +15,12 @@ from decimal import Decimal
 
 from sqlalchemy import (
     Engine,
+    and_,
     case,
     create_engine,
     delete,
     event,
+    false,
     func,
     or_,
     select,
@@ -445,10 +447,50 @@ class Ledger:
             ).first()
         return _record(row) if row else None
 
-    def open_sessions(self) -> list[SessionRecord]:
-        """Sessions with no end yet, oldest first."""
+    def open_sessions(self, *, user: str | None = None) -> list[SessionRecord]:
+        """Sessions with no end yet (`user`'s only, when given), oldest first."""
+        conditions = [_sessions.c.ended_at.is_(None)]
+        if user is not None:
+            conditions.append(_sessions.c.username == user)
         with self._read() as connection:
-            return self._select_sessions(connection, [_sessions.c.ended_at.is_(None)])
+            return self._select_sessions(connection, conditions)
+
+    def history(
+        self,
+        *,
+        user: str,
+        now: datetime,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int,
+        offset: int = 0,
+    ) -> tuple[int, list[SessionRecord]]:
+        """(how many, one page) of `user`'s sessions with a part inside [since, until),
+        newest first; running sessions last until `now`, sessions without duration
+        are left out."""
+        c = _sessions.c
+        closed = [c.ended_at.is_not(None), c.ended_at > c.started_at]
+        running = [c.ended_at.is_(None), c.started_at < _aware("now", now)]
+        if since is not None:
+            since = _aware("since", since)
+            closed.append(c.ended_at > since)
+            if since >= now:
+                running.append(false())
+        if until is not None:
+            until = _aware("until", until)
+            closed.append(c.started_at < until)
+            running.append(c.started_at < until)
+        where = (c.username == user, or_(and_(*closed), and_(*running)))
+        page = (
+            select(_sessions)
+            .where(*where)
+            .order_by(c.started_at.desc(), c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._snapshot() as connection:
+            total = connection.execute(select(func.count()).where(*where)).scalar_one()
+            return total, [_record(row) for row in connection.execute(page)]
 
     def sessions(
         self,
@@ -595,10 +637,19 @@ class Ledger:
 
     def rollups(self, container_id: str) -> list[Rollup]:
         """The session's rollups, every writer of a minute merged, by minute then GPU."""
+        return self.rollups_of([container_id])[container_id]
+
+    def rollups_of(self, container_ids: Iterable[str]) -> dict[str, list[Rollup]]:
+        """:meth:`rollups` of several sessions in one query: container id -> rollups."""
+        ids = sorted(set(container_ids))
+        result: dict[str, list[Rollup]] = {container_id: [] for container_id in ids}
+        if not ids:
+            return result
         r = _rollups.c
         samples = func.sum(r.samples)
         statement = (
             select(
+                _sessions.c.container_id,
                 r.gpu_uuid,
                 r.minute,
                 samples.label("samples"),
@@ -610,24 +661,25 @@ class Ledger:
                 func.count().label("writers"),
             )
             .join(_sessions, _sessions.c.id == r.session_id)
-            .where(_sessions.c.container_id == container_id)
-            .group_by(r.gpu_uuid, r.minute)
-            .order_by(r.minute, r.gpu_uuid)
+            .where(_sessions.c.container_id.in_(ids))
+            .group_by(_sessions.c.container_id, r.gpu_uuid, r.minute)
+            .order_by(_sessions.c.container_id, r.minute, r.gpu_uuid)
         )
         with self._read() as connection:
-            return [
-                Rollup(
-                    container_id=container_id,
-                    gpu_uuid=row.gpu_uuid,
-                    minute=row.minute,
-                    samples=int(row.samples),
-                    util_mean=float(row.util_mean),
-                    util_max=int(row.util_max),
-                    memory_max_bytes=int(row.memory_max_bytes),
-                    writers=int(row.writers),
+            for row in connection.execute(statement):
+                result[row.container_id].append(
+                    Rollup(
+                        container_id=row.container_id,
+                        gpu_uuid=row.gpu_uuid,
+                        minute=row.minute,
+                        samples=int(row.samples),
+                        util_mean=float(row.util_mean),
+                        util_max=int(row.util_max),
+                        memory_max_bytes=int(row.memory_max_bytes),
+                        writers=int(row.writers),
+                    )
                 )
-                for row in connection.execute(statement)
-            ]
+        return result
 
     # --- meter state --------------------------------------------------------
 

@@ -201,33 +201,42 @@ class UsageReader:
         limit: int | None = None,
         offset: int = 0,
     ) -> UserView:
-        """`user`'s totals, running sessions, history (newest first, one page) and days."""
+        """`user`'s totals, running sessions, history (newest first, one page) and days.
+
+        Reads what it shows: totals added up by the database, one page of the
+        history, the running sessions, the last 30 days, and the rollups of the
+        sessions shown; not the user's whole history.
+        """
         now = self.clock()
-        sessions = self.ledger.sessions(user=user)
         limit = self.settings.history_page_size if limit is None else limit
-        history = usage.overlapping(sessions, now=now, since=since, until=until)[::-1]
-        page = usage.paginate(history, limit=limit, offset=offset)
-        running = [s for s in sessions if s.running]
-        shown = {s.container_id: s for s in [*page.items, *running] if s.gpu_count}
-        rollups = {container_id: self.ledger.rollups(container_id) for container_id in shown}
+        total, page = self.ledger.history(
+            user=user, now=now, since=since, until=until, limit=limit, offset=offset
+        )
+        running = self.ledger.open_sessions(user=user)
+        shown = [s.container_id for s in [*page, *running] if s.gpu_count]
+        rollups = self.ledger.rollups_of(shown)
 
         def with_usage(session):
             return usage.session_usage(session, now=now, rollups=rollups.get(session.container_id))
 
+        def totals(since=None, until=None):
+            sums, sessions = self.ledger.usage_sums(user=user, since=since, until=until)
+            return usage.totals(sessions, now=now, since=since, until=until, sums=sums)
+
+        days = usage.DAILY_DAYS
+        recent = self.ledger.sessions(user=user, since=usage.daily_start(now, days))
         return UserView(
             user=user,
             now=now,
             since=since,
             until=until,
             currency=self.currency,
-            in_range=usage.totals(sessions, now=now, since=since, until=until),
-            this_month=usage.totals(sessions, now=now, since=usage.month_start(now)),
-            all_time=usage.totals(sessions, now=now),
+            in_range=totals(since, until),
+            this_month=totals(usage.month_start(now)),
+            all_time=totals(),
             running=[with_usage(s) for s in running],
-            history=usage.Page(
-                [with_usage(s) for s in page.items], page.total, page.limit, page.offset
-            ),
-            daily=usage.daily_gpu_hours(sessions, now=now),
+            history=usage.Page([with_usage(s) for s in page], total, limit, offset),
+            daily=usage.daily_gpu_hours(recent, now=now, days=days),
             budget=self.budget(user),
         )
 
