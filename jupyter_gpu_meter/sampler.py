@@ -20,6 +20,7 @@ both blocking, so the service calls them through :func:`sample_in_executor`:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import json
 import logging
@@ -31,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from traitlets import Float, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
@@ -47,8 +49,7 @@ _log = logging.getLogger(__name__)
 # --- readings ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GPUReading:
+class GPUReading(NamedTuple):
     """One GPU at one tick. Fields NVML cannot give are None (or 0 for memory)."""
 
     uuid: str
@@ -65,9 +66,8 @@ class GPUReading:
     problem: str = ""
 
 
-@dataclass(frozen=True)
-class ProcessReading:
-    """One compute process on one GPU at one tick."""
+class ProcessReading(NamedTuple):
+    """One compute process on one GPU at one tick (a named tuple: a tick makes hundreds)."""
 
     gpu_uuid: str
     #: host PID, as the driver reports it
@@ -210,6 +210,22 @@ class _DeviceFailed(Exception):
         super().__init__(call, error)
         self.call = call
         self.error = error
+
+
+def _sample_fields(samples) -> list[tuple[int, int, int]]:
+    """(pid, timeStamp, smUtil) of NVML process utilization samples.
+
+    Read through the ctypes fields themselves: pynvml's structures wrap every
+    attribute read in a Python method (it decodes bytes, which these integer
+    fields never are), and a tick reads three per process.
+    """
+    if not samples:
+        return []
+    kind = type(samples[0])
+    if not issubclass(kind, ctypes.Structure):
+        return [(s.pid, s.timeStamp, s.smUtil) for s in samples]
+    pid, stamp, sm_util = kind.pid.__get__, kind.timeStamp.__get__, kind.smUtil.__get__
+    return [(pid(s), stamp(s), sm_util(s)) for s in samples]
 
 
 def _mean(values: list[int] | None) -> int | None:
@@ -431,10 +447,9 @@ class NVMLSampler:
         """Running processes, then processes that left samples but have exited since."""
         sm: dict[int, list[int]] = {}
         last_seen = newest = device.last_seen_us
-        for sample in samples:
-            timestamp = sample.timeStamp
+        for pid, timestamp, sm_util in _sample_fields(samples):
             if timestamp > last_seen:  # never count one twice
-                sm.setdefault(sample.pid, []).append(sample.smUtil)
+                sm.setdefault(pid, []).append(sm_util)
                 newest = max(newest, timestamp)
         device.last_seen_us = newest
         memory: dict[int, int | None] = {}

@@ -269,6 +269,30 @@ def test_process_samples_are_each_counted_once_per_gpu(fake_nvml):
     assert all(g.healthy for t in (first, second, third, fourth) for g in t.gpus)
 
 
+def test_process_samples_as_plain_objects_are_read_too(fake_nvml, monkeypatch):
+    """The tick reads ctypes fields directly; bindings that return plain objects work too."""
+    import pynvml
+
+    real = pynvml.nvmlDeviceGetProcessUtilization
+
+    def friendly(handle, since):
+        return [pynvml.nvmlStructToFriendlyObject(s) for s in real(handle, since)]
+
+    fake_nvml.add_gpu()
+    fake_nvml.add_process(0, 11, used_memory=1)
+    fake_nvml.add_sample(0, 11, 1_000, sm=10)
+    fake_nvml.add_sample(0, 11, 2_000, sm=30)
+    (uuid,) = fake_nvml.uuids
+    with open_sampler(fake_nvml) as sampler:
+        direct = sampler.sample()
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetProcessUtilization", friendly)
+        fake_nvml.add_sample(0, 11, 3_000, sm=50)
+        fake_nvml.write()
+        plain = sampler.sample()
+    assert sm_by_pid(direct) == {(uuid, 11): 20}
+    assert sm_by_pid(plain) == {(uuid, 11): 50}
+
+
 def test_process_utilization_not_supported_leaves_it_empty(fake_nvml):
     fake_nvml.add_gpu()
     fake_nvml.add_process(0, 11, used_memory=5)
