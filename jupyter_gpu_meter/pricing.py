@@ -296,12 +296,13 @@ def session_sums(
     snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime
 ) -> tuple[int | None, int | None]:
     """(:func:`gpu_microseconds`, :func:`charge_units`) of a closed session, as the ledger
-    stores them; None for a number beyond 64 bits (a charge of over 2.5 billion)."""
-    numbers = (
-        gpu_microseconds(snapshot, started_at, ended_at),
-        charge_units(snapshot, started_at, ended_at),
-    )
-    return tuple(n if n <= _BIGINT_MAX else None for n in numbers)
+    stores them: both None where either is beyond 64 bits (a charge of over 2.5
+    billion), so the session is priced from its snapshot instead."""
+    gpu_us = gpu_microseconds(snapshot, started_at, ended_at)
+    units = charge_units(snapshot, started_at, ended_at)
+    if gpu_us > _BIGINT_MAX or units > _BIGINT_MAX:
+        return None, None
+    return gpu_us, units
 
 
 def from_charge_units(units: int) -> Decimal:

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from jupyter_gpu_meter import pricing
-from jupyter_gpu_meter.ledger import RollupRow, truncate_to_minute
+from jupyter_gpu_meter.ledger import Ledger, RollupRow, truncate_to_minute
 from jupyter_gpu_meter.ledger import schema as ledger_schema
 from jupyter_gpu_meter.ledger.models import SessionModel
 from jupyter_gpu_meter.pricing import Pricing
@@ -267,3 +267,29 @@ def test_rollups_of_several_sessions_in_one_query(ledger):
     assert len(both["c2"]) == 6 and {r.writers for r in both["c2"]} == {2}
     assert [r.minute for r in both["c1"]] == [truncate_to_minute(at(60 * m)) for m in range(3)]
     assert ledger.rollups_of([]) == {}
+
+
+def test_sqlite_plans_read_the_month_through_indexes_not_the_whole_table(tmp_path):
+    """What keeps everyone's month fast on a big SQLite ledger (docs/benchmarks.md): no
+    statement of usage_sums(since=) walks the sessions table; all time, the sum may."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'plans.sqlite'}")
+    ledger.ensure_schema()
+    statements = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    sa.event.listen(ledger.engine, "before_cursor_execute", record)
+    ledger.usage_sums(since=at(0))
+    ledger.usage_sums(since=at(0), until=at(3600))
+    ledger.usage_sums(user="ada")
+    sa.event.remove(ledger.engine, "before_cursor_execute", record)
+    assert len(statements) == 3 + 4 + 2
+    with ledger.engine.connect() as connection:
+        for statement, parameters in statements:
+            plan = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            steps = [row[3] for row in plan]
+            assert not any(step == "SCAN sessions" for step in steps), (statement, steps)
+            assert any("INDEX" in step for step in steps), (statement, steps)
+    ledger.close()

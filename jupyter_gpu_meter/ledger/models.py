@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -73,14 +74,21 @@ class SessionModel(Base):
     #: GPUs × microseconds it ran (:func:`jupyter_gpu_meter.pricing.gpu_microseconds`)
     gpu_microseconds: Mapped[int | None] = mapped_column(BigInteger)
     #: its charge in CHARGE_UNITS parts (:func:`jupyter_gpu_meter.pricing.charge_units`);
-    #: None also where it would not fit 64 bits (charged from the snapshot instead)
+    #: both None also where either would not fit 64 bits (charged from the snapshot instead)
     charge_units: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index(None, "username", "started_at"),
         Index(None, "username", "ended_at"),
         Index(None, "started_at"),
-        Index(None, "ended_at"),
+        Index(None, "ended_at", "started_at"),
+        # the few sessions totals must price one by one: running, or too large to sum
+        Index(
+            "ix_sessions_unsummed",
+            "username",
+            sqlite_where=text("charge_units IS NULL"),
+            postgresql_where=text("charge_units IS NULL"),
+        ),
     )
 
 

@@ -179,6 +179,13 @@ def _overlapping(user: str | None, since: datetime | None, until: datetime | Non
     return conditions
 
 
+def _overlaps(session: SessionRecord, since: datetime | None, until: datetime | None) -> bool:
+    """Whether `session` may have a part inside [since, until) (a running one: until now)."""
+    if until is not None and session.started_at >= until:
+        return False
+    return since is None or session.ended_at is None or session.ended_at > since
+
+
 def _sum_in_python(rows) -> list[tuple]:
     """(user, currency, count, GPU-microseconds, charge units) from unsummed rows."""
     sums: dict[tuple[str, str], list[int]] = {}
@@ -519,47 +526,59 @@ class Ledger:
         :func:`jupyter_gpu_meter.report.usage_by_user` totals, with ``sums=``.
         """
         c = _sessions.c
-        inside = [
-            c.ended_at.is_not(None),
-            c.ended_at > c.started_at,
-            c.gpu_microseconds.is_not(None),
-            c.charge_units.is_not(None),
-        ]
-        outside = [
-            c.ended_at.is_(None),
-            c.gpu_microseconds.is_(None),
-            c.charge_units.is_(None),
-        ]
-        if user is not None:
-            inside.append(c.username == user)
+        since = None if since is None else _aware("since", since)
+        until = None if until is None else _aware("until", until)
+        mine = [] if user is None else [c.username == user]
+        # closed, lasted, summed (charge_units and gpu_microseconds are null together)
+        inside = [*mine, c.charge_units.is_not(None), c.ended_at > c.started_at]
+        # the rest, in pieces that each have an index: running or unsummed, crossing an edge
+        pieces = [[*mine, c.charge_units.is_(None)]]
+        for edge in (since, until):
+            if edge is not None:
+                pieces.append([*mine, c.ended_at > edge, c.started_at < edge])
         if since is not None:
-            since = _aware("since", since)
             inside.append(c.started_at >= since)
-            outside.append(c.started_at < since)
         if until is not None:
-            until = _aware("until", until)
             inside.append(c.ended_at <= until)
-            outside.append(c.ended_at > until)
-        keys = (c.username, c.currency)
+        keys = (c.currency, c.username)  # currency first: no index tempts SQLite's planner
         summed = select(
-            *keys, func.count(), func.sum(c.gpu_microseconds), func.sum(c.charge_units)
+            c.username,
+            c.currency,
+            func.count(),
+            func.sum(c.gpu_microseconds),
+            func.sum(c.charge_units),
         ).where(*inside)
+        if user is None:
+            # SQLite plans without statistics; these are the plans measured fastest
+            # (docs/benchmarks.md): the month's sessions by their start, or every row
+            hint = "NOT INDEXED" if since is None else "INDEXED BY ix_sessions_started_at"
+            summed = summed.with_hint(_sessions, hint, "sqlite")
+        found: dict[int, SessionRecord] = {}
         with self._snapshot() as connection:
             try:
-                rows = connection.execute(summed.group_by(*keys).order_by(*keys)).all()
+                rows = connection.execute(summed.group_by(*keys)).all()
             except OperationalError as e:
                 if "integer overflow" not in str(e):  # SQLite's SUM stops at 64 bits
                     raise
                 connection.rollback()
                 rows = _sum_in_python(
                     connection.execute(
-                        select(*keys, c.gpu_microseconds, c.charge_units).where(*inside)
+                        select(c.username, c.currency, c.gpu_microseconds, c.charge_units).where(
+                            *inside
+                        )
                     )
                 )
-            others = self._select_sessions(
-                connection, [*_overlapping(user, since, until), or_(*outside)]
-            )
-        sums = [UsageSum(u, cur, int(n), int(us), int(units)) for u, cur, n, us, units in rows]
+            for piece in pieces:
+                for row in connection.execute(select(_sessions).where(*piece)):
+                    found[row.id] = _record(row)
+        sums = sorted(
+            (UsageSum(u, cur, int(n), int(us), int(units)) for u, cur, n, us, units in rows),
+            key=lambda part: (part.user, part.currency),
+        )
+        others = sorted(
+            (s for s in found.values() if _overlaps(s, since, until)),
+            key=lambda s: (s.started_at, s.id),
+        )
         return sums, others
 
     def last_active(self, now: datetime) -> dict[str, datetime]:

@@ -1,4 +1,4 @@
-"""Each closed session's GPU time and charge as whole numbers; sessions by user and end
+"""Each closed session's GPU time and charge as whole numbers, and indexes to add them up
 
 Totals over many sessions (the admin page, /metrics, everyone's month) add
 these up in SQL instead of reading every session. Closed sessions are filled
@@ -27,7 +27,17 @@ def upgrade() -> None:
     op.add_column("sessions", sa.Column("gpu_microseconds", sa.BigInteger(), nullable=True))
     op.add_column("sessions", sa.Column("charge_units", sa.BigInteger(), nullable=True))
     op.create_index("ix_sessions_username_ended_at", "sessions", ["username", "ended_at"])
+    op.drop_index("ix_sessions_ended_at", table_name="sessions")
+    op.create_index("ix_sessions_ended_at_started_at", "sessions", ["ended_at", "started_at"])
     _fill_in_closed_sessions(op.get_bind())
+    # after the fill: by then it holds only the running sessions
+    op.create_index(
+        "ix_sessions_unsummed",
+        "sessions",
+        ["username"],
+        sqlite_where=sa.text("charge_units IS NULL"),
+        postgresql_where=sa.text("charge_units IS NULL"),
+    )
 
 
 def _fill_in_closed_sessions(connection) -> None:
@@ -82,6 +92,9 @@ def _fill_in_closed_sessions(connection) -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sessions_unsummed", table_name="sessions")
+    op.drop_index("ix_sessions_ended_at_started_at", table_name="sessions")
+    op.create_index("ix_sessions_ended_at", "sessions", ["ended_at"])
     op.drop_index("ix_sessions_username_ended_at", table_name="sessions")
     with op.batch_alter_table("sessions") as batch:
         batch.drop_column("charge_units")
