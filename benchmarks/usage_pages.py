@@ -153,10 +153,13 @@ async def measure(url: str, rounds: int, now: datetime):
         for _, path, token in requests:
             await client.fetch(base + path, headers={"Authorization": f"token {token}"})
     times.clear()
+    lines = None
     for _ in range(rounds):
         for _, path, token in requests:
             response = await client.fetch(base + path, headers={"Authorization": f"token {token}"})
             assert response.code == 200
+            if path.startswith("api/export.csv"):
+                lines = int(response.headers["X-Total-Count"])
     server.stop()
     ledger.close()
     results = []
@@ -165,7 +168,7 @@ async def measure(url: str, rounds: int, now: datetime):
         values = sorted(times[key])
         p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
         results.append((name, statistics.median(values) * 1000, p95 * 1000))
-    return results
+    return results, lines
 
 
 def cpu_model() -> str:
@@ -188,7 +191,7 @@ def main():
         sessions, rollups = build_ledger(url, args.users, args.sessions, now)
         built = time.perf_counter() - started
         size = os.path.getsize(f"{folder}/ledger.sqlite") / 1024**2
-        results = asyncio.run(measure(url, args.rounds, now))
+        results, lines = asyncio.run(measure(url, args.rounds, now))
     print(
         f"ledger: {args.users} users, {sessions} sessions, {rollups} rollup rows, "
         f"{size:.0f} MiB SQLite (built in {built:.0f} s)"
@@ -198,6 +201,7 @@ def main():
     print("| request | median | p95 |\n|---|---|---|")
     for name, median, p95 in results:
         print(f"| {name} | {median:.0f} ms | {p95:.0f} ms |")
+    print(f"the export (this month, all users) has {lines} lines")
 
 
 if __name__ == "__main__":

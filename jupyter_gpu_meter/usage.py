@@ -361,32 +361,31 @@ def daily_gpu_hours(
 # --- one session ---------------------------------------------------------------------
 
 
-def average_utilization(rollups: Iterable) -> float | None:
+def average_utilization(minutes: Iterable) -> float | None:
     """The sample-weighted mean utilization (%) over every GPU and minute; None without
-    samples (no GPU, or GPU sampling off)."""
+    samples (no GPU, or GPU sampling off).
+
+    `minutes`: the session's :class:`~jupyter_gpu_meter.ledger.MinuteUtilization`,
+    its GPUs merged per minute (:meth:`~jupyter_gpu_meter.ledger.Ledger.utilization_of`).
+    """
     samples = weighted = 0
-    for rollup in rollups:
-        samples += rollup.samples
-        weighted += rollup.util_mean * rollup.samples
+    for minute in minutes:
+        samples += minute.samples
+        weighted += minute.util_sum
     return weighted / samples if samples else None
 
 
-def utilization_series(rollups: Iterable, *, points: int = 60) -> list[float]:
+def utilization_series(minutes: Iterable, *, points: int = 60) -> list[float]:
     """Mean utilization (%) per minute over the session's GPUs, at most `points` values
     (neighbouring minutes averaged, sample-weighted). Minutes without samples are skipped."""
-    per_minute: dict[datetime, list[float]] = {}
-    for rollup in rollups:
-        entry = per_minute.setdefault(rollup.minute, [0, 0.0])
-        entry[0] += rollup.samples
-        entry[1] += rollup.util_mean * rollup.samples
-    minutes = [(samples, total) for _, (samples, total) in sorted(per_minute.items()) if samples]
-    if not minutes:
+    counted = [m for m in sorted(minutes, key=lambda m: m.minute) if m.samples]
+    if not counted:
         return []
-    size = -(-len(minutes) // max(points, 1))  # minutes per point, rounded up
+    size = -(-len(counted) // max(points, 1))  # minutes per point, rounded up
     series = []
-    for i in range(0, len(minutes), size):
-        group = minutes[i : i + size]
-        series.append(sum(t for _, t in group) / sum(s for s, _ in group))
+    for i in range(0, len(counted), size):
+        group = counted[i : i + size]
+        series.append(sum(m.util_sum for m in group) / sum(m.samples for m in group))
     return series
 
 
@@ -426,16 +425,16 @@ class SessionUsage:
         }
 
 
-def session_usage(session, *, now: datetime, rollups: Sequence | None = None) -> SessionUsage:
+def session_usage(session, *, now: datetime, minutes: Sequence | None = None) -> SessionUsage:
     """`session` as it stands at `now` (the whole session, not clipped), with its
-    utilization from `rollups` when given."""
+    utilization from `minutes` (see :func:`average_utilization`) when given."""
     return SessionUsage(
         session,
         session.duration(now).total_seconds(),
         session.gpu_seconds(now) / _HOUR,
         session.charge(now),
-        average_utilization(rollups) if rollups is not None else None,
-        tuple(utilization_series(rollups)) if rollups is not None else (),
+        average_utilization(minutes) if minutes is not None else None,
+        tuple(utilization_series(minutes)) if minutes is not None else (),
     )
 
 

@@ -156,6 +156,7 @@ def test_a_charge_beyond_64_bits_is_charged_from_its_snapshot(ledger):
 
 
 def test_last_active_is_the_latest_end_or_now_while_running(ledger):
+    assert ledger.last_active(at(0)) == {}
     run(ledger, "a1", "ada", 0, 50)
     run(ledger, "a2", "ada", 10, 30)
     run(ledger, "b1", "bob", 0, 500)
@@ -167,6 +168,13 @@ def test_last_active_is_the_latest_end_or_now_while_running(ledger):
     assert ledger.last_active(now)["bob"] == at(500)
     start(ledger, "c2", "cy", 190)
     assert ledger.last_active(now)["cy"] == now
+    start(ledger, "d1", "Ünïcode user", 10)  # only running, no closed session yet
+    assert ledger.last_active(now) == {
+        "ada": at(50),
+        "bob": at(500),
+        "cy": now,
+        "Ünïcode user": now,
+    }
 
 
 def test_upgrading_fills_in_the_sums_of_closed_sessions(make_ledger):
@@ -251,22 +259,33 @@ def test_running_sessions_are_in_the_history_only_until_now(history):
     assert history.history(user="cy", now=at(6000), since=at(6500), limit=9) == (0, [])
 
 
-def test_rollups_of_several_sessions_in_one_query(ledger):
+def test_utilization_of_several_sessions_merges_gpus_and_writers_per_minute(ledger):
     run(ledger, "c1", "ada", 0, 600)
     run(ledger, "c2", "ada", 0, 600, gpus=2)
     rows = [
-        RollupRow(cid, f"GPU-{cid}-{g}", at(60 * m), writer, 30, 40.0 + m, 60, 1 << 30)
+        RollupRow(cid, f"GPU-{cid}-{g}", at(60 * m), writer, samples, 10.0 * g + m, 60, 1)
         for cid, gpus in (("c1", 1), ("c2", 2))
         for g in range(gpus)
         for m in range(3)
-        for writer in ("meter-a", "meter-b")
+        for writer, samples in (("meter-a", 30), ("meter-b", 10))
     ]
     assert ledger.add_rollups(rows) == []
-    both = ledger.rollups_of(["c1", "c2", "c9"])
-    assert both == {"c1": ledger.rollups("c1"), "c2": ledger.rollups("c2"), "c9": []}
-    assert len(both["c2"]) == 6 and {r.writers for r in both["c2"]} == {2}
-    assert [r.minute for r in both["c1"]] == [truncate_to_minute(at(60 * m)) for m in range(3)]
-    assert ledger.rollups_of([]) == {}
+    both = ledger.utilization_of(["c2", "c1", "c9"])
+    assert set(both) == {"c1", "c2", "c9"} and both["c9"] == []
+    for cid in ("c1", "c2"):
+        # the same numbers as the per-GPU rollups, added up per minute
+        expected = {}
+        for r in ledger.rollups(cid):
+            samples, total = expected.get(r.minute, (0, 0.0))
+            expected[r.minute] = (samples + r.samples, total + r.util_mean * r.samples)
+        got = both[cid]
+        assert [m.minute for m in got] == sorted(expected)
+        for m in got:
+            assert m.samples == expected[m.minute][0]
+            assert m.util_sum == pytest.approx(expected[m.minute][1])
+    assert [m.samples for m in both["c2"]] == [80, 80, 80]  # 2 GPUs x (30 + 10)
+    assert [m.minute for m in both["c1"]] == [truncate_to_minute(at(60 * m)) for m in range(3)]
+    assert ledger.utilization_of([]) == {}
 
 
 def test_sqlite_plans_read_the_month_through_indexes_not_the_whole_table(tmp_path):

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from jupyter_gpu_meter import usage
-from jupyter_gpu_meter.ledger import Rollup, SessionRecord
+from jupyter_gpu_meter.ledger import MinuteUtilization, SessionRecord
 from jupyter_gpu_meter.pricing import PriceSnapshot, Pricing
 from jupyter_gpu_meter.report import usage_by_user
 
@@ -46,8 +46,9 @@ def session(user, start, end=None, *, gpus=1, price="2.49", currency="USD", incr
     )
 
 
-def rollup(minute: str, samples: int, mean: float, gpu="GPU-0"):
-    return Rollup("c", gpu, at(minute), samples, mean, int(mean), 0, 1)
+def minute(at_: str, samples: int, mean: float):
+    """One minute of a session as Ledger.utilization_of gives it."""
+    return MinuteUtilization(at(at_), samples, samples * mean)
 
 
 # --- days and months ----------------------------------------------------------------
@@ -153,22 +154,23 @@ def test_ties_keep_name_order_both_ways():
 # --- utilization ---------------------------------------------------------------------
 
 
-def test_average_utilization_weighs_minutes_by_samples_and_spans_gpus():
-    rollups = [
-        rollup("2026-11-20T10:00:00", 60, 90.0),
-        rollup("2026-11-20T10:00:00", 60, 10.0, gpu="GPU-1"),
-        rollup("2026-11-20T10:01:00", 20, 50.0),
+def test_average_utilization_weighs_minutes_by_samples():
+    minutes = [
+        minute("2026-11-20T10:00:00", 120, 50.0),  # two GPUs at 90 % and 10 %
+        minute("2026-11-20T10:01:00", 20, 50.0),
+        minute("2026-11-20T10:02:00", 60, 0.0),
     ]
-    assert usage.average_utilization(rollups) == pytest.approx((5400 + 600 + 1000) / 140)
+    assert usage.average_utilization(minutes) == pytest.approx((6000 + 1000) / 200)
     assert usage.average_utilization([]) is None
-    assert usage.average_utilization([rollup("2026-11-20T10:00:00", 0, 0.0)]) is None
+    assert usage.average_utilization([minute("2026-11-20T10:00:00", 0, 0.0)]) is None
 
 
 def test_utilization_series_is_per_minute_and_at_most_the_points_asked():
-    rollups = [rollup(f"2026-11-20T10:{m:02d}:00", 60, float(m)) for m in range(10)]
-    assert usage.utilization_series(rollups) == [float(m) for m in range(10)]
-    assert usage.utilization_series(rollups, points=5) == [0.5, 2.5, 4.5, 6.5, 8.5]
-    assert len(usage.utilization_series(rollups, points=3)) == 3
+    minutes = [minute(f"2026-11-20T10:{m:02d}:00", 60, float(m)) for m in range(10)]
+    assert usage.utilization_series(minutes[::-1]) == [float(m) for m in range(10)]
+    assert usage.utilization_series(minutes, points=5) == [0.5, 2.5, 4.5, 6.5, 8.5]
+    assert len(usage.utilization_series(minutes, points=3)) == 3
+    assert usage.utilization_series([minute("2026-11-20T10:00:00", 0, 0.0)]) == []
 
 
 # --- one session and the export -----------------------------------------------------
@@ -177,7 +179,7 @@ def test_utilization_series_is_per_minute_and_at_most_the_points_asked():
 def test_session_usage_is_the_whole_session_and_json_has_iso_times_and_money():
     now = at("2026-11-20T12:00:00")
     s = session("ada", "2026-11-20T10:00:00", "2026-11-20T10:00:07", price="2.49")
-    item = usage.session_usage(s, now=now, rollups=[rollup("2026-11-20T10:00:00", 7, 73.0)])
+    item = usage.session_usage(s, now=now, minutes=[minute("2026-11-20T10:00:00", 7, 73.0)])
     data = item.to_json()
     assert data["started_at"] == "2026-11-20T10:00:00Z"
     assert data["ended_at"] == "2026-11-20T10:00:07Z"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from .. import pricing
 from ..pricing import PriceSnapshot
@@ -108,6 +109,16 @@ class Rollup:
     memory_max_bytes: int
     #: how many meter processes wrote to this minute
     writers: int
+
+
+class MinuteUtilization(NamedTuple):
+    """One minute of a session, its GPUs and writers merged: what pages draw."""
+
+    minute: datetime
+    #: readings in the minute, over every GPU
+    samples: int
+    #: utilization (%) × samples, added up: / samples is the mean
+    util_sum: float
 
 
 @dataclass(frozen=True)

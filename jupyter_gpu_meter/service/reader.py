@@ -214,14 +214,16 @@ class UsageReader:
         )
         running = self.ledger.open_sessions(user=user)
         shown = [s.container_id for s in [*page, *running] if s.gpu_count]
-        rollups = self.ledger.rollups_of(shown)
+        minutes = self.ledger.utilization_of(shown)
 
         def with_usage(session):
-            return usage.session_usage(session, now=now, rollups=rollups.get(session.container_id))
+            return usage.session_usage(session, now=now, minutes=minutes.get(session.container_id))
 
         def totals(since=None, until=None):
             sums, sessions = self.ledger.usage_sums(user=user, since=since, until=until)
             return usage.totals(sessions, now=now, since=since, until=until, sums=sums)
+
+        all_time = totals()
 
         days = usage.DAILY_DAYS
         recent = self.ledger.sessions(user=user, since=usage.daily_start(now, days))
@@ -231,9 +233,9 @@ class UsageReader:
             since=since,
             until=until,
             currency=self.currency,
-            in_range=totals(since, until),
+            in_range=all_time if since is None and until is None else totals(since, until),
             this_month=totals(usage.month_start(now)),
-            all_time=totals(),
+            all_time=all_time,
             running=[with_usage(s) for s in running],
             history=usage.Page([with_usage(s) for s in page], total, limit, offset),
             daily=usage.daily_gpu_hours(recent, now=now, days=days),
