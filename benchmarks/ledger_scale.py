@@ -419,7 +419,7 @@ def captured(engine):
     statements: list[tuple[str, object]] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("SELECT"):  # not SQLite's BEGIN
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):  # not SQLite's BEGIN
             statements.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", record)
