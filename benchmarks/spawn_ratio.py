@@ -109,7 +109,9 @@ def main():
         f"{codes.count(503)} refused (503), {len(held)} started holding {len(all_uuids)} GPUs, "
         f"{len(set(all_uuids))} distinct"
     )
-    assert len(all_uuids) == len(set(all_uuids)) == len(held) == 8
+    expected = min(8, args.concurrent)
+    if not len(all_uuids) == len(set(all_uuids)) == len(held) == expected:
+        raise SystemExit(f"expected {expected} servers on {expected} distinct GPUs: {held}")
 
 
 if __name__ == "__main__":
