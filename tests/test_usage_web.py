@@ -31,6 +31,7 @@ from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.auth import READ_ALL_SCOPE
+from jupyter_gpu_meter.service.reader import UsagePages, UsageReader
 from jupyter_gpu_meter.sessions import ManagedContainer
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -403,6 +404,38 @@ async def test_user_page_shows_the_ledgers_numbers(app):
     assert 'class="gpu-meter-chart"' in page
     assert "GPU-hours per day, last 30 days" in page
     assert 'id="gpu-meter-budget"' not in page  # no budgets yet: nothing shown
+
+
+async def test_long_lists_are_paged_on_the_user_and_admin_pages(app):
+    """One item a page: the pager says where it is and links to its neighbours."""
+    reader = UsageReader(
+        app.meter.ledger,
+        currency="EUR",
+        settings=UsagePages(history_page_size=1, users_page_size=1),
+        clock=lambda: NOW,
+    )
+    paged = create_application(
+        app.meter, PREFIX, hub_auth=app.hub_auth, hub_api=app.hub_api, reader=reader
+    )
+    sock, port = bind_unused_port()
+    server = HTTPServer(paged)
+    server.add_sockets([sock])
+    small = SimpleNamespace(url=f"http://127.0.0.1:{port}{PREFIX}")
+    try:
+        first = (await fetch(small, "", "ada-token")).body.decode()
+        assert 'aria-label="Session pages"' in first and "1–1 of 3" in first
+        assert '<a class="page-link" href="#">Newer</a>' in first  # the newest: nothing newer
+        assert '<a class="page-link" href="?offset=1">Older</a>' in first
+        second = (await fetch(small, "?offset=1", "ada-token")).body.decode()
+        assert "2–2 of 3" in second and 'href="?offset=0">Newer</a>' in second
+        admin = (await fetch(small, "admin?since=&offset=1", "admin-token")).body.decode()
+        assert 'aria-label="User pages"' in admin and "2–2 of " in admin
+        assert ">Previous</a>" in admin and ">Next</a>" in admin
+        unpaged = (await fetch(app, "", "ada-token")).body.decode()  # 25 a page: no pager
+        assert 'aria-label="Session pages"' not in unpaged
+    finally:
+        server.stop()
+        reader.close()
 
 
 async def test_admin_page_is_403_for_users_and_lists_everyone_for_admins(app):
