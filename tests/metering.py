@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from jupyter_gpu_meter import labels
-from jupyter_gpu_meter.ledger import Ledger
+from jupyter_gpu_meter.ledger import Ledger, RollupRow
 
 ARTIFACTS = Path(os.environ.get("JGM_ARTIFACTS", "test-artifacts"))
 
@@ -48,6 +48,38 @@ def wait_until(predicate, timeout=60, what="condition"):
             return value
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def add_closed_session(
+    ledger_url, user, started_at, hours, *, pricing, gpu_model, gpus=1, server="", utilization=()
+):
+    """A finished session written straight into the meter's ledger; its container id.
+
+    Closed sessions only: the meter's reconcile would close an open one whose
+    container it does not know. `utilization`: one percentage a minute, on its
+    first GPU.
+    """
+    container_id = f"{abs(hash((user, started_at))):x}".rjust(64, "0")
+    uuids = [f"GPU-old-{user}-{i}" for i in range(gpus)]
+    with Ledger(ledger_url) as ledger:
+        ledger.open_session(
+            container_id=container_id,
+            user=user,
+            server=server,
+            gpu_uuids=uuids,
+            gpu_model=gpu_model,
+            profile="gpu-1",
+            price=pricing.snapshot(gpu_model, gpus),
+            started_at=started_at,
+        )
+        ledger.close_session(
+            container_id, ended_at=started_at + timedelta(hours=hours), reason="stopped"
+        )
+        ledger.add_rollups(
+            RollupRow(container_id, uuids[0], started_at + timedelta(minutes=m), "t", 60, u, u, 0)
+            for m, u in enumerate(utilization)
+        )
+    return container_id
 
 
 def session_of(hub, container_id):

@@ -10,7 +10,6 @@ checked against the ledger, computed at the time (``as_of``) the API used.
 import csv
 import io
 import re
-import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -22,11 +21,14 @@ from jupyter_gpu_meter.hubconfig import read_all_role
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import Pricing
 from tests.hub import Hub, login
+from tests.metering import add_closed_session, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
 H100 = "NVIDIA H100 80GB HBM3"
 PRICE = "36.00"  # per GPU-hour: a cent a second, so running costs move fast
+#: how the sessions written into the ledger were priced
+OLD = {"pricing": Pricing(prices={H100: PRICE}, currency="EUR"), "gpu_model": H100}
 CONFIG = {
     "Pricing.prices": {H100: PRICE},
     "Pricing.currency": "EUR",
@@ -36,43 +38,6 @@ CONFIG = {
         {"name": "test-tokens", "scopes": ["tokens"], "services": ["test-admin"]},
     ],
 }
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def add_closed_session(ledger_url, user, started_at, hours, *, gpus=1, server=""):
-    """A finished session written straight into the meter's ledger."""
-    snapshot = Pricing(prices={H100: PRICE}, currency="EUR").snapshot(H100, gpus)
-    container_id = f"{abs(hash((user, started_at))):x}".rjust(64, "0")
-    with Ledger(ledger_url) as ledger:
-        ledger.open_session(
-            container_id=container_id,
-            user=user,
-            server=server,
-            gpu_uuids=[f"GPU-old-{user}-{i}" for i in range(gpus)],
-            gpu_model=H100,
-            profile="gpu-1",
-            price=snapshot,
-            started_at=started_at,
-        )
-        ledger.close_session(
-            container_id, ended_at=started_at + timedelta(hours=hours), reason="stopped"
-        )
-    return container_id
-
-
-def create_token(hub, user) -> str:
-    response = hub.api("POST", f"/users/{user}/tokens", json={"note": "test-e2e-api"})
-    assert response.status_code == 201, response.text
-    return response.json()["token"]
 
 
 class Meter:
@@ -101,13 +66,13 @@ def hub(tmp_path_factory, docker_client):
             lambda: requests.get(hub.meter_url + "api/health", timeout=5).ok, 60, "the meter"
         )
         week_ago = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=7)
-        hub.old_ada = add_closed_session(hub.ledger_url, "ada", week_ago, 2)
-        add_closed_session(hub.ledger_url, "bob", week_ago + timedelta(days=1), 1.5, gpus=2)
+        hub.old_ada = add_closed_session(hub.ledger_url, "ada", week_ago, 2, **OLD)
+        add_closed_session(hub.ledger_url, "bob", week_ago + timedelta(days=1), 1.5, gpus=2, **OLD)
         hub.start_server("ada", {"gpus": 1})
         hub.ada_container = hub.container_of("ada").id
         wait_until(lambda: any(s.running for s in ledger_sessions(hub, "ada")), 30, "ada's session")
         hub.create_users("bob")
-        hub.tokens = {name: create_token(hub, name) for name in ("ada", "bob", "admin", "carol")}
+        hub.tokens = {name: hub.user_token(name) for name in ("ada", "bob", "admin", "carol")}
         yield hub
     except BaseException:
         print(hub.logs())

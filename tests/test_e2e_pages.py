@@ -10,7 +10,6 @@ and admin pages' also replace those in docs/_static/.
 import json
 import os
 import shutil
-import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -18,10 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from jupyter_gpu_meter.ledger import Ledger, RollupRow
+from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.service.pages import format_charges, format_money
 from tests.hub import Hub
+from tests.metering import add_closed_session, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -36,6 +36,8 @@ CHROMIUM_ARGS = [
 ]
 H100 = "NVIDIA H100 80GB HBM3"
 PRICE = "36.00"  # per GPU-hour: a cent a second
+#: how the sessions written into the ledger were priced
+OLD = {"pricing": Pricing(prices={H100: PRICE}, currency="EUR"), "gpu_model": H100}
 HOSTILE = "<img src=x onerror=alert(1)>"
 ARTIFACTS = Path(os.environ.get("JGM_ARTIFACTS", "test-artifacts"))
 DOCS_STATIC = Path(__file__).resolve().parent.parent / "docs" / "_static"
@@ -46,16 +48,6 @@ PROFILES = [
 ]
 
 
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def screenshot(page, name: str, *, docs: bool = False):
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
@@ -63,31 +55,6 @@ def screenshot(page, name: str, *, docs: bool = False):
     if docs and os.environ.get("JGM_UPDATE_DOC_SCREENSHOTS") == "1":
         shutil.copyfile(path, DOCS_STATIC / name)
     return path
-
-
-def add_closed_session(ledger_url, user, started_at, hours, *, gpus=1, utilization=()):
-    snapshot = Pricing(prices={H100: PRICE}, currency="EUR").snapshot(H100, gpus)
-    container_id = f"{abs(hash((user, started_at))):x}".rjust(64, "0")
-    uuids = [f"GPU-old-{i}" for i in range(gpus)]
-    with Ledger(ledger_url) as ledger:
-        ledger.open_session(
-            container_id=container_id,
-            user=user,
-            server="",
-            gpu_uuids=uuids,
-            gpu_model=H100,
-            profile="gpu-1",
-            price=snapshot,
-            started_at=started_at,
-        )
-        ledger.close_session(
-            container_id, ended_at=started_at + timedelta(hours=hours), reason="stopped"
-        )
-        ledger.add_rollups(
-            RollupRow(container_id, uuids[0], started_at + timedelta(minutes=m), "t", 60, u, u, 0)
-            for m, u in enumerate(utilization)
-        )
-    return container_id
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +83,11 @@ def hub(tmp_path_factory, docker_client):
         wait_until(lambda: requests.get(hub.meter_url + "api/health", timeout=5).ok, 60, "meter")
         now = datetime.now(timezone.utc).replace(microsecond=0)
         shape = [10, 35, 80, 95, 90, 60, 85, 97, 40, 15]
-        add_closed_session(hub.ledger_url, "ada", now - timedelta(days=6), 2, utilization=shape)
-        add_closed_session(hub.ledger_url, "bob", now - timedelta(days=3), 1.5, gpus=2)
-        add_closed_session(hub.ledger_url, HOSTILE, now - timedelta(days=1), 0.5)
+        add_closed_session(
+            hub.ledger_url, "ada", now - timedelta(days=6), 2, utilization=shape, **OLD
+        )
+        add_closed_session(hub.ledger_url, "bob", now - timedelta(days=3), 1.5, gpus=2, **OLD)
+        add_closed_session(hub.ledger_url, HOSTILE, now - timedelta(days=1), 0.5, **OLD)
         hub.create_users("ada", "bob", HOSTILE)
         hub.start_server("ada", {"profile": "gpu-1"})
         (uuid,) = hub.gpus_held()["ada/"]
@@ -130,8 +99,7 @@ def hub(tmp_path_factory, docker_client):
             30,
             "ada's running session",
         )
-        response = hub.api("POST", "/users/ada/tokens", json={"note": "test-e2e-pages"})
-        hub.ada_token = response.json()["token"]
+        hub.ada_token = hub.user_token("ada")
         yield hub
     except BaseException:
         print(hub.logs())
