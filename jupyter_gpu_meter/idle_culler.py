@@ -29,7 +29,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 log = logging.getLogger(__name__)
 
 METER_URL_ENV = "JUPYTER_GPU_METER_URL"
-DEFAULT_METER_URL = "http://127.0.0.1:10101/services/gpu-meter/"
+#: the meter's service name, whose address the hub's API gives (scope read:services)
+METER_SERVICE = "gpu-meter"
 
 
 def server_owner(server: dict) -> tuple[str, str] | None:
@@ -57,15 +58,39 @@ class GPUCullArbiter:
     ):
         self.gpu_inactive_limit = gpu_inactive_limit
         self.busy_threshold = busy_threshold
-        self.meter_url = meter_url or os.environ.get(METER_URL_ENV, DEFAULT_METER_URL)
+        #: where the meter is; None: ask the hub (:meth:`find_meter`) on first use
+        self.meter_url = meter_url or os.environ.get(METER_URL_ENV) or None
         self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
         self.cache_seconds = cache_seconds
         self._cache: tuple[float, list] | None = None
+
+    async def find_meter(self) -> str:
+        """The meter's address, from the hub's API (``GET services/gpu-meter``: its
+        ``url`` and ``prefix``; scope ``read:services!service=gpu-meter``)."""
+        api_url = os.environ.get("JUPYTERHUB_API_URL", "").rstrip("/")
+        if not api_url:
+            raise RuntimeError(
+                f"no meter URL: set {METER_URL_ENV}, or run the culler as a hub service"
+            )
+        request = HTTPRequest(
+            f"{api_url}/services/{METER_SERVICE}",
+            headers={"Authorization": f"token {self.token}"},
+            request_timeout=10,
+        )
+        model = json.loads((await AsyncHTTPClient().fetch(request)).body)
+        if not model.get("url"):
+            raise RuntimeError(
+                f"the hub does not tell the culler where {METER_SERVICE} listens: give it the "
+                f"scope read:services!service={METER_SERVICE} (idle_culler_role() does)"
+            )
+        return model["url"].rstrip("/") + (model.get("prefix") or f"/services/{METER_SERVICE}/")
 
     async def gpus(self) -> list[dict]:
         """The meter's ``api/gpus`` rows, cached for `cache_seconds` (one culler pass)."""
         if self._cache and time.monotonic() - self._cache[0] < self.cache_seconds:
             return self._cache[1]
+        if self.meter_url is None:
+            self.meter_url = await self.find_meter()
         request = HTTPRequest(
             self.meter_url.rstrip("/") + "/api/gpus",
             headers={"Authorization": f"token {self.token}"},

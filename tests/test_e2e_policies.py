@@ -174,7 +174,7 @@ def test_gpu_aware_cull_arbiter_for_admins_who_run_the_idle_culler(make_hub, tmp
             "--cull-every=3",
             f"--config={config}",
         ],
-        "environment": {"JUPYTER_GPU_METER_URL": hub.meter_url_direct},
+        # no meter URL: the arbiter asks the hub where the meter listens
     }
     hub.restart(**{"JupyterHub.services": [culler], "JupyterHub.load_roles": [idle_culler_role()]})
     hub.start_server("ada", {"gpus": 1})  # training, no browser: its GPU is busy at once
