@@ -16,7 +16,6 @@ c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {"admin"}
 
 c.JupyterHub.bind_url = os.environ.get("JUPYTERHUB_BIND_URL", "http://127.0.0.1:8000")
-c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.allow_named_servers = True
 # Notebook servers outlive a hub restart (upgrades, config changes); the spawner
 # reads their GPUs back from Docker and the meter goes on metering them.
@@ -57,10 +56,19 @@ c.GPUDockerSpawner.profile_list = [
 c.GPUDockerSpawner.max_gpus_per_user = 2
 c.GPUDockerSpawner.shm_size = "8G"  # NCCL and DataLoader workers
 
-# The hub runs on the host: host networking lets it reach each notebook on
-# 127.0.0.1 with no Docker network to set up. For stricter isolation put the
-# notebooks on a Docker network instead (docs: "Give users GPUs").
-c.GPUDockerSpawner.network_name = os.environ.get("JUPYTER_GPU_METER_DOCKER_NETWORK", "host")
+# Notebooks get a Docker network of their own (created if missing): a bridge on
+# which they reach the hub's API at the network's gateway, where the hub listens,
+# but not each other, nor what listens on the host's loopback (the meter, the
+# proxy's API, a local database). Docs: "Security model".
+network = os.environ.get("JUPYTER_GPU_METER_DOCKER_NETWORK", "jupyter-gpu-meter")
+if network == "host":
+    # single-tenant only: every notebook shares the host's network and loopback
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.GPUDockerSpawner.network_name = "host"
+else:
+    from jupyter_gpu_meter.hubconfig import setup_network
+
+    setup_network(c, network)
 
 # Where this process may not lock unlimited memory (some sandboxes), Docker
 # cannot grant it to containers either: stay within the limit.

@@ -1,9 +1,12 @@
 """Start-to-ready: plain DockerSpawner against GPUDockerSpawner, interleaved; a crowd of starts.
 
-Two real hubs with their proxies on the real Docker engine and the same image:
-one with DockerSpawner (host networking, as the GPU hub), one with
-GPUDockerSpawner (1 simulated GPU). Starts alternate between them, so both see
-the same machine load; the figure is the ratio of the medians. Then 50 users
+Three real hubs with their proxies on the real Docker engine and the same
+image: one with DockerSpawner (host networking), one with GPUDockerSpawner
+(1 simulated GPU) on host networking too, and one with GPUDockerSpawner on the
+notebooks' own network as shipped (a bridge, traffic between notebooks off).
+Starts alternate between them, so all see the same machine load; the figures
+are ratios of the medians: the GPU spawner against the plain one (both on the
+host's network), and the notebooks' network against host networking. Then 50 users
 ask one GPU hub with 8 GPUs for a GPU at the same moment: how long until
 every request is answered, and that exactly 8 got disjoint GPUs. Usage, from
 the repository root after scripts/setup:
@@ -65,23 +68,26 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="jgm-spawn-ratio-"))
     plain_config = work / "plain.py"
     plain_config.write_text(PLAIN_SPAWNER)
-    plain = Hub(work / "plain", client, "1")
+    plain = Hub(work / "plain", client, "1", network="host")
     hub_config = plain.dir / "jupyterhub_config.py"
     # after the harness's own settings, so DockerSpawner replaces the GPU spawner
     hub_config.write_text(hub_config.read_text() + f"\nload_subconfig({str(plain_config)!r})\n")
-    gpu = Hub(work / "gpu", client, "1")
-    times = {"DockerSpawner": [], "GPUDockerSpawner": []}
+    gpu = Hub(work / "gpu", client, "1", network="host")
+    bridged = Hub(work / "bridged", client, "1")  # the notebooks' own network, as shipped
+    times = {"DockerSpawner": [], "GPUDockerSpawner": [], "GPU, own network": []}
     try:
-        plain.start()
-        gpu.start()
+        for hub in (plain, gpu, bridged):
+            hub.start()
         plain.time_to_ready("warmup", {})
         gpu.time_to_ready("warmup", {"gpus": 1})
+        bridged.time_to_ready("warmup", {"gpus": 1})
         for _ in range(args.rounds):
             times["DockerSpawner"].append(plain.time_to_ready("bench", {}))
             times["GPUDockerSpawner"].append(gpu.time_to_ready("bench", {"gpus": 1}))
+            times["GPU, own network"].append(bridged.time_to_ready("bench", {"gpus": 1}))
     finally:
-        plain.cleanup()
-        gpu.cleanup()
+        for hub in (plain, gpu, bridged):
+            hub.cleanup()
 
     crowd = Hub(work / "crowd", client, "8")
     try:
@@ -104,6 +110,10 @@ def main():
         )
     ratio = statistics.median(times["GPUDockerSpawner"]) / statistics.median(times["DockerSpawner"])
     print(f"ratio GPUDockerSpawner / DockerSpawner (medians): {ratio:.3f} (goal <= 1.05)")
+    network = statistics.median(times["GPU, own network"]) / statistics.median(
+        times["GPUDockerSpawner"]
+    )
+    print(f"ratio notebooks' own network / host networking (medians): {network:.3f}")
     print(
         f"{args.concurrent} concurrent starts on 8 GPUs: all answered in {answered:.1f} s; "
         f"{codes.count(503)} refused (503), {len(held)} started holding {len(all_uuids)} GPUs, "

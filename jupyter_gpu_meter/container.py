@@ -128,10 +128,17 @@ def enforce_create_kwargs(
 
 
 def container_labels(
-    *, user: str, server: str, gpu_uuids: Sequence[str], gpu_model: str | None, profile: str
+    *,
+    user: str,
+    server: str,
+    gpu_uuids: Sequence[str],
+    gpu_model: str | None,
+    profile: str,
+    hub_id: str,
 ) -> dict[str, str]:
     return {
         labels.MANAGED: "1",
+        labels.HUB: hub_id,
         labels.USER: user,
         labels.SERVER: server,
         labels.GPUS: ",".join(gpu_uuids),

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from .gpus import SIMULATED_ENV
+from .identity import HUB_ID_ENV, default_hub_id
+from .network import DEFAULT_NETWORK, NotebookNetwork, ensure_network
 from .sampler import SIMULATED_UTILIZATION_ENV
 from .service.app import DB_URL_ENV
 from .service.auth import READ_ALL_DESCRIPTION, READ_ALL_SCOPE
@@ -47,18 +49,26 @@ def meter_role() -> dict:
 
 
 def meter_service(
-    config_file: str, *, url: str = "http://127.0.0.1:10101", environment: dict | None = None
+    config_file: str, *, url: str | None = None, environment: dict | None = None
 ) -> dict:
     """The ``c.JupyterHub.services`` entry that runs the meter next to the hub.
 
     The meter reads the same `config_file` as the hub, so GPUs and prices are
-    configured once. It needs no scopes on the hub's API for metering.
+    configured once. It needs no scopes on the hub's API for metering. It
+    listens on `url`; by default on a port of 127.0.0.1 that is free when
+    the hub loads its config, so two hubs on one host never compete for one
+    (the hub's proxy routes ``/services/gpu-meter/`` to wherever it is).
+    It gets the hub's id (:class:`~jupyter_gpu_meter.identity.HubIdentity`)
+    in ``$JUPYTER_GPU_METER_HUB_ID``, so it meters this hub's servers only.
     """
+    from jupyterhub.utils import random_port
+
     env = {key: os.environ[key] for key in PASS_ENV if key in os.environ}
+    env[HUB_ID_ENV] = default_hub_id()
     env.update(environment or {})
     return {
         "name": SERVICE_NAME,
-        "url": url,
+        "url": url or f"http://127.0.0.1:{random_port()}",
         "command": [sys.executable, "-m", "jupyter_gpu_meter.cli", "--config", config_file],
         "cwd": os.getcwd(),  # a relative ledger path means next to jupyterhub.sqlite
         "environment": env,
@@ -96,6 +106,7 @@ def idle_culler_role(service: str = "idle-culler") -> dict:
             "read:users:activity",
             "read:servers",
             "delete:servers",
+            f"read:services!service={SERVICE_NAME}",  # where the meter listens
             ACCESS_SCOPE,
             READ_ALL_SCOPE,
         ],
@@ -149,7 +160,7 @@ def setup_meter(
     c,
     config_file: str,
     *,
-    url: str = "http://127.0.0.1:10101",
+    url: str | None = None,
     environment: dict | None = None,
     read_all_users=(),
     read_all_groups=(),
@@ -186,3 +197,23 @@ def setup_meter(
     }
     _grant_users_access(c)
     c.JupyterHub.template_paths = template_paths(_current(c.JupyterHub, "template_paths", []))
+
+
+def setup_network(c, name: str = DEFAULT_NETWORK, *, internal: bool = False) -> NotebookNetwork:
+    """Put notebooks on their own Docker network, in ``jupyterhub_config.py``.
+
+    Creates the network `name` if it does not exist (a bridge with traffic
+    between containers off, :mod:`jupyter_gpu_meter.network`), puts the
+    spawner's notebooks on it, and lets the hub's API listen on the
+    network's gateway address (``c.JupyterHub.hub_ip``), the one address of
+    the host notebooks reach. Services on the host's loopback (the meter,
+    the proxy's API, a local PostgreSQL) stay out of their reach. Needs the
+    Docker engine when the config is loaded. Returns the network.
+    """
+    import docker
+
+    network = ensure_network(docker.from_env().api, name, internal=internal)
+    c.GPUDockerSpawner.network_name = network.name
+    c.GPUDockerSpawner.network_internal = internal
+    c.JupyterHub.hub_ip = network.gateway
+    return network

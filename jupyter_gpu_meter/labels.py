@@ -14,6 +14,8 @@ SERVER = PREFIX + "server"
 GPUS = PREFIX + "gpus"
 GPU_MODEL = PREFIX + "gpu-model"
 PROFILE = PREFIX + "profile"
+#: the id of the hub whose spawner made the container: each hub's meter meters only its own
+HUB = PREFIX + "hub"
 #: on the notebook image: the CUDA version its PyTorch was built for
 CUDA_VERSION = PREFIX + "cuda-version"
 
@@ -22,3 +24,14 @@ def gpus_from_labels(labels):
     """The GPU UUIDs a container's labels say it holds."""
     value = (labels or {}).get(GPUS, "")
     return [uuid for uuid in value.split(",") if uuid]
+
+
+def of_hub(labels, hub_id: str) -> bool:
+    """Whether a container with these labels belongs to the hub `hub_id`.
+
+    Containers made before containers carried their hub (no label) belong to
+    every hub: metering them twice during an upgrade beats leaving a running
+    GPU server unmetered.
+    """
+    found = (labels or {}).get(HUB)
+    return found is None or found == hub_id

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlparse
 
 import jinja2
 from dockerspawner import DockerSpawner
@@ -24,13 +26,17 @@ from .choice import Choice, ChoiceError, parse_profiles, resolve_choice
 from .clock import utcnow
 from .container import Hardening, container_labels, enforce_create_kwargs
 from .gpus import GPUInventory, Inventory, cuda_driver_problem
+from .identity import HubIdentity
 from .ledger import DEFAULT_URL, Ledger
+from .network import DEFAULT_NETWORK, NetworkError, NotebookNetwork, ensure_network
 from .policies import format_duration
 from .pricing import Pricing
 from .usage import spawn_prices
 
 #: container states in which a container holds its GPUs
 HOLDING_STATES = ("running", "paused", "restarting")
+#: how held_gpus names the holder of a GPU that another hub's server holds
+OTHER_HUB = "hub:"
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -180,6 +186,22 @@ class GPUDockerSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    @default("network_name")
+    def _network_name_default(self):
+        # a network of the notebooks' own, not the host's and not Docker's shared default
+        return DEFAULT_NETWORK
+
+    network_internal = Bool(
+        False,
+        help="""
+        Create the notebooks' network (``network_name``, when it does not
+        exist yet) as an internal one: notebooks reach the hub and nothing
+        beyond the host, e.g. no package index. False (the default):
+        notebooks reach the internet through the host, still not each other
+        nor the host's loopback services. An existing network is used as it is.
+        """,
+    ).tag(config=True)
+
     @default("remove")
     def _remove_default(self):
         # Device requests are fixed when a container is created: a reused
@@ -196,6 +218,13 @@ class GPUDockerSpawner(DockerSpawner):
     def _use_internal_ip_default(self):
         # host networking has no ports to publish: the hub reaches the notebook directly
         return self.network_name != "bridge"
+
+    @property
+    def hub_id(self) -> str:
+        """This hub's id (:class:`~jupyter_gpu_meter.identity.HubIdentity`), on every container."""
+        if not hasattr(self, "_hub_id"):
+            self._hub_id = HubIdentity(parent=self).hub_id
+        return self._hub_id
 
     @default("options_form")
     def _options_form_default(self):
@@ -238,6 +267,9 @@ class GPUDockerSpawner(DockerSpawner):
                 continue
             found = container.get("Labels") or {}
             owner = f"{found.get(labels.USER, '?')}/{found.get(labels.SERVER, '')}"
+            if not labels.of_hub(found, self.hub_id):
+                # another hub's server on this engine: its GPUs are taken all the same
+                owner = f"{OTHER_HUB}{found.get(labels.HUB)}:{owner}"
             for uuid in labels.gpus_from_labels(found):
                 held[uuid] = owner
         held.update(self._allocator().reserved)
@@ -283,7 +315,7 @@ class GPUDockerSpawner(DockerSpawner):
                     1
                     for owner in held.values()
                     if owner.split("/", 1)[0] == self.user.name and owner != self._owner
-                )
+                )  # another hub's servers read "hub:<id>:user/server": not counted
                 if mine + choice.gpus > self.max_gpus_per_user:
                     raise spawn_error(
                         400,
@@ -295,7 +327,7 @@ class GPUDockerSpawner(DockerSpawner):
                     inventory.gpus, held, choice.gpus, choice.gpu_model, inventory.topology
                 )
             except NoFreeGPUs as e:
-                raise spawn_error(503, str(e)) from None
+                raise spawn_error(503, str(e) + _other_hubs_note(e, inventory, held)) from None
             for gpu in gpus:
                 allocator.reserved[gpu.uuid] = self._owner
         return gpus
@@ -331,13 +363,51 @@ class GPUDockerSpawner(DockerSpawner):
             )
             await self._check_budget(len(gpus))
             if self.network_name == "host":
+                _warn_host_network(self.log)
                 self.port = random_port()
+            else:
+                await self._ensure_network()
             if not self.remove:
                 await self._remove_kept_container()
             return await super().start()
         finally:
             # From here on the running container's labels hold the GPUs.
             self._release(gpus)
+
+    async def _ensure_network(self) -> NotebookNetwork | None:
+        """The notebooks' network, created if missing; refuse a start notebooks cannot finish.
+
+        DockerSpawner's own ``bridge`` network is used as it is (ports published
+        on the host). Any other is created with traffic between containers off.
+        """
+        if self.network_name in ("bridge", "none"):
+            return None
+        try:
+            network = await asyncio.wrap_future(
+                self.executor.submit(
+                    ensure_network, self.client, self.network_name, internal=self.network_internal
+                )
+            )
+        except NetworkError as e:
+            raise spawn_error(500, str(e)) from None
+        if network.icc and not getattr(self, "_warned_icc", False):
+            self._warned_icc = True
+            self.log.warning(
+                "Docker network %s lets containers reach each other (created without %s=false): "
+                "one user's notebook can reach another's",
+                network.name,
+                "com.docker.network.bridge.enable_icc",
+            )
+        api_url = self.hub_connect_url or self.hub.api_url
+        if _is_loopback(urlparse(api_url).hostname or ""):
+            raise spawn_error(
+                500,
+                f"the hub's API is at {api_url}, which notebooks on the Docker network "
+                f"{network.name} cannot reach: let the hub listen on the network's gateway, "
+                f"c.JupyterHub.hub_ip = {network.gateway!r} "
+                "(jupyter_gpu_meter.hubconfig.setup_network(c) does)",
+            )
+        return network
 
     def _budget_status(self):
         """The user's budget status from the ledger (blocking); None without a budget."""
@@ -417,6 +487,7 @@ class GPUDockerSpawner(DockerSpawner):
                         gpu_uuids=self.gpu_uuids,
                         gpu_model=self.gpu_model,
                         profile=getattr(self, "_profile", ""),
+                        hub_id=self.hub_id,
                     ),
                     # the price in force now travels with the container to the meter
                     **Pricing(parent=self)
@@ -496,3 +567,37 @@ class GPUDockerSpawner(DockerSpawner):
         if first("gpu_model"):
             options["gpu_model"] = first("gpu_model")
         return options
+
+
+_host_network_warned = False
+
+
+def _warn_host_network(log) -> None:
+    """Once per hub: host networking is for one tenant only."""
+    global _host_network_warned
+    if not _host_network_warned:
+        _host_network_warned = True
+        log.warning(
+            "GPUDockerSpawner.network_name = 'host': every notebook shares the host's network, "
+            "reaches whatever listens on its loopback (the meter, the proxy's API, databases) "
+            "and other users' notebooks. Use it only where all users are trusted alike."
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is the loopback interface of whoever connects."""
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _other_hubs_note(error: NoFreeGPUs, inventory: Inventory, held: dict) -> str:
+    """ "(2 held by another hub's servers on this Docker engine)" where that is so."""
+    kind = {gpu.uuid for gpu in inventory.gpus if error.model in (None, gpu.model)}
+    others = sum(1 for uuid, owner in held.items() if uuid in kind and owner.startswith(OTHER_HUB))
+    if not others:
+        return ""
+    return f" ({others} held by another hub's servers on this Docker engine)"

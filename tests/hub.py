@@ -28,10 +28,33 @@ from jupyter_gpu_meter import labels
 IMAGE = os.environ.get("JGM_IMAGE", "jupyter-gpu-meter/notebook:test")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+#: the notebooks' network of the test hubs: internal (nothing leaves the machine), ICC off
+TEST_NETWORK = os.environ.get("JGM_TEST_NETWORK", "jgm-test-notebooks")
+#: every port this process has handed out: never twice, even before its server binds it
+_ports_given: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on every address now, none handed out before.
+
+    Each candidate stays bound until all are chosen, so the kernel cannot give
+    the same one twice; ports already given to an earlier hub (whose meter may
+    not listen yet) are skipped.
+    """
+    held, ports = [], []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            sock.bind(("", 0))
+            held.append(sock)
+            port = sock.getsockname()[1]
+            if port not in _ports_given:
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    _ports_given.update(ports)
+    return ports
 
 
 HUB_CONFIG = """
@@ -42,8 +65,14 @@ if settings.get("base_config"):  # e.g. the shipped jupyterhub_config.py, then t
     load_subconfig(settings["base_config"])  # noqa
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = settings["port"]
-c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = settings["hub_port"]
+if settings["network"] == "host":  # single-tenant: notebooks share the host's network
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.GPUDockerSpawner.network_name = "host"
+else:  # as shipped: the notebooks' own network, the hub on its gateway
+    from jupyter_gpu_meter.hubconfig import setup_network
+
+    setup_network(c, settings["network"], internal=True)
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:%i" % settings["proxy_api_port"]
 c.ConfigurableHTTPProxy.auth_token = settings["proxy_token"]
 c.JupyterHub.db_url = "sqlite:///" + settings["dir"] + "/jupyterhub.sqlite"
@@ -65,7 +94,6 @@ c.JupyterHub.load_roles = [
 c.JupyterHub.spawner_class = "gpu-docker"
 c.GPUDockerSpawner.image = settings["image"]
 c.GPUDockerSpawner.pull_policy = "never"
-c.GPUDockerSpawner.network_name = "host"
 c.GPUDockerSpawner.name_template = settings["prefix"] + "{username}--{servername}"
 # This sandbox caps locked memory below the production default (unlimited).
 import resource
@@ -111,15 +139,18 @@ class Hub:
         env=None,
         base_config: str | None = None,
         meter: bool = False,
+        network: str = TEST_NETWORK,
         **extra,
     ):
         self.dir = tmp_path
         self.docker = docker_client
         self.prefix = f"jgm-test-{secrets.token_hex(3)}-"
+        port, hub_port, proxy_api_port, meter_port = free_ports(4)
         self.settings = {
-            "port": free_port(),
-            "hub_port": free_port(),
-            "proxy_api_port": free_port(),
+            "port": port,
+            "hub_port": hub_port,
+            "proxy_api_port": proxy_api_port,
+            "network": network,
             "proxy_token": secrets.token_hex(16),
             "token": secrets.token_hex(16),
             "dir": str(tmp_path),
@@ -128,7 +159,7 @@ class Hub:
             "extra": extra,
             "base_config": base_config,
             "meter": meter,
-            "meter_port": free_port(),
+            "meter_port": meter_port,
             "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite",
         }
         tmp_path.mkdir(parents=True, exist_ok=True)

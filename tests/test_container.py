@@ -16,6 +16,7 @@ def enforce(kwargs, gpu_uuids=UUIDS, hardening=None):
             gpu_uuids=gpu_uuids,
             gpu_model="NVIDIA H100 80GB HBM3",
             profile="h100-2",
+            hub_id="prod",
         ),
         hardening=hardening or Hardening(),
     )
@@ -37,6 +38,7 @@ def test_gpus_attached_by_device_request_and_labelled():
     assert out["environment"]["JUPYTERHUB_USER"] == "ada"
     assert out["labels"][labels.GPUS] == "GPU-aaaa,GPU-bbbb"
     assert out["labels"][labels.USER] == "ada"
+    assert out["labels"][labels.HUB] == "prod"
     assert labels.gpus_from_labels(out["labels"]) == UUIDS
 
 
