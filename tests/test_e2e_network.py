@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -217,3 +218,56 @@ def test_the_containers_carry_their_hubs_id(make_hub):
     hub = make_hub("2", **{"HubIdentity.hub_id": "staging"})
     assert hub.start_server("ada", {"gpus": 0}).status_code in (201, 202)
     assert hub.container_of("ada").labels[labels.HUB] == "staging"
+
+
+def test_two_hubs_on_one_engine_each_meter_only_their_own_and_never_share_a_gpu(
+    make_hub, docker_client
+):
+    from jupyter_gpu_meter.ledger import Ledger
+    from jupyter_gpu_meter.sessions import EVENTS_SINCE_KEY
+    from tests.metering import user_sessions, wait_until
+
+    prod = make_hub("2", meter=True, **{"HubIdentity.hub_id": "prod"})
+    staging = make_hub("2", meter=True, **{"HubIdentity.hub_id": "staging"})
+    assert prod.start_server("ada", {"gpus": 1}).status_code in (201, 202)
+    assert staging.start_server("bob", {"gpus": 1}).status_code in (201, 202)
+    held = {**prod.gpus_held(), **staging.gpus_held()}
+    assert len({uuid for uuids in held.values() for uuid in uuids}) == 2, held
+
+    # the GPU staging holds is taken for prod too, and prod's refusal says why
+    refused = prod.start_server("cyd", {"gpus": 1})
+    assert refused.status_code == 503
+    assert refused.json()["message"] == (
+        "no free Simulated GPU: 0 of 2 free (1 held by another hub's servers on this Docker engine)"
+    )
+
+    # each meter records its own hub's session, and only that
+    wait_until(lambda: user_sessions(prod, "ada"), 60, "prod's meter to record ada")
+    wait_until(lambda: user_sessions(staging, "bob"), 60, "staging's meter to record bob")
+
+    # while prod is down, staging runs and stops a server; prod's meter replays
+    # Docker's events when it is back and records none of them
+    prod.stop()
+    staging.stop_server("bob")
+    before = int(time.time()) - 1
+    assert staging.start_server("dan", {"gpus": 0}).status_code in (201, 202)
+    dan = staging.container_of("dan")
+    staging.stop_server("dan")
+    (dies,) = docker_client.api.events(
+        since=before,
+        until=int(time.time()) + 1,
+        filters={"container": dan.id, "event": "die"},
+        decode=True,
+    )
+    prod.start()
+
+    def replayed_past_dan():
+        with Ledger(prod.ledger_url) as ledger:
+            since = ledger.get_state(EVENTS_SINCE_KEY)
+        return since and int(since) >= int(dies["timeNano"])
+
+    wait_until(replayed_past_dan, 60, "prod's meter to replay past dan's stop")
+    with Ledger(prod.ledger_url) as ledger:
+        assert {s.user for s in ledger.sessions()} == {"ada"}
+    with Ledger(staging.ledger_url) as ledger:
+        assert {s.user for s in ledger.sessions()} == {"bob", "dan"}
