@@ -13,8 +13,10 @@ from datetime import timedelta
 from types import SimpleNamespace
 from urllib.parse import quote, unquote
 
+import jsonschema
 import pytest
 import sqlalchemy as sa
+import yaml
 from jupyterhub.services.auth import HubOAuth
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
@@ -23,6 +25,7 @@ from jupyter_gpu_meter.ledger import Ledger, WriteBuffer
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service import create_application
+from jupyter_gpu_meter.service.api import OPENAPI
 from jupyter_gpu_meter.service.app import MeterService
 from jupyter_gpu_meter.service.auth import READ_ALL_SCOPE
 from jupyter_gpu_meter.service.handlers import error_summary
@@ -190,6 +193,14 @@ def test_health_shows_the_class_of_the_last_write_error_and_none_of_its_data(tmp
     health = meter.health()
     assert health["last_write_error"].startswith("sqlalchemy.exc.OperationalError")
     assert "s3cret" not in json.dumps(health) and "INSERT" not in json.dumps(health)
+    # as the API's document promises, which the fuzz test holds every answer to
+    document = yaml.safe_load(OPENAPI.read_text())
+    response = document["paths"]["/api/health"]["get"]["responses"]["200"]
+    schema = response["content"]["application/json"]["schema"]
+    jsonschema.validate(health, schema)
+    leaky = {**health, "last_write_error": str(meter.buffer.last_error)}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(leaky, schema)
 
 
 # --- the request log: no OAuth codes, states or tokens -------------------------------------
