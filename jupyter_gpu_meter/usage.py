@@ -26,6 +26,8 @@ _HOUR = Decimal(3600)
 PLACES = MONEY_PLACES
 _QUANTUM = Decimal(1).scaleb(-PLACES)
 _DAY = timedelta(days=1)
+#: the largest count (offset) a query may give: what every database's LIMIT/OFFSET takes
+MAX_COUNT = 2**31 - 1
 
 
 class UsageArgumentError(ValueError):
@@ -117,11 +119,18 @@ def parse_time(text: str | None, name: str) -> datetime | None:
             return datetime.combine(date.fromisoformat(value), time(), timezone.utc)
         if value.endswith(("Z", "z")):
             value = value[:-1] + "+00:00"
-        return as_utc(datetime.fromisoformat(value))
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         raise UsageArgumentError(
             f"{name}={text!r} is not an ISO 8601 date or time: "
             f"use e.g. {name}=2026-11-01 or {name}=2026-11-01T00:00:00Z"
+        ) from None
+    try:
+        return as_utc(parsed)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in the year 0 in UTC
+        raise UsageArgumentError(
+            f"{name}={text!r} is not a time from 0001-01-01T00:00:00Z to "
+            "9999-12-31T23:59:59.999999Z"
         ) from None
 
 
@@ -135,18 +144,16 @@ def parse_range(since: str | None, until: str | None) -> tuple[datetime | None, 
     return start, end
 
 
-def parse_count(text: str | None, name: str, *, default: int, maximum: int | None = None) -> int:
-    """A whole number >= 0 from a query argument (`limit`, `offset`), at most `maximum`."""
+def parse_count(text: str | None, name: str, *, default: int, maximum: int = MAX_COUNT) -> int:
+    """A whole number from 0 to `maximum` from a query argument (`limit`, `offset`)."""
     if text is None or not text.strip():
         return default
-    allowed = (
-        f"a whole number from 0 to {maximum}" if maximum is not None else "a whole number >= 0"
-    )
+    allowed = f"a whole number from 0 to {maximum}"
     try:
         value = int(text.strip())
-    except ValueError:
+    except ValueError:  # not a number, or more than 4300 digits
         raise UsageArgumentError(f"{name}={text!r} is not {allowed}") from None
-    if value < 0 or (maximum is not None and value > maximum):
+    if not 0 <= value <= maximum:
         raise UsageArgumentError(f"{name}={text!r} is not {allowed}")
     return value
 

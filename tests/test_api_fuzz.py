@@ -1,11 +1,17 @@
 """Every API endpoint fed input generated from the OpenAPI document (schemathesis).
 
-No request may get a 5xx; every refusal is a 4xx with a JSON message. The
-real web app runs on a real SQLite ledger; only the hub's answer to "whose
-token is this?" is injected, as in test_usage_web.py.
+No request may get a 5xx; every refusal is a 4xx with a JSON message; every
+answer has the status, content type, headers and body the document
+promises (so the document's formats and limits, e.g. the export's
+Content-Disposition and health's error classes, are checked too). Input
+that fits the document and input that does not are both generated; the
+callers include users whose names are not ASCII or are hostile. The real web
+app runs on a real SQLite ledger; only the hub's answer to "whose token is
+this?" is injected, as in test_usage_web.py.
 """
 
 import asyncio
+import json
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,17 +20,85 @@ from types import SimpleNamespace
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.service import create_application
-from tests.test_usage_web import ACCESS, PREFIX, FakeHubAPI, KnownTokens, add_session
+from tests.test_usage_web import (
+    ACCESS,
+    HOSTILE,
+    MODELS,
+    PREFIX,
+    FakeHubAPI,
+    KnownTokens,
+    add_session,
+)
 
 OPENAPI = Path(__file__).resolve().parent.parent / "jupyter_gpu_meter/service/openapi.yaml"
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 schema = schemathesis.openapi.from_path(OPENAPI)
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+TOKENS = {
+    **MODELS,
+    "hanako-token": {"kind": "user", "name": "花子", "scopes": [ACCESS]},
+}
+
+
+#: values at and beyond the edges of what the API takes, mixed into the generated queries:
+#: times that overflow in UTC or a database, counts beyond a database's integers, names a
+#: spreadsheet or a header would misread
+EDGES = {
+    "since": [
+        "0001-01-01",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59.999999Z",
+        "9999-12-31T23:59:59-01:00",
+        "0000-01-01",
+        "99999-01-01",
+    ],
+    "until": ["0001-01-02", "9999-12-31", "9999-12-31T23:59:59-14:00", "10000-01-01T00:00:00Z"],
+    "offset": ["2147483647", "2147483648", str(10**30), "-1", "9" * 5000],
+    "limit": ["1000", "1001", str(10**30), "-1"],
+    "user": ["花子", HOSTILE, "=cmd|' /C calc'!A0", 'a"; filename=x.exe/../', "\t=1+1", "\r@1"],
+}
+
+
+@schema.hook
+def flatmap_query(context, query):
+    """Some generated queries get edge values for the arguments they have."""
+    query = dict(query or {})
+    edges = {name: st.sampled_from(values) for name, values in EDGES.items() if name in query}
+    if not edges:
+        return st.just(query)
+    edged = st.fixed_dictionaries({}, optional=edges).map(lambda extra: {**query, **extra})
+    return st.one_of(st.just(query), edged)
+
+
+class Tokens(KnownTokens):
+    def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
+        model = TOKENS.get(token)
+        model = json.loads(json.dumps(model)) if model else None
+
+        async def answer():
+            return model
+
+        return model if sync else answer()
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +107,24 @@ def base_url(tmp_path_factory):
     ledger = Ledger(f"sqlite:///{path}")
     ledger.upgrade()
     pricing = Pricing(prices={"NVIDIA H100 80GB HBM3": "2.49"}, currency="EUR")
-    add_session(ledger, pricing, "ada", NOW - timedelta(days=2), NOW - timedelta(days=1))
+    for user in ("ada", "花子", HOSTILE, "=cmd|' /C calc'!A0"):
+        add_session(ledger, pricing, user, NOW - timedelta(days=2), NOW - timedelta(days=1))
     meter = SimpleNamespace(
         ledger=ledger,
         pricing=pricing,
         last_tick=None,
         tracker=SimpleNamespace(running={}),
         inventory_source=SimpleNamespace(discover=lambda: SimpleNamespace(gpus=())),
-        health=lambda: {"gpu_sampling": "off", "pending_writes": 0},
+        health=lambda: {
+            "status": "ok",
+            "gpu_sampling": "off",
+            "gpu_sampling_problem": "",
+            "running_sessions": 0,
+            "pending_writes": 0,
+            "last_write_error": "",
+        },
     )
-    hub_auth = KnownTokens(
+    hub_auth = Tokens(
         api_token="service-token",
         oauth_client_id="service-gpu-meter",
         api_url="http://127.0.0.1:9/hub/api",
@@ -75,10 +157,11 @@ def base_url(tmp_path_factory):
 @pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-@pytest.mark.parametrize("token", ["admin-token", "ada-token"])
+@pytest.mark.parametrize("token", ["admin-token", "ada-token", "hanako-token", "hostile-token"])
 def test_no_input_makes_the_api_fail_and_every_refusal_says_why(case, base_url, token):
     response = case.call(base_url=base_url, headers={"Authorization": f"token {token}"})
     assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
+    case.validate_response(response, checks=CHECKS)
     if response.status_code >= 400 and case.path != "/metrics":
         try:
             message = response.json()["message"]

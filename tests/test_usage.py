@@ -251,11 +251,31 @@ def test_bad_arguments_say_what_is_allowed():
         usage.parse_count("-1", "limit", default=25, maximum=1000)
     with pytest.raises(usage.UsageArgumentError, match="limit='5000'"):
         usage.parse_count("5000", "limit", default=25, maximum=1000)
-    with pytest.raises(usage.UsageArgumentError, match="offset='x' is not a whole number >= 0"):
+    with pytest.raises(usage.UsageArgumentError, match="offset='x' is not a whole number from 0"):
         usage.parse_count("x", "offset", default=0)
     with pytest.raises(usage.UsageArgumentError, match="sort='cost' is not one of: a, b"):
         usage.parse_choice("cost", "sort", ("a", "b"), "a")
     assert usage.parse_count(None, "limit", default=25, maximum=1000) == 25
+
+
+def test_times_and_counts_beyond_what_datetime_and_databases_hold_are_refused():
+    assert usage.parse_time("0001-01-01", "since") == datetime(1, 1, 1, tzinfo=timezone.utc)
+    assert usage.parse_time("9999-12-31T23:59:59.999999Z", "until") == datetime.max.replace(
+        tzinfo=timezone.utc
+    )
+    for text in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-00:01"):
+        with pytest.raises(
+            usage.UsageArgumentError,
+            match=r"is not a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z",
+        ):
+            usage.parse_time(text, "since")
+    for text in ("0000-01-01", "10000-01-01", "99999-01-01T00:00:00Z"):
+        with pytest.raises(usage.UsageArgumentError, match="is not an ISO 8601 date or time"):
+            usage.parse_time(text, "since")
+    assert usage.parse_count("2147483647", "offset", default=0) == usage.MAX_COUNT
+    for text in ("2147483648", str(10**30), "9" * 5000):
+        with pytest.raises(usage.UsageArgumentError, match="is not a whole number from 0 to 2147"):
+            usage.parse_count(text, "offset", default=0)
 
 
 def test_spawn_form_prices_per_profile_model_and_cpu():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from tornado import web
 
@@ -104,13 +104,9 @@ class ExportHandler(APIHandler):
         args = self.arguments()
         page = await reader.call(reader.export, user=user, **args)
         text = await reader.call(_csv, page.items)  # thousands of lines: off the event loop
-        span = "-".join(
-            part for part in (self.query("since") or "start", self.query("until") or "now") if part
-        )
-        filename = f"gpu-usage-{user or 'all'}-{span}.csv"
-        safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in filename)
+        span = f"{self.query('since') or 'start'}-{self.query('until') or 'now'}"
         self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Content-Disposition", f'attachment; filename="{safe_name}"')
+        self.set_header("Content-Disposition", attachment(f"gpu-usage-{user or 'all'}-{span}.csv"))
         self.set_header("X-Total-Count", str(page.total))
         if args["limit"] is not None and page.next_offset is not None:
             query = {k: v for k, v in self.request.query_arguments.items() if k != "offset"}
@@ -118,6 +114,19 @@ class ExportHandler(APIHandler):
             next_url = f"{self.request.path}?{urlencode({**query, 'offset': page.next_offset})}"
             self.set_header("Link", f'<{next_url}>; rel="next"')
         self.finish(text)
+
+
+def attachment(filename: str) -> str:
+    """A ``Content-Disposition`` that saves as `filename` (RFC 6266). Pure.
+
+    Letters and digits of any script, ``-``, ``_`` and ``.`` stay, anything else
+    (``/``, quotes, spaces, control characters) becomes ``_``; ``filename*``
+    carries that name in UTF-8 (RFC 8187), ``filename`` an ASCII fallback with
+    ``_`` for each other character, for clients that know no ``filename*``.
+    """
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in filename)
+    fallback = "".join(c if c.isascii() else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='-_.')}"
 
 
 def _csv(rows: list[dict]) -> str:
@@ -129,10 +138,14 @@ def _csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+#: a text cell starting with one of these is a formula to a spreadsheet (OWASP: CSV injection)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _no_formulas(row: dict) -> dict:
     """Text cells that a spreadsheet would run as a formula get a leading quote."""
     return {
-        key: "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
+        key: "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
         for key, value in row.items()
     }
 

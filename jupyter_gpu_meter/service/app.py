@@ -13,7 +13,6 @@ start and then on its period, every blocking call off the event loop:
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import secrets
 import signal
@@ -35,8 +34,9 @@ from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
 from ..sessions import EVENTS_SINCE_KEY, SessionTracker
-from .handlers import HealthHandler
+from .handlers import HealthHandler, error_summary
 from .hubapi import HubAPI
+from .logs import log_request, scrub_web_logs
 from .policy_runner import Policies, PolicyRunner
 
 DB_URL_ENV = "JUPYTER_GPU_METER_DB_URL"
@@ -52,6 +52,7 @@ def create_application(meter: MeterService, prefix: str, **pieces) -> web.Applic
     from .web import app_settings, make_context, routes
 
     context = make_context(meter, prefix, **pieces)
+    scrub_web_logs()  # Tornado logs refused requests' URLs, tokens and all
     return web.Application(
         [(prefix + "api/health", HealthHandler, {"meter": meter}), *routes(context)],
         log_function=_log_request,
@@ -60,15 +61,7 @@ def create_application(meter: MeterService, prefix: str, **pieces) -> web.Applic
 
 
 def _log_request(handler):
-    status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING
-    logging.getLogger("jupyter_gpu_meter.web").log(
-        level if handler.request.path.endswith("api/health") is False else logging.DEBUG,
-        "%d %s %.1fms",
-        status,
-        handler._request_summary(),
-        1000 * handler.request.request_time(),
-    )
+    log_request(handler)  # without the OAuth codes and tokens a URL may carry
 
 
 class MeterService(Application):
@@ -201,7 +194,8 @@ class MeterService(Application):
             "gpu_sampling_problem": self.sampler_problem,
             "running_sessions": len(self.tracker.running),
             "pending_writes": len(self.buffer),
-            "last_write_error": str(self.buffer.last_error or ""),
+            # the class, never the message: a database error's holds the SQL and its data
+            "last_write_error": error_summary(self.buffer.last_error),
         }
 
     # --- loops -----------------------------------------------------------------

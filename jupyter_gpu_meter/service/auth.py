@@ -28,6 +28,11 @@ READ_ALL_SCOPE = "custom:gpu-meter:read-all"
 READ_ALL_DESCRIPTION = "Read every user's GPU usage and charges in the gpu-meter service."
 
 
+def access_scope(service_name: str) -> str:
+    """The scope that lets its holders use the service named `service_name` at all."""
+    return f"access:services!service={service_name}"
+
+
 @dataclass(frozen=True)
 class Viewer:
     """The user (or service) behind a request, from the hub's model of them."""
@@ -106,6 +111,17 @@ class Authenticated(HubOAuthenticated):
     """
 
     viewer: Viewer | None = None
+
+    @property
+    def hub_scopes(self) -> set[str]:
+        """The scope every request needs: ``access:services!service=<our name>``.
+
+        Set here, not left to HubAuth's default: that comes from the
+        environment the hub gives a managed service, and without it
+        (``JUPYTERHUB_SERVICE_NAME`` unset) HubAuthenticated allows any token
+        the hub knows. The name is the hub's for us, ``gpu-meter`` by default.
+        """
+        return {access_scope(self.context.service_name)}
 
     def initialize(self, context):
         self.context = context

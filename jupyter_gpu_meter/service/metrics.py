@@ -2,8 +2,12 @@
 
 Protected like the hub's own ``/hub/metrics``: a hub token whose owner has
 the scope ``read:metrics`` (hub admins have it; give a Prometheus service a
-role with it). Every value is read when scraped: the GPUs from the meter's
-last sample, the per-user counters from the ledger (cached for
+role with it). The series that name users (GPU-seconds and charges per user,
+who holds each GPU) are only for a token that may see everyone's usage as
+well (:data:`~jupyter_gpu_meter.service.auth.READ_ALL_SCOPE`, or a hub
+admin's): ``read:metrics`` alone gets the GPUs' and the meter's series.
+Every value is read when scraped: the GPUs from the meter's last sample, the
+per-user counters from the ledger (cached for
 ``c.UsagePages.metrics_cache_seconds``).
 """
 
@@ -26,7 +30,8 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
 
     `tick`: the last sample (or None), `running`: container id -> running
     container, `health`: the meter's health dict, `per_user`: (GPU-seconds by
-    user, charges by (user, currency)), all time.
+    user, charges by (user, currency)), all time; None leaves out every
+    family that names users (for a scraper that may not see them).
     """
     gpu_labels = ["uuid", "index", "model"]
 
@@ -62,7 +67,7 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     for uuid, container in sorted(holders.items()):
         holder.add_metric([uuid, container.user, container.server], 1)
 
-    seconds, charges = per_user
+    seconds, charges = per_user if per_user is not None else ({}, {})
     gpu_seconds = CounterMetricFamily(
         PREFIX + "user_gpu_seconds",
         "GPU-seconds used per user, all time (running sessions up to the scrape).",
@@ -80,19 +85,10 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
 
     sessions = GaugeMetricFamily(PREFIX + "running_sessions", "Servers running now.")
     sessions.add_metric([], len(running))
-    families = [
-        utilization,
-        memory_used,
-        memory_total,
-        power,
-        temperature,
-        healthy,
-        allocated,
-        holder,
-        gpu_seconds,
-        charged,
-        sessions,
-    ]
+    families = [utilization, memory_used, memory_total, power, temperature, healthy, allocated]
+    if per_user is not None:
+        families += [holder, gpu_seconds, charged]
+    families.append(sessions)
     tick_duration = GaugeMetricFamily(
         PREFIX + "sampler_tick_duration_seconds",
         "How long the last GPU sample took (absent while GPU sampling is off).",
@@ -129,7 +125,8 @@ def exposition(families) -> bytes:
 
 
 class MetricsHandler(Authenticated, JSONHandler):
-    """``GET metrics``: needs a hub token with ``read:metrics`` (no cookie login)."""
+    """``GET metrics``: needs a hub token with ``read:metrics`` (no cookie login); the
+    per-user series need one that sees everyone's usage too."""
 
     @property
     def hub_scopes(self):
@@ -138,7 +135,9 @@ class MetricsHandler(Authenticated, JSONHandler):
     async def get(self):
         context = self.context
         reader = context.reader
-        per_user = await reader.call(reader.metrics_totals)
+        per_user = None
+        if self.viewer.sees_everyone:
+            per_user = await reader.call(reader.metrics_totals)
         live = context.live
         body = exposition(metric_families(live.tick(), live.running(), live.health(), per_user))
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)

@@ -104,7 +104,7 @@ def make_context(
         prefix=prefix,
         hub_prefix=hub_prefix,
         base_url=base_url,
-        service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME", "gpu-meter"),
+        service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME") or "gpu-meter",
     )
 
 
