@@ -20,6 +20,8 @@ from tornado.testing import bind_unused_port
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.service import create_application
+from jupyter_gpu_meter.service.reader import LiveState
+from jupyter_gpu_meter.service.state import MeterState
 from tests.test_usage_web import ACCESS, PREFIX, FakeHubAPI, KnownTokens, add_session
 
 OPENAPI = Path(__file__).resolve().parent.parent / "jupyter_gpu_meter/service/openapi.yaml"
@@ -37,10 +39,13 @@ def base_url(tmp_path_factory):
     meter = SimpleNamespace(
         ledger=ledger,
         pricing=pricing,
-        last_tick=None,
-        tracker=SimpleNamespace(running={}),
-        inventory_source=SimpleNamespace(discover=lambda: SimpleNamespace(gpus=())),
         health=lambda: {"gpu_sampling": "off", "pending_writes": 0},
+    )
+    # the meter's own state, empty, and no GPUs found (GPU sampling off)
+    live = LiveState(
+        MeterState(),
+        health=meter.health,
+        inventory_source=SimpleNamespace(discover=lambda: SimpleNamespace(gpus=())),
     )
     hub_auth = KnownTokens(
         api_token="service-token",
@@ -57,7 +62,7 @@ def base_url(tmp_path_factory):
     def serve():
         asyncio.set_event_loop(loop)
         application = create_application(
-            meter, PREFIX, hub_auth=hub_auth, hub_api=FakeHubAPI(), clock=lambda: NOW
+            meter, PREFIX, hub_auth=hub_auth, hub_api=FakeHubAPI(), clock=lambda: NOW, live=live
         )
         HTTPServer(application).add_sockets([sock])
         loop.call_soon(ready.set)
