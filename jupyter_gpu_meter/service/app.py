@@ -166,14 +166,18 @@ class MeterService(Application):
 
     # --- state shared by the loops ------------------------------------------
 
-    def _setup(self):
-        import docker
-
+    def _setup(self, *, docker_api=None, hub_api=None):
+        """Make the pieces; `docker_api` and `hub_api` replace Docker's and the hub's
+        clients (tests inject stand-ins with the same methods)."""
         self.ledger = Ledger(self.db_url)
         self.buffer = WriteBuffer()
         self.pricing = Pricing(parent=self)
         self.inventory_source = GPUInventory(parent=self)
-        self.docker_api = docker.from_env().api
+        if docker_api is None:
+            import docker
+
+            docker_api = docker.from_env().api
+        self.docker_api = docker_api
         #: what the meter knows now; only the event loop changes it
         self.state = MeterState()
         self.tracker = SessionTracker(self.ledger, self.docker_api, self.pricing)
@@ -183,7 +187,8 @@ class MeterService(Application):
             self.policies,
             self.state,
             self._record_decision,
-            HubAPI(
+            hub_api
+            or HubAPI(
                 os.environ.get("JUPYTERHUB_API_URL", ""),
                 os.environ.get("JUPYTERHUB_API_TOKEN", ""),
             ),
@@ -396,14 +401,18 @@ class MeterService(Application):
                 if event.get("reconcile"):  # the stream broke: Docker may have restarted
                     await self._reconcile()
                 else:
-                    changes = await self._in_ledger_thread(self.tracker.handle_event, event)
-                    if changes is not None:
-                        self._apply(changes)
-                        await self._write_ledger()
-                    if event.get("timeNano"):
-                        self.state.events_since_ns = int(event["timeNano"])
+                    await self._handle_event(event)
             except Exception:
                 self.log.exception("Handling Docker event %s failed", event)
+
+    async def _handle_event(self, event: dict):
+        """One Docker event: read in the ledger thread, applied here on the loop, written."""
+        changes = await self._in_ledger_thread(self.tracker.handle_event, event)
+        if changes is not None:
+            self._apply(changes)
+            await self._write_ledger()
+        if event.get("timeNano"):
+            self.state.events_since_ns = int(event["timeNano"])
 
     # --- start and stop ----------------------------------------------------
 
