@@ -35,6 +35,8 @@ from tornado.testing import bind_unused_port  # noqa: E402
 from jupyter_gpu_meter.ledger import Ledger, RollupRow  # noqa: E402
 from jupyter_gpu_meter.pricing import Pricing  # noqa: E402
 from jupyter_gpu_meter.service import create_application  # noqa: E402
+from jupyter_gpu_meter.service.reader import LiveState  # noqa: E402
+from jupyter_gpu_meter.service.state import MeterState  # noqa: E402
 
 PREFIX = "/services/gpu-meter/"
 ACCESS = "access:services!service=gpu-meter"
@@ -110,9 +112,6 @@ async def measure(url: str, rounds: int, now: datetime):
     meter = SimpleNamespace(
         ledger=ledger,
         pricing=Pricing(prices={H100: "2.49"}),
-        last_tick=None,
-        tracker=SimpleNamespace(running={}),
-        inventory_source=None,
         health=lambda: {},
     )
     hub_auth = LocalTokens(
@@ -122,7 +121,8 @@ async def measure(url: str, rounds: int, now: datetime):
         base_url=PREFIX,
         access_scopes={ACCESS},
     )
-    app = create_application(meter, PREFIX, hub_auth=hub_auth, clock=lambda: now)
+    live = LiveState(MeterState(), health=meter.health)
+    app = create_application(meter, PREFIX, hub_auth=hub_auth, clock=lambda: now, live=live)
     times: dict[str, list[float]] = {}
 
     def record(handler):

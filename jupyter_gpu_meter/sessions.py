@@ -78,6 +78,10 @@ class ManagedContainer:
         )
 
 
+def _labels_of(summary: dict) -> dict:
+    return summary.get("Labels") or {}
+
+
 def _event_time(event: dict) -> datetime:
     if "timeNano" in event:
         seconds, nanos = divmod(int(event["timeNano"]), 1_000_000_000)
@@ -85,12 +89,61 @@ def _event_time(event: dict) -> datetime:
     return datetime.fromtimestamp(int(event["time"]), timezone.utc)
 
 
-class SessionTracker:
-    """Keeps the ledger's sessions in step with Docker's managed containers.
+@dataclass(frozen=True)
+class Opening:
+    """A session to open: `container` started at `started_at`, charged at `price`."""
 
-    Blocking (Docker and database calls): the service runs its methods off
-    the event loop. `write` receives each ledger write as a callable, so the
-    service can queue and retry it; by default writes run at once.
+    container: ManagedContainer
+    started_at: datetime
+    price: PriceSnapshot
+
+
+@dataclass(frozen=True)
+class Closing:
+    """A session to close at `ended_at`, for `reason`."""
+
+    container_id: str
+    ended_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionChanges:
+    """What one reconcile or one Docker event found, for the event loop to apply.
+
+    Made by :class:`SessionTracker` in the meter's ledger thread and applied,
+    on the event loop, by :meth:`jupyter_gpu_meter.service.state.MeterState.apply`,
+    which changes the meter's state and names the ledger writes to queue. A
+    value: frozen, and nothing in it is shared with the thread that made it.
+    """
+
+    #: sessions to open (a reconcile lists every running container: opens are idempotent)
+    opened: tuple[Opening, ...] = ()
+    #: sessions to close whatever the meter holds (a reconcile found them gone)
+    closed: tuple[Closing, ...] = ()
+    #: a reconcile's answer: every running managed container (replaces the running set)
+    running: tuple[ManagedContainer, ...] | None = None
+    #: when a reconcile saw `running` running
+    seen_at: datetime | None = None
+    #: a ``kill`` event: (container id, signal)
+    killed: tuple[str, int] | None = None
+    #: a ``die`` event: (container id, when, exit code); the loop words the reason
+    died: tuple[str, datetime, object] | None = None
+    #: a ``destroy`` event: (container id, when)
+    removed: tuple[str, datetime] | None = None
+    #: the Docker event's time (ns since the epoch, as a str), to resume from after a restart
+    events_since_ns: str | None = None
+
+
+class SessionTracker:
+    """Works out session changes from Docker and the ledger; holds no state of its own.
+
+    Its methods block (Docker and database reads): the meter runs them in its
+    ledger thread. They change nothing the event loop can see: each returns a
+    :class:`SessionChanges`, and the loop applies it to the one state object
+    it owns (:class:`jupyter_gpu_meter.service.state.MeterState`) and queues
+    the ledger writes. Which containers are metered is decided in one place:
+    :attr:`label_filters` (what Docker is asked for) and :meth:`metered`.
     """
 
     def __init__(
@@ -99,20 +152,31 @@ class SessionTracker:
         docker_api,
         pricing: Pricing,
         *,
-        write: Callable[[Callable[[], object]], None] | None = None,
+        hub_id: str | None = None,
         clock: Callable[[], datetime] = utcnow,
     ):
         self.ledger = ledger
         self.docker = docker_api
         self.pricing = pricing
-        self.write = write or (lambda operation: operation())
+        #: this hub's id: another hub's containers on the same engine are not metered here
+        self.hub_id = hub_id
         self.clock = clock
-        #: container id -> ManagedContainer, for the containers running now
-        self.running: dict[str, ManagedContainer] = {}
-        #: container id -> the signal of the last kill event, until it dies
-        self._kills: dict[str, int] = {}
-        #: container id -> why a policy is stopping it ("GPUs idle for 30 min"), until it dies
-        self.stop_reasons: dict[str, str] = {}
+
+    # --- which containers this meter meters --------------------------------------
+
+    #: Docker ``label`` filters for the container list and the event stream
+    label_filters: tuple[str, ...] = (labels.MANAGED,)
+
+    def metered(self, container_labels: dict) -> bool:
+        """Is a container with these labels (or event attributes) one this meter meters?
+
+        The GPU spawner's containers of this meter's hub (:func:`labels.of_hub`:
+        with no hub id, made before containers carried one, they count too).
+        """
+        found = container_labels or {}
+        return labels.MANAGED in found and (
+            self.hub_id is None or labels.of_hub(found, self.hub_id)
+        )
 
     # --- what Docker has ---------------------------------------------------
 
@@ -124,66 +188,35 @@ class SessionTracker:
         except NotFound:
             return None
 
-    def gpu_owners(self) -> dict[str, str]:
-        """GPU UUID -> container id of the running session that owns it."""
-        return {
-            uuid: container.container_id
-            for container in self.running.values()
-            for uuid in container.gpu_uuids
-        }
-
-    # --- opening and closing -----------------------------------------------
-
-    def _open(self, container: ManagedContainer, started_at: datetime):
+    def _opening(self, container: ManagedContainer, started_at: datetime) -> Opening:
         price = container.price or self.pricing.snapshot(
             container.gpu_model, len(container.gpu_uuids)
         )
-        self.running[container.container_id] = container
-        self.write(
-            lambda: self.ledger.open_session(
-                container_id=container.container_id,
-                user=container.user,
-                server=container.server,
-                gpu_uuids=list(container.gpu_uuids),
-                gpu_model=container.gpu_model,
-                profile=container.profile,
-                price=price,
-                started_at=started_at,
-            )
-        )
+        return Opening(container, started_at, price)
 
-    def _close(self, container_id: str, ended_at: datetime, reason: str):
-        self.running.pop(container_id, None)
-        self._kills.pop(container_id, None)
-        self.stop_reasons.pop(container_id, None)
-        self.write(
-            lambda: self.ledger.close_session(container_id, ended_at=ended_at, reason=reason)
-        )
-
-    def reconcile(self) -> tuple[list[str], list[str]]:
-        """Bring the ledger in line with Docker; returns (opened, closed) container ids.
+    def reconcile(self) -> SessionChanges:
+        """What it takes to bring the ledger in line with Docker (blocking; changes nothing).
 
         Running managed containers get an open session (started at Docker's
         StartedAt). Open sessions whose container is not running are closed at
         Docker's FinishedAt when the container still exists, else at the last
         time the meter saw it running; the reason says which.
         """
-        summaries = self.docker.containers(all=True, filters={"label": labels.MANAGED})
-        running = {}
+        summaries = self.docker.containers(all=True, filters={"label": list(self.label_filters)})
+        running: dict[str, ManagedContainer] = {}
         for summary in summaries:
             # a paused container still holds its GPUs: its session goes on
             if summary.get("State") not in ("running", "paused", "restarting"):
                 continue
             container = self._inspect(summary["Id"])
-            if container is not None and container.running and container.started_at:
+            if (
+                container is not None
+                and container.running
+                and container.started_at
+                and self.metered(_labels_of(summary))
+            ):
                 running[container.container_id] = container
-        opened = [cid for cid in running if cid not in self.running]
-        for container in running.values():
-            self._open(container, container.started_at)
-        self.running = running
-        now = self.clock()
-        if running:
-            self.write(lambda ids=list(running): self.ledger.touch_sessions(ids, now))
+        seen_at = self.clock()
 
         closed = []
         for session in self.ledger.open_sessions():
@@ -199,17 +232,25 @@ class SessionTracker:
             else:
                 ended_at = session.last_seen_at or session.started_at
                 reason = REASON_GONE
-            self._close(session.container_id, ended_at, reason)
-            closed.append(session.container_id)
-        return opened, closed
+            closed.append(Closing(session.container_id, ended_at, reason))
+        return SessionChanges(
+            opened=tuple(self._opening(c, c.started_at) for c in running.values()),
+            closed=tuple(closed),
+            running=tuple(running.values()),
+            seen_at=seen_at,
+        )
 
-    def handle_event(self, event: dict):
-        """Apply one Docker container event (start, kill, die, destroy)."""
+    def handle_event(self, event: dict) -> SessionChanges | None:
+        """What one Docker container event (start, kill, die, destroy) changes; None: not
+        a container this meter meters. Blocking (a start inspects the container)."""
         action = event.get("Action") or event.get("status")
         container_id = event.get("id") or (event.get("Actor") or {}).get("ID")
         attributes = (event.get("Actor") or {}).get("Attributes") or {}
         if not container_id or labels.MANAGED not in attributes:
-            return
+            return None
+        since = str(int(event.get("timeNano", 0)))
+        if not self.metered(attributes):  # another hub's: seen, so not replayed again
+            return SessionChanges(events_since_ns=since)
         at = _event_time(event)
         if action == "start":
             container = self._inspect(container_id)
@@ -218,24 +259,16 @@ class SessionTracker:
                     {"Id": container_id, "Config": {"Labels": attributes}, "State": {}}
                 )
             # Docker's StartedAt and the event time are the same instant; prefer the event's
-            self._open(container, at)
-        elif action == "kill":
-            self._kills[container_id] = int(attributes.get("signal", 0) or 0)
-        elif action == "die":
-            signal = self._kills.get(container_id)
-            if container_id in self.stop_reasons:
-                reason = f"{REASON_STOPPED}: {self.stop_reasons[container_id]}"
-            elif signal == 9:
-                reason = REASON_KILLED
-            elif signal:
-                reason = REASON_STOPPED
-            else:
-                reason = reason_exited(attributes.get("exitCode", "?"))
-            self._close(container_id, at, reason)
-        elif action == "destroy" and container_id in self.running:
-            self._close(container_id, at, "container removed")
-        since = str(int(event.get("timeNano", 0)))
-        self.write(lambda: self.ledger.set_state(EVENTS_SINCE_KEY, since))
+            return SessionChanges(opened=(self._opening(container, at),), events_since_ns=since)
+        if action == "kill":
+            signal = int(attributes.get("signal", 0) or 0)
+            return SessionChanges(killed=(container_id, signal), events_since_ns=since)
+        if action == "die":
+            code = attributes.get("exitCode", "?")
+            return SessionChanges(died=(container_id, at, code), events_since_ns=since)
+        if action == "destroy":
+            return SessionChanges(removed=(container_id, at), events_since_ns=since)
+        return SessionChanges(events_since_ns=since)
 
     def events(self, since_ns: int | None = None, until_ns: int | None = None) -> Iterator[dict]:
         """Docker's managed-container events from `since_ns` (replaying those Docker still
@@ -248,6 +281,10 @@ class SessionTracker:
         return self.docker.events(
             since=seconds(since_ns),
             until=seconds(until_ns),
-            filters={"type": "container", "label": labels.MANAGED, "event": list(EVENTS)},
+            filters={
+                "type": "container",
+                "label": list(self.label_filters),
+                "event": list(EVENTS),
+            },
             decode=True,
         )

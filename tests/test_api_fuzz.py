@@ -34,6 +34,8 @@ from tornado.testing import bind_unused_port
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.service import create_application
+from jupyter_gpu_meter.service.reader import LiveState
+from jupyter_gpu_meter.service.state import MeterState
 from tests.test_usage_web import (
     ACCESS,
     HOSTILE,
@@ -109,20 +111,24 @@ def base_url(tmp_path_factory):
     pricing = Pricing(prices={"NVIDIA H100 80GB HBM3": "2.49"}, currency="EUR")
     for user in ("ada", "花子", HOSTILE, "=cmd|' /C calc'!A0"):
         add_session(ledger, pricing, user, NOW - timedelta(days=2), NOW - timedelta(days=1))
+    state = MeterState()
     meter = SimpleNamespace(
         ledger=ledger,
         pricing=pricing,
-        last_tick=None,
-        tracker=SimpleNamespace(running={}),
-        inventory_source=SimpleNamespace(discover=lambda: SimpleNamespace(gpus=())),
         health=lambda: {
             "status": "ok",
             "gpu_sampling": "off",
             "gpu_sampling_problem": "",
-            "running_sessions": 0,
+            **state.health(),
             "pending_writes": 0,
             "last_write_error": "",
         },
+    )
+    # the meter's own state, empty, and no GPUs found (GPU sampling off)
+    live = LiveState(
+        state,
+        health=meter.health,
+        inventory_source=SimpleNamespace(discover=lambda: SimpleNamespace(gpus=())),
     )
     hub_auth = Tokens(
         api_token="service-token",
@@ -139,7 +145,7 @@ def base_url(tmp_path_factory):
     def serve():
         asyncio.set_event_loop(loop)
         application = create_application(
-            meter, PREFIX, hub_auth=hub_auth, hub_api=FakeHubAPI(), clock=lambda: NOW
+            meter, PREFIX, hub_auth=hub_auth, hub_api=FakeHubAPI(), clock=lambda: NOW, live=live
         )
         HTTPServer(application).add_sockets([sock])
         loop.call_soon(ready.set)

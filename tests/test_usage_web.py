@@ -31,8 +31,9 @@ from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.auth import READ_ALL_SCOPE
-from jupyter_gpu_meter.service.reader import UsagePages, UsageReader
-from jupyter_gpu_meter.sessions import ManagedContainer
+from jupyter_gpu_meter.service.reader import LiveState, UsagePages, UsageReader
+from jupyter_gpu_meter.service.state import MeterState
+from jupyter_gpu_meter.sessions import ManagedContainer, Opening, SessionChanges
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PREFIX = "/services/gpu-meter/"
@@ -118,22 +119,23 @@ async def meter(tmp_path):
     add_session(ledger, pricing, "bob", NOW - 3 * day, NOW - 3 * day + timedelta(hours=5), gpus=2)
     add_session(ledger, pricing, "=SUM(A1)", NOW - 40 * day, NOW - 40 * day + timedelta(hours=1))
     add_session(ledger, pricing, HOSTILE, NOW - day, NOW - day + timedelta(hours=1))
-    running = {
-        ada_running: ManagedContainer(
-            ada_running, "ada", "train", ("GPU-A",), H100, "gpu-1", None, True, NOW, None, None
-        )
-    }
+    # the meter's own state, as its event loop fills it: one running server, one sample
+    state = MeterState()
+    container = ManagedContainer(
+        ada_running, "ada", "train", ("GPU-A",), H100, "gpu-1", None, True, NOW, None, None
+    )
+    state.apply(SessionChanges(opened=(Opening(container, NOW, pricing.snapshot(H100, 1)),)))
     gpus = (
         GPUReading("GPU-A", 0, H100, 81, 10 << 30, 80 << 30, 310.5, 61),
         GPUReading("GPU-B", 1, H100, 0, 0, 80 << 30, 70.0, 40),
         GPUReading("GPU-C", 2, H100, None, 0, 80 << 30, healthy=False, problem="GPU is lost"),
     )
+    state.sampled(Tick(NOW, gpus, (), 0.0042))
     meter = SimpleNamespace(
         ledger=ledger,
         pricing=pricing,
-        last_tick=Tick(NOW, gpus, (), 0.0042),
-        tracker=SimpleNamespace(running=running),
-        health=lambda: {"gpu_sampling": "on", "pending_writes": 0},
+        state=state,
+        health=lambda: {"gpu_sampling": "on", "pending_writes": 0, **state.health()},
         # as MeterService.budget_view, at the test's clock
         budget_view=lambda user: budget_view(ledger.user_budget_status(user, [], NOW), 0.8),
     )
@@ -152,8 +154,9 @@ async def app(meter):
         base_url=PREFIX,
         access_scopes={ACCESS},
     )
+    live = LiveState(meter.state, health=meter.health)
     application = create_application(
-        meter, PREFIX, hub_auth=hub_auth, hub_api=hub_api, clock=lambda: NOW
+        meter, PREFIX, hub_auth=hub_auth, hub_api=hub_api, clock=lambda: NOW, live=live
     )
     sock, port = bind_unused_port()
     server = HTTPServer(application)
@@ -419,7 +422,12 @@ async def test_long_lists_are_paged_on_the_user_and_admin_pages(app):
         clock=lambda: NOW,
     )
     paged = create_application(
-        app.meter, PREFIX, hub_auth=app.hub_auth, hub_api=app.hub_api, reader=reader
+        app.meter,
+        PREFIX,
+        hub_auth=app.hub_auth,
+        hub_api=app.hub_api,
+        reader=reader,
+        live=LiveState(app.meter.state, health=app.meter.health),
     )
     sock, port = bind_unused_port()
     server = HTTPServer(paged)

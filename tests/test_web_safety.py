@@ -28,8 +28,8 @@ from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.api import OPENAPI
 from jupyter_gpu_meter.service.app import MeterService
 from jupyter_gpu_meter.service.auth import READ_ALL_SCOPE
-from jupyter_gpu_meter.service.handlers import error_summary
 from jupyter_gpu_meter.service.logs import scrub_secrets
+from jupyter_gpu_meter.service.state import error_summary
 from jupyter_gpu_meter.sessions import ManagedContainer
 from tests.test_usage_web import ACCESS, H100, NOW, PREFIX, FakeHubAPI, add_session, body, fetch
 

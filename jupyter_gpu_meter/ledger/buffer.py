@@ -15,7 +15,13 @@ log = logging.getLogger(__name__)
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for failures that retrying can cure: unreachable, locked, connection lost."""
+    """True for failures that retrying can cure: unreachable, locked, connection lost.
+
+    Everything else is a write the database refuses for good: a value a column
+    cannot hold (``DataError``), a broken constraint (``IntegrityError``), a
+    value the statement cannot bind (``StatementError``), a ledger check
+    (``ValueError``). A database that is down is never such a refusal.
+    """
     if isinstance(error, (OperationalError, PoolTimeoutError)):
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
@@ -44,6 +50,7 @@ class WriteBuffer:
         self.last_error: BaseException | None = None
         #: (write, error) of writes that failed in a way retrying cannot cure
         self.rejected: list[tuple[Callable[[], object], BaseException]] = []
+        self._rejected_taken = 0
 
     def add(self, write: Callable, /, *args, **kwargs) -> None:
         """Queue ``write(*args, **kwargs)``."""
@@ -58,6 +65,17 @@ class WriteBuffer:
         """The queued writes, oldest first (functools.partial objects)."""
         with self._lock:
             return list(self._pending)
+
+    def take_rejected(self) -> list[tuple[Callable[[], object], BaseException]]:
+        """The (write, error) pairs rejected since the last call, oldest first.
+
+        For the caller to act on a write that will never happen (the meter
+        stops a server whose session could not be opened).
+        """
+        with self._lock:
+            taken = self.rejected[self._rejected_taken :]
+            self._rejected_taken = len(self.rejected)
+            return taken
 
     def flush(self) -> int:
         """Apply queued writes in order until one fails transiently; how many were applied.
@@ -83,8 +101,8 @@ class WriteBuffer:
                         return applied
                     with self._lock:
                         self._pending.popleft()
+                        self.rejected.append((write, error))
                     self.last_error = error
-                    self.rejected.append((write, error))
                     log.error("Ledger write %r rejected, not retried: %s", write, error)
                     continue
                 with self._lock:

@@ -8,6 +8,14 @@ start and then on its period, every blocking call off the event loop:
 - the GPU sampler ticks (every second by default) into per-minute rollups;
 - a flush writes queued ledger writes in order, keeping them while the
   database is unavailable.
+
+What the meter knows now (running containers, stop reasons, the last GPU
+sample, failure counts) is one :class:`~jupyter_gpu_meter.service.state.MeterState`
+that only the event loop changes: the ledger thread reads Docker and the
+ledger and returns :class:`~jupyter_gpu_meter.sessions.SessionChanges`, which
+the loop applies. A session the ledger refuses to open for good (a value a
+column cannot hold, not an outage) fails closed: the policy runner stops the
+server, and ``api/health`` and /metrics count it.
 """
 
 from __future__ import annotations
@@ -30,14 +38,16 @@ from .._version import __version__
 from ..budgets import budget_view
 from ..clock import utcnow
 from ..gpus import GPUInventory
+from ..identity import HubIdentity
 from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
-from ..sessions import EVENTS_SINCE_KEY, SessionTracker
-from .handlers import HealthHandler, error_summary
+from ..sessions import EVENTS_SINCE_KEY, Opening, SessionChanges, SessionTracker
+from .handlers import HealthHandler
 from .hubapi import HubAPI
 from .logs import log_request, scrub_web_logs
 from .policy_runner import Policies, PolicyRunner
+from .state import LedgerWrites, MeterState, error_class, error_summary
 
 DB_URL_ENV = "JUPYTER_GPU_METER_DB_URL"
 
@@ -47,7 +57,9 @@ def create_application(meter: MeterService, prefix: str, **pieces) -> web.Applic
 
     Health, the usage pages, the JSON API, the CSV export and /metrics
     (:mod:`jupyter_gpu_meter.service.web`). `pieces` replace parts of the
-    running meter in tests: ``hub_auth``, ``hub_api``, ``reader``, ``clock``.
+    running meter in tests: ``hub_auth``, ``hub_api``, ``reader``, ``clock``, ``live``
+    (a :class:`~jupyter_gpu_meter.service.reader.LiveState` on a real
+    :class:`~jupyter_gpu_meter.service.state.MeterState`).
     """
     from .web import app_settings, make_context, routes
 
@@ -70,7 +82,7 @@ class MeterService(Application):
     name = "jupyter-gpu-meter"
     version = __version__
     description = "Meter GPU notebook sessions into the ledger; run by JupyterHub as a service."
-    classes = [GPUInventory, GPUSampler, Pricing, Policies]
+    classes = [GPUInventory, GPUSampler, Pricing, Policies, HubIdentity]
     aliases = {
         "config": "MeterService.config_file",
         "db-url": "MeterService.db_url",
@@ -148,24 +160,31 @@ class MeterService(Application):
 
     # --- state shared by the loops ------------------------------------------
 
-    def _setup(self):
-        import docker
-
+    def _setup(self, *, docker_api=None, hub_api=None):
+        """Make the pieces; `docker_api` and `hub_api` replace Docker's and the hub's
+        clients (tests inject stand-ins with the same methods)."""
         self.ledger = Ledger(self.db_url)
         self.buffer = WriteBuffer()
         self.pricing = Pricing(parent=self)
         self.inventory_source = GPUInventory(parent=self)
-        self.docker_api = docker.from_env().api
+        if docker_api is None:
+            import docker
+
+            docker_api = docker.from_env().api
+        self.docker_api = docker_api
+        #: what the meter knows now; only the event loop changes it
+        self.state = MeterState()
         self.tracker = SessionTracker(
-            self.ledger, self.docker_api, self.pricing, write=self.buffer.add
+            self.ledger, self.docker_api, self.pricing, hub_id=HubIdentity(parent=self).hub_id
         )
         self.aggregator = RollupAggregator(self.writer_id)
         self.policies = Policies(parent=self)
         self.runner = PolicyRunner(
             self.policies,
-            self.tracker,
+            self.state,
             self._record_decision,
-            HubAPI(
+            hub_api
+            or HubAPI(
                 os.environ.get("JUPYTERHUB_API_URL", ""),
                 os.environ.get("JUPYTERHUB_API_TOKEN", ""),
             ),
@@ -176,7 +195,7 @@ class MeterService(Application):
         self.sampler_config = GPUSampler(parent=self)
         self.sampler = None
         self.sampler_problem = ""
-        self.last_tick = None
+        self._stops = set()  # tasks stopping unbilled servers (kept until done)
         # one thread for Docker and ledger work keeps the tracker's writes in order
         self.ledger_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-ledger")
         self.sampler_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-sampler")
@@ -192,7 +211,7 @@ class MeterService(Application):
             "version": __version__,
             "gpu_sampling": "on" if self.sampler is not None else "off",
             "gpu_sampling_problem": self.sampler_problem,
-            "running_sessions": len(self.tracker.running),
+            **self.state.health(),
             "pending_writes": len(self.buffer),
             # the class, never the message: a database error's holds the SQL and its data
             "last_write_error": error_summary(self.buffer.last_error),
@@ -216,21 +235,80 @@ class MeterService(Application):
             await asyncio.sleep(delay)
 
     async def _reconcile(self):
-        opened, closed = await self._in_ledger_thread(self.tracker.reconcile)
-        if opened or closed:
-            self.log.info("Reconcile: %d session(s) opened, %d closed", len(opened), len(closed))
+        changes = await self._in_ledger_thread(self.tracker.reconcile)
+        writes = self._apply(changes)
+        if writes.new or writes.closed:
+            self.log.info(
+                "Reconcile: %d session(s) opened, %d closed", len(writes.new), len(writes.closed)
+            )
         await self._flush()
+
+    def _apply(self, changes: SessionChanges) -> LedgerWrites:
+        """On the loop: apply what the ledger thread found, and queue its ledger writes."""
+        writes = self.state.apply(changes)
+        for opening in writes.opened:
+            self.buffer.add(self._open_session, opening)
+        for closing in writes.closed:
+            self.buffer.add(
+                self.ledger.close_session,
+                closing.container_id,
+                ended_at=closing.ended_at,
+                reason=closing.reason,
+            )
+        if writes.touched is not None:
+            self.buffer.add(self.ledger.touch_sessions, *writes.touched)
+        if writes.events_since_ns is not None:
+            self.buffer.add(self.ledger.set_state, EVENTS_SINCE_KEY, writes.events_since_ns)
+        return writes
+
+    def _open_session(self, opening: Opening):
+        """The ledger write that opens a session (in the ledger thread, through the buffer)."""
+        container = opening.container
+        return self.ledger.open_session(
+            container_id=container.container_id,
+            user=container.user,
+            server=container.server,
+            gpu_uuids=list(container.gpu_uuids),
+            gpu_model=container.gpu_model,
+            profile=container.profile,
+            price=opening.price,
+            started_at=opening.started_at,
+        )
+
+    async def _write_ledger(self):
+        """Flush the queued writes (ledger thread), then act on those refused for good (loop)."""
+        await self._in_ledger_thread(self.buffer.flush)
+        for write, error in self.buffer.take_rejected():
+            if getattr(write, "func", None) == self._open_session:
+                self._session_open_failed(write.args[0], error)
+
+    def _session_open_failed(self, opening: Opening, error: BaseException):
+        """Fail closed: a server the ledger cannot bill is stopped (by the policy runner)."""
+        container = opening.container
+        running = self.state.open_failed(opening, error, utcnow())
+        self.log.error(
+            "The ledger refused to open the session of %s/%s (container %s): %s.%s",
+            container.user,
+            container.server,
+            container.container_id[:12],
+            error_class(error),
+            " Stopping the server: it would run unbilled." if running else "",
+        )
+        if running:
+            task = asyncio.ensure_future(self.runner.stop_unbilled(utcnow()))
+            self._stops.add(task)
+            task.add_done_callback(self._stops.discard)
 
     async def _flush(self):
         rows = self.aggregator.rows()
         if rows:
             self.buffer.add(self._write_rollups, rows)
             self.aggregator.forget_before(rows[-1].minute)  # earlier minutes are complete
-        if self.tracker.running:
+        if self.state.running:
             # "seen running at": the end of a session whose end Docker forgot
             # (engine restarted, container gone) is known to within one flush
-            self.buffer.add(self.ledger.touch_sessions, list(self.tracker.running), utcnow())
-        await self._in_ledger_thread(self.buffer.flush)
+            self.buffer.add(self.ledger.touch_sessions, list(self.state.running), utcnow())
+        await self._write_ledger()
 
     def _write_rollups(self, rows):
         # A session is opened (queued) before its GPUs get an owner, so the ledger
@@ -249,7 +327,7 @@ class MeterService(Application):
         Group budgets count with the groups the hub last told the meter (the
         policy runner asks for them while the user has servers running).
         """
-        groups = self.runner.groups.get(user, [])
+        groups = self.runner.groups.get(user, [])  # a dict the loop replaces whole
         status = self.ledger.user_budget_status(user, groups, utcnow())
         return budget_view(status, self.policies.budget_warn_fraction)
 
@@ -269,7 +347,7 @@ class MeterService(Application):
             dry_run=self.policies.dry_run,
             outcome=outcome,
         )
-        await self._in_ledger_thread(self.buffer.flush)
+        await self._write_ledger()
 
     async def _tick(self):
         if self.sampler is None:
@@ -277,8 +355,8 @@ class MeterService(Application):
         tick = await asyncio.get_running_loop().run_in_executor(
             self.sampler_executor, self.sampler.sample
         )
-        self.last_tick = tick
-        self.aggregator.add(tick, self.tracker.gpu_owners())
+        self.state.sampled(tick)
+        self.aggregator.add(tick, self.state.gpu_owners())
         self.runner.observe(tick)
 
     def _follow_events(self, loop, queue):
@@ -298,7 +376,7 @@ class MeterService(Application):
         while not self._stopping.is_set():
             try:
                 until_ns = time.time_ns()
-                for event in self.tracker.events(self.events_since_ns, until_ns):
+                for event in self.tracker.events(self.state.events_since_ns, until_ns):
                     push(event)
                 push({"reconcile": True})
                 self._events_stream = self.tracker.events(until_ns)
@@ -320,12 +398,18 @@ class MeterService(Application):
                 if event.get("reconcile"):  # the stream broke: Docker may have restarted
                     await self._reconcile()
                 else:
-                    await self._in_ledger_thread(self.tracker.handle_event, event)
-                    await self._in_ledger_thread(self.buffer.flush)
-                    if event.get("timeNano"):
-                        self.events_since_ns = int(event["timeNano"])
+                    await self._handle_event(event)
             except Exception:
                 self.log.exception("Handling Docker event %s failed", event)
+
+    async def _handle_event(self, event: dict):
+        """One Docker event: read in the ledger thread, applied here on the loop, written."""
+        changes = await self._in_ledger_thread(self.tracker.handle_event, event)
+        if changes is not None:
+            self._apply(changes)
+            await self._write_ledger()
+        if event.get("timeNano"):
+            self.state.events_since_ns = int(event["timeNano"])
 
     # --- start and stop ----------------------------------------------------
 
@@ -353,7 +437,7 @@ class MeterService(Application):
         self.log.info("Ledger: %s", self.ledger.url)
         await self._in_ledger_thread(self.ledger.ensure_schema)
         since = await self._in_ledger_thread(self.ledger.get_state, EVENTS_SINCE_KEY)
-        self.events_since_ns = int(since) if since else time.time_ns()
+        self.state.events_since_ns = int(since) if since else time.time_ns()
         await self._open_sampler()
 
         loop = asyncio.get_running_loop()

@@ -106,7 +106,28 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
         PREFIX + "ledger_pending_writes", "Ledger writes queued, not yet written."
     )
     pending.add_metric([], health.get("pending_writes", 0))
-    return [*families, tick_duration, last_tick, sampling, pending]
+    return [*families, tick_duration, last_tick, sampling, pending, *failure_families(health)]
+
+
+def failure_families(health: dict) -> list:
+    """What failed since the meter started, from its health dict: sessions the ledger
+    refused to open (those servers are stopped), servers still unbilled, policy errors."""
+    open_failures = CounterMetricFamily(
+        PREFIX + "session_open_failures",
+        "Sessions the ledger refused to open for good (their servers are stopped).",
+    )
+    open_failures.add_metric([], health.get("session_open_failures", 0))
+    unbilled = GaugeMetricFamily(
+        PREFIX + "unbilled_servers",
+        "Servers running without a session in the ledger, being stopped.",
+    )
+    unbilled.add_metric([], health.get("unbilled_servers", 0))
+    policy_errors = CounterMetricFamily(
+        PREFIX + "policy_errors",
+        "Policy steps that failed for one user or server (the others went on).",
+    )
+    policy_errors.add_metric([], health.get("policy_errors", 0))
+    return [open_failures, unbilled, policy_errors]
 
 
 class _Families:

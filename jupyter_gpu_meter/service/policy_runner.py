@@ -3,6 +3,12 @@
 The decisions themselves are pure (:mod:`jupyter_gpu_meter.policies`); this
 module feeds them, acts on them with the least scopes (stop a server, report
 activity), logs each one and records it in the ledger with its reason.
+
+One user's or one server's failure (the hub answers 404 for a renamed user,
+a 5xx, a policy that raises) never stops the policies for the others: each
+user's budget check and each server's policies run on their own, and a
+failure is logged and counted in the meter's state (``policy_errors`` in
+``api/health`` and /metrics).
 """
 
 from __future__ import annotations
@@ -12,12 +18,18 @@ from datetime import timedelta
 from decimal import Decimal
 
 from jupyterhub.traitlets import Callable
+from tornado.httpclient import HTTPClientError
+from tornado.web import HTTPError
 from traitlets import Bool, Dict, Float, Int, validate
 from traitlets.config import LoggingConfigurable
 
 from .. import policies
 from ..budgets import hourly_usage
-from ..policies import STOP, WARN, ServerState, track_idle
+from ..policies import STOP, WARN, Decision, ServerState, track_idle
+from .state import MeterState, error_class
+
+#: the policy name of the stop of a server whose session the ledger refused
+UNBILLED_POLICY = "unbilled"
 
 
 class Policies(LoggingConfigurable):
@@ -167,11 +179,21 @@ async def _call(function, **kwargs):
 
 
 class PolicyRunner:
-    """Tracks GPU idleness per server and applies the policies on a period."""
+    """Tracks GPU idleness per server and applies the policies on a period.
 
-    def __init__(self, config: Policies, tracker, record, hub, log, clock, budget_of=None):
+    Runs on the meter's event loop: it reads and changes the loop's
+    :class:`~jupyter_gpu_meter.service.state.MeterState` (stop reasons, error
+    counts) and its own dicts, and nothing else touches them; :attr:`groups`
+    is also read by reader threads, so it is replaced whole, never changed.
+    `hub` is the hub's API (:class:`~jupyter_gpu_meter.service.hubapi.HubAPI`
+    or a stand-in with the same coroutines).
+    """
+
+    def __init__(
+        self, config: Policies, state: MeterState, record, hub, log, clock, budget_of=None
+    ):
         self.config = config
-        self.tracker = tracker
+        self.state = state
         self.record = record  # async (decision fields) -> None, writes to the ledger
         #: async (user, groups, now) -> BudgetStatus | None, read from the ledger
         self.budget_of = budget_of
@@ -179,7 +201,8 @@ class PolicyRunner:
         self.exhausted_since: dict = {}
         #: user -> the last budget warning recorded ("80%" or "used up"), to record each once
         self.warned: dict[str, str] = {}
-        #: user -> their groups, as the hub last said (for group budgets), and when it said so
+        #: user -> their groups, as the hub last said (for group budgets), and when it said
+        #: so; replaced whole (reader threads read it)
         self.groups: dict[str, list[str]] = {}
         self._groups_at: dict = {}
         self.hub = hub
@@ -196,7 +219,7 @@ class PolicyRunner:
         self.unhealthy = {
             gpu.uuid: gpu.problem or "unhealthy" for gpu in tick.gpus if not gpu.healthy
         }
-        for container in self.tracker.running.values():
+        for container in self.state.running.values():
             if not container.gpu_uuids:
                 continue
             utils = [by_uuid.get(uuid) for uuid in container.gpu_uuids]
@@ -207,10 +230,10 @@ class PolicyRunner:
             if any(u is not None and u >= self.config.gpu_idle_threshold for u in utils):
                 busy_at = tick.at
             self.activity[container.container_id] = (idle_since, busy_at)
-        for container_id in set(self.activity) - set(self.tracker.running):
+        for container_id in set(self.activity) - set(self.state.running):
             del self.activity[container_id]
 
-    def server_state(self, container) -> ServerState:
+    def server_state(self, container, started_at=None) -> ServerState:
         idle_since, busy_at = self.activity.get(container.container_id, (None, None))
         return ServerState(
             user=container.user,
@@ -218,50 +241,100 @@ class PolicyRunner:
             container_id=container.container_id,
             profile=container.profile,
             gpu_uuids=container.gpu_uuids,
-            started_at=container.started_at,
+            started_at=container.started_at or started_at,
             idle_since=idle_since,
             busy_at=busy_at,
         )
 
+    def failed(self, what: str, error: BaseException) -> None:
+        """Log and count one failed step; the others go on."""
+        self.state.policy_failed(error)
+        expected = isinstance(error, (HTTPError, HTTPClientError))
+        self.log.warning(
+            "Policies: %s failed (%s: %s); the other users and servers go on",
+            what,
+            error_class(error),
+            error,
+            exc_info=None if expected else error,
+        )
+
     async def run_once(self):
         now = self.clock()
+        await self.stop_unbilled(now)
         await self.check_budgets(now)
-        for container in list(self.tracker.running.values()):
-            if container.started_at is None or container.container_id in self.tracker.stop_reasons:
+        for container in list(self.state.running.values()):
+            if container.started_at is None or container.container_id in self.state.stop_reasons:
                 continue  # not started yet, or a stop is already under way
-            server = self.server_state(container)
-            decision = (
-                await _call(
-                    self.config.gpu_health_policy, server=server, unhealthy=dict(self.unhealthy)
-                )
-                or await _call(
-                    self.config.gpu_idle_policy,
-                    server=server,
-                    now=now,
-                    timeout=self.config.for_profile(server.profile, "gpu_idle_timeout"),
-                )
-                or await _call(
-                    self.config.max_age_policy,
-                    server=server,
-                    now=now,
-                    max_age=self.config.for_profile(server.profile, "max_age"),
-                )
+            try:
+                await self._check_server(container, now)
+            except Exception as e:
+                self.failed(f"checking {container.user}/{container.server}", e)
+
+    async def stop_unbilled(self, now) -> None:
+        """Fail closed: stop each server whose session the ledger refused to open.
+
+        Also in a dry run: a server that cannot be billed is not left running.
+        A stop that fails (the hub is down) is tried again on the next check.
+        """
+        for failure in list(self.state.unbilled.values()):
+            container = failure.container
+            if container.container_id in self.state.stop_reasons:
+                continue  # a stop is under way
+            decision = Decision(
+                UNBILLED_POLICY,
+                STOP,
+                f"the ledger refused to record its session ({failure.error}): "
+                "a server the meter cannot bill is not left running",
             )
-            if decision is not None and decision.action == STOP:
-                await self.stop(server, decision)
-            elif self.config.keep_alive and await _call(
-                self.config.keep_alive_policy,
+            try:
+                await self.stop(self.server_state(container, failure.at), decision, force=True)
+            except Exception as e:
+                self.failed(f"stopping the unbilled {container.user}/{container.server}", e)
+
+    async def _check_server(self, container, now):
+        server = self.server_state(container)
+        decision = (
+            await _call(
+                self.config.gpu_health_policy, server=server, unhealthy=dict(self.unhealthy)
+            )
+            or await _call(
+                self.config.gpu_idle_policy,
                 server=server,
                 now=now,
-                window=timedelta(seconds=self.config.keep_alive_window),
-            ):
-                await self.vouch(server, now)
+                timeout=self.config.for_profile(server.profile, "gpu_idle_timeout"),
+            )
+            or await _call(
+                self.config.max_age_policy,
+                server=server,
+                now=now,
+                max_age=self.config.for_profile(server.profile, "max_age"),
+            )
+        )
+        if decision is not None and decision.action == STOP:
+            await self.stop(server, decision)
+        elif self.config.keep_alive and await _call(
+            self.config.keep_alive_policy,
+            server=server,
+            now=now,
+            window=timedelta(seconds=self.config.keep_alive_window),
+        ):
+            await self.vouch(server, now)
 
     async def groups_of(self, user: str, now) -> list[str]:
-        """`user`'s groups from the hub, asked at most once a minute per user."""
+        """`user`'s groups from the hub, asked at most once a minute per user.
+
+        When the hub cannot say (a renamed or deleted user: 404; a 5xx), the
+        groups it said last (none if it never did), logged and counted: the
+        user's own budget still applies.
+        """
         fetched = self._groups_at.get(user)
         if fetched is None or now - fetched >= timedelta(seconds=60):
-            self.groups[user] = await self.hub.user_groups(user)
+            try:
+                groups = await self.hub.user_groups(user)
+            except Exception as e:
+                self.failed(f"asking the hub for the groups of {user}", e)
+                return self.groups.get(user, [])
+            self.groups = {**self.groups, user: list(groups)}
             self._groups_at[user] = now
         return self.groups[user]
 
@@ -270,60 +343,69 @@ class PolicyRunner:
         if self.budget_of is None:
             return
         by_user: dict[str, list] = {}
-        for container in self.tracker.running.values():
-            if container.started_at and container.container_id not in self.tracker.stop_reasons:
+        for container in self.state.running.values():
+            if container.started_at and container.container_id not in self.state.stop_reasons:
                 by_user.setdefault(container.user, []).append(container)
         for user in (set(self.exhausted_since) | set(self.warned)) - set(by_user):
             self.exhausted_since.pop(user, None)
             self.warned.pop(user, None)
         for user, containers in by_user.items():
-            groups = await self.groups_of(user, now)
-            status = await self.budget_of(user, groups, now)
-            if status is None:
-                self.exhausted_since.pop(user, None)
-                continue
-            if status.exhausted:
-                self.exhausted_since.setdefault(user, now)
-            else:
-                self.exhausted_since.pop(user, None)
-            decision = await _call(
-                self.config.budget_policy,
-                spent=status.spent,
-                limit=status.limit,
-                unit=status.unit_label,
-                now=now,
-                exhausted_since=self.exhausted_since.get(user),
-                grace=timedelta(seconds=self.config.budget_grace),
-                warn_fraction=Decimal(str(self.config.budget_warn_fraction)),
-            )
-            if decision is None:
-                self.warned.pop(user, None)
-                continue
-            paid = [
-                self.server_state(c)
-                for c in containers
-                if c.price is None or hourly_usage(status, c.price) > 0
-            ]
-            if decision.action == STOP:
-                for server in paid:
-                    await self.stop(server, decision)
-            elif decision.action == WARN:
-                kind = "used up" if status.exhausted else "near"
-                if self.warned.get(user) != kind and paid:
-                    self.warned[user] = kind
-                    self.log.warning("Budget of %s: %s", user, decision.reason)
-                    await self.record(server=paid[0], decision=decision, outcome="warned")
+            try:
+                await self._check_budget(user, containers, now)
+            except Exception as e:
+                self.failed(f"the budget check of {user}", e)
 
-    async def stop(self, server: ServerState, decision):
-        if self.config.dry_run:
+    async def _check_budget(self, user, containers, now):
+        groups = await self.groups_of(user, now)
+        status = await self.budget_of(user, groups, now)
+        if status is None:
+            self.exhausted_since.pop(user, None)
+            return
+        if status.exhausted:
+            self.exhausted_since.setdefault(user, now)
+        else:
+            self.exhausted_since.pop(user, None)
+        decision = await _call(
+            self.config.budget_policy,
+            spent=status.spent,
+            limit=status.limit,
+            unit=status.unit_label,
+            now=now,
+            exhausted_since=self.exhausted_since.get(user),
+            grace=timedelta(seconds=self.config.budget_grace),
+            warn_fraction=Decimal(str(self.config.budget_warn_fraction)),
+        )
+        if decision is None:
+            self.warned.pop(user, None)
+            return
+        paid = [
+            self.server_state(c)
+            for c in containers
+            if c.price is None or hourly_usage(status, c.price) > 0
+        ]
+        if decision.action == STOP:
+            for server in paid:
+                await self.stop(server, decision)
+        elif decision.action == WARN:
+            kind = "used up" if status.exhausted else "near"
+            if self.warned.get(user) != kind and paid:
+                self.warned[user] = kind
+                self.log.warning("Budget of %s: %s", user, decision.reason)
+                await self.record(server=paid[0], decision=decision, outcome="warned")
+
+    async def stop(self, server: ServerState, decision, *, force: bool = False):
+        """Stop `server` through the hub for `decision` (only decide in a dry run,
+        unless `force`); log it and record it. A failed stop is counted."""
+        if self.config.dry_run and not force:
             outcome = "would stop (dry run)"
         else:
-            self.tracker.stop_reasons[server.container_id] = decision.reason
+            self.state.stop_reasons[server.container_id] = decision.reason
             try:
                 await self.hub.stop_server(server.user, server.server)
                 outcome = "stopped"
             except Exception as e:
-                self.tracker.stop_reasons.pop(server.container_id, None)
+                self.state.stop_reasons.pop(server.container_id, None)
+                self.state.policy_failed(e)
                 outcome = f"failed: {e}"
         self.log.warning(
             "Policy %s: %s/%s %s (%s)",
@@ -339,6 +421,7 @@ class PolicyRunner:
         try:
             await self.hub.report_activity(server.user, server.server, now)
         except Exception as e:
+            self.state.policy_failed(e)
             self.log.warning(
                 "Reporting activity of %s/%s failed: %s", server.user, server.server, e
             )

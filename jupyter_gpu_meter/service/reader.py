@@ -4,8 +4,9 @@
 aggregation of :mod:`jupyter_gpu_meter.usage`) and :meth:`UsageReader.call`,
 which runs one of them in the reader's own thread pool: reads never wait
 behind the meter's ledger writes, and never block the event loop.
-:class:`LiveState` reads what the running meter holds in memory (the last
-GPU sample, the running containers), for ``api/gpus`` and /metrics.
+:class:`LiveState` gives the web layer the running meter's state (the last
+GPU sample, the running containers) as a read-only view, for ``api/gpus`` and
+/metrics.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -26,6 +27,8 @@ from traitlets.config import Configurable
 from .. import usage
 from ..clock import utcnow
 from ..report import usage_by_user
+from ..sessions import ManagedContainer
+from .state import MeterState, MeterView
 
 #: the most items one page of the API may hold
 MAX_LIMIT = 1000
@@ -305,35 +308,49 @@ class UsageReader:
 
 
 class LiveState:
-    """The running meter's in-memory state: last GPU sample, running containers, health.
+    """What the running meter holds in memory, for the web layer: a typed, read-only door.
 
-    Reads attributes only (no locks, no I/O): the meter replaces them whole.
+    `state` is the meter's :class:`~jupyter_gpu_meter.service.state.MeterState`,
+    owned by the event loop the handlers run on; the web layer reads it only
+    through :meth:`view` (a frozen snapshot), never changes it. `health` gives
+    ``api/health``'s dict; `inventory_source` (a
+    :class:`~jupyter_gpu_meter.gpus.GPUInventory`, or None) lists the GPUs
+    when there is no sample.
     """
 
-    def __init__(self, meter):
-        self.meter = meter
+    def __init__(
+        self,
+        state: MeterState,
+        *,
+        health: Callable[[], dict] | None = None,
+        inventory_source=None,
+    ):
+        self.state = state
+        self._health = health or state.health
+        self._source = inventory_source
         self._inventory = None
         self._inventory_at = 0.0
 
+    def view(self) -> MeterView:
+        return self.state.view()
+
     def tick(self):
         """The last sample (:class:`~jupyter_gpu_meter.sampler.Tick`), None before one."""
-        return getattr(self.meter, "last_tick", None)
+        return self.state.last_tick
 
-    def running(self) -> dict:
-        """container id -> :class:`~jupyter_gpu_meter.sessions.ManagedContainer`."""
-        tracker = getattr(self.meter, "tracker", None)
-        return dict(tracker.running) if tracker is not None else {}
+    def running(self) -> Mapping[str, ManagedContainer]:
+        """container id -> :class:`~jupyter_gpu_meter.sessions.ManagedContainer` (read-only)."""
+        return self.view().running
 
     def health(self) -> dict:
-        return self.meter.health() if hasattr(self.meter, "health") else {}
+        return self._health()
 
     def inventory(self):
         """The GPUs, when there is no sample (GPU sampling off). Blocking; cached 60 s."""
-        source = getattr(self.meter, "inventory_source", None)
-        if source is None:
+        if self._source is None:
             return None
         if self._inventory is None or time.monotonic() - self._inventory_at > 60:
-            self._inventory = source.discover()
+            self._inventory = self._source.discover()
             self._inventory_at = time.monotonic()
         return self._inventory
 

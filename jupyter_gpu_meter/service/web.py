@@ -75,8 +75,10 @@ def make_context(
     hub_api: HubAPI | None = None,
     reader: UsageReader | None = None,
     clock=None,
+    live: LiveState | None = None,
 ) -> WebContext:
-    """The web app's shared state, from the running meter (its ledger, pricing, config)."""
+    """The web app's shared state, from the running meter (its ledger, pricing, config,
+    and its :class:`~jupyter_gpu_meter.service.state.MeterState` through `live`)."""
     parent = meter if hasattr(meter, "config") else None
     settings = UsagePages(parent=parent)
     if reader is None:
@@ -96,7 +98,8 @@ def make_context(
     )
     return WebContext(
         reader=reader,
-        live=LiveState(meter),
+        live=live
+        or LiveState(meter.state, health=meter.health, inventory_source=meter.inventory_source),
         hub_auth=hub_auth,
         hub_api=hub_api,
         templates=templates,
