@@ -17,17 +17,26 @@ from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import random_port
 from sqlalchemy.engine import make_url
 from tornado import web
-from traitlets import Bool, Dict, Int, List, Unicode, default, validate
+from traitlets import Bool, Dict, Int, List, Set, Unicode, default, validate
 
 from . import labels
 from .allocation import NoFreeGPUs, choose_gpus
 from .budgets import affordable_seconds, hourly_usage
 from .choice import Choice, ChoiceError, parse_profiles, resolve_choice
 from .clock import utcnow
-from .container import Hardening, container_labels, enforce_create_kwargs
+from .container import (
+    UNSAFE_SETTINGS,
+    ContainerRefused,
+    Hardening,
+    check_allowed_names,
+    check_container_user,
+    container_labels,
+    enforce_create_kwargs,
+)
 from .gpus import GPUInventory, Inventory, cuda_driver_problem
 from .identity import HubIdentity
 from .ledger import DEFAULT_URL, Ledger
+from .ledger.models import NAME_RULE, name_problem
 from .network import DEFAULT_NETWORK, NetworkError, NotebookNetwork, ensure_network
 from .policies import format_duration
 from .pricing import Pricing
@@ -141,27 +150,49 @@ class GPUDockerSpawner(DockerSpawner):
     container_user = Unicode(
         "1000:100",
         help="""
-        ``uid:gid`` (or user name) the notebook runs as; never root.
-        The default matches the shipped image's ``jovyan`` user.
+        ``uid:gid`` (or user name) the notebook runs as, e.g. ``"1000:100"``;
+        never root. Refused: an empty user (the image's own, often root),
+        ``root``, and any number equal to 0 (``"0"``, ``"00"``, ``"+0"``,
+        ``"0:0"``). Prefer a numeric uid: a name that the image maps to uid 0
+        cannot be checked. The default matches the shipped image's ``jovyan``.
         """,
     ).tag(config=True)
 
     @validate("container_user")
     def _check_user(self, proposal):
-        if proposal.value.split(":")[0] in ("", "0", "root"):
-            raise ValueError(
-                f"container_user {proposal.value!r} would run notebooks as root; "
-                "use a non-root uid:gid such as '1000:100'"
-            )
-        return proposal.value
+        return check_container_user(proposal.value)
 
     cap_add = List(
         Unicode(),
         help="""
-        Linux capabilities given back to notebook containers, all others are
-        dropped. Empty by default: a notebook started as a non-root user needs none.
+        Linux capabilities given back to notebook containers by name, e.g.
+        ``["CHOWN"]``; all others are dropped, and ``ALL`` is refused. Empty by
+        default: a notebook started as a non-root user needs none. Each name
+        here is the admin's opt-in for that capability.
         """,
     ).tag(config=True)
+
+    @validate("cap_add")
+    def _check_cap_add(self, proposal):
+        if any(cap.strip().upper() in ("ALL", "CAP_ALL") for cap in proposal.value):
+            raise ValueError("cap_add: 'ALL' is refused; name each capability, e.g. ['CHOWN']")
+        return proposal.value
+
+    allow_unsafe_settings = Set(
+        Unicode(),
+        help=f"""
+        Container settings refused by default, allowed by name, e.g.
+        ``{{"devices"}}`` to let ``extra_host_config`` add a host device.
+        Each lets a notebook reach the host or other users' containers: use
+        them on single-tenant hosts only. A start whose container asks for one
+        that is not allowed fails with a message naming it. The names:
+        {", ".join(f"``{name}``" for name in sorted(UNSAFE_SETTINGS))}.
+        """,
+    ).tag(config=True)
+
+    @validate("allow_unsafe_settings")
+    def _check_allow_unsafe(self, proposal):
+        return set(check_allowed_names(proposal.value))
 
     ledger_url = Unicode(
         help="""
@@ -340,7 +371,24 @@ class GPUDockerSpawner(DockerSpawner):
 
     # --- starting ----------------------------------------------------------
 
+    def check_names(self):
+        """Refuse (400) a user or server name the meter's ledger could not record.
+
+        Checked before anything is allocated or created: a server the ledger
+        cannot record would run unbilled.
+        """
+        for what, name in (("user name", self.user.name), ("server name", self.name)):
+            problem = name_problem(name)
+            if problem:
+                shown = repr(name[:40]) + ("…" if len(name) > 40 else "")
+                fix = "ask an admin to rename the user" if what == "user name" else "rename it"
+                raise spawn_error(
+                    400,
+                    f"the {what} {shown} cannot be metered: {problem}; allowed: {NAME_RULE}; {fix}",
+                )
+
     async def start(self):
+        self.check_names()
         inventory = await self.discover_gpus()
         choice = self.resolve_choice(inventory)
         if choice.image:
@@ -475,6 +523,14 @@ class GPUDockerSpawner(DockerSpawner):
             self.log.info("Removing kept container %s before a new run", self.object_name)
             await self.remove_object()
 
+    async def create_object(self):
+        try:
+            return await super().create_object()
+        except ContainerRefused as e:
+            # the admin's configuration, not the user's choice: a 500 the hub shows as it is
+            self.log.error("Refused to create %s: %s", self.object_name, e)
+            raise spawn_error(500, str(e)) from None
+
     def docker(self, method, *args, **kwargs):
         if method == "create_container":
             kwargs = enforce_create_kwargs(
@@ -500,6 +556,7 @@ class GPUDockerSpawner(DockerSpawner):
                     pids_limit=self.pids_limit,
                     shm_size_bytes=self.shm_size,
                     ulimits=dict(self.ulimits),
+                    allow_unsafe=frozenset(self.allow_unsafe_settings),
                 ),
             )
         return super().docker(method, *args, **kwargs)

@@ -1,12 +1,14 @@
 """Starts that go wrong: nothing is leaked and the user is told why."""
 
+import html
 import io
+import re
 import tarfile
 
 import pytest
 
 from tests.fakenvml import subprocess_env
-from tests.hub import IMAGE
+from tests.hub import IMAGE, login
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -105,3 +107,19 @@ def test_gpus_from_nvml_and_an_image_the_driver_cannot_run(
     refused = hub.start_server("bob", {"gpus": 1})
     assert refused.status_code == 503
     assert refused.json()["message"] == ("no free NVIDIA H100 80GB HBM3: 0 of 2 free (1 unhealthy)")
+
+
+def test_a_docker_socket_bind_is_refused_and_leaves_no_container_and_no_gpu_held(make_hub):
+    socket = {"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}}
+    hub = make_hub("1", **{"GPUDockerSpawner.extra_host_config": {"binds": socket}})
+    refused = hub.start_server("ada", {"gpus": 1})
+    assert refused.status_code == 500
+    message = refused.json()["message"]
+    assert "it would get a bind of the Docker engine's socket or data" in message
+    assert "(/var/run/docker.sock) [docker_engine]" in message
+    assert "c.GPUDockerSpawner.allow_unsafe_settings" in message
+    assert hub.server_model("ada") is None
+    assert hub.containers(all=True) == []
+    # the spawn page counts GPUs held by containers and by starts in progress: none is
+    form = login(hub, "bob").get(hub.url + "/hub/spawn", timeout=30).text
+    assert "1 of 1 free" in " ".join(html.unescape(re.sub(r"<[^>]+>", " ", form)).split())

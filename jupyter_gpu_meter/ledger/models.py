@@ -195,3 +195,46 @@ class BudgetChangeModel(Base):
     note: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index(None, "scope", "name", "at"),)
+
+
+# --- which user and server names the ledger can store ----------------------
+
+#: every column that holds a JupyterHub user, group or server name
+NAME_COLUMNS = (
+    SessionModel.__table__.c.username,
+    SessionModel.__table__.c.server,
+    DecisionModel.__table__.c.username,
+    DecisionModel.__table__.c.server,
+    BudgetModel.__table__.c.name,
+    BudgetChangeModel.__table__.c.name,
+    BudgetChangeModel.__table__.c.changed_by,
+)
+#: the most characters a name may have: PostgreSQL refuses longer (SQLite does not check)
+NAME_MAX_LENGTH = min(column.type.length for column in NAME_COLUMNS)
+#: what is allowed, in words, for messages
+NAME_RULE = f"at most {NAME_MAX_LENGTH} characters of valid Unicode, without NUL characters"
+
+
+def name_problem(name: str) -> str | None:
+    """Why the ledger cannot store this user or server name; None when it can. Pure.
+
+    The rule holds on both databases the ledger runs on (the spawner refuses
+    such names before a start, so no server runs that the meter cannot
+    record): PostgreSQL refuses a name longer than its ``VARCHAR`` columns
+    and a NUL character in any text; neither database can encode a lone
+    surrogate as UTF-8. (A PostgreSQL ledger needs a UTF8 database.)
+    """
+    if not isinstance(name, str):
+        return f"it is a {type(name).__name__}, not text"
+    if len(name) > NAME_MAX_LENGTH:
+        return (
+            f"it has {len(name)} characters and the ledger's columns hold at most "
+            f"{NAME_MAX_LENGTH} (PostgreSQL refuses longer)"
+        )
+    if "\x00" in name:
+        return "it contains a NUL character, which PostgreSQL cannot store in text"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode (a lone surrogate), which cannot be encoded as UTF-8"
+    return None
