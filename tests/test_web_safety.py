@@ -29,7 +29,8 @@ from jupyter_gpu_meter.service.api import OPENAPI
 from jupyter_gpu_meter.service.app import MeterService
 from jupyter_gpu_meter.service.auth import READ_ALL_SCOPE
 from jupyter_gpu_meter.service.logs import scrub_secrets
-from jupyter_gpu_meter.service.state import error_summary
+from jupyter_gpu_meter.service.reader import LiveState
+from jupyter_gpu_meter.service.state import MeterState, error_summary
 from jupyter_gpu_meter.sessions import ManagedContainer
 from tests.test_usage_web import ACCESS, H100, NOW, PREFIX, FakeHubAPI, add_session, body, fetch
 
@@ -90,20 +91,21 @@ def meter(request, tmp_path):
     add_session(ledger, pricing, "花子", NOW - timedelta(days=3), NOW - timedelta(days=2))
     running = add_session(ledger, pricing, "ada", NOW - timedelta(hours=1), server="train")
     gpus = ("GPU-A",)
+    # the meter's own state: ada's running server, one GPU sample
+    state = MeterState(
+        running={
+            running: ManagedContainer(
+                running, "ada", "train", gpus, H100, "gpu-1", None, True, NOW, None, None
+            )
+        }
+    )
+    state.sampled(
+        Tick(NOW, (GPUReading("GPU-A", 0, H100, 81, 10 << 30, 80 << 30, 300.0, 60),), (), 0.004)
+    )
     meter = SimpleNamespace(
         ledger=ledger,
         pricing=pricing,
-        last_tick=Tick(
-            NOW, (GPUReading("GPU-A", 0, H100, 81, 10 << 30, 80 << 30, 300.0, 60),), (), 0.004
-        ),
-        inventory_source=None,
-        tracker=SimpleNamespace(
-            running={
-                running: ManagedContainer(
-                    running, "ada", "train", gpus, H100, "gpu-1", None, True, NOW, None, None
-                )
-            }
-        ),
+        state=state,
         health=lambda: {"gpu_sampling": "off", "pending_writes": 0},
     )
     yield meter
@@ -112,7 +114,12 @@ def meter(request, tmp_path):
 
 async def serve(meter, auth):
     application = create_application(
-        meter, PREFIX, hub_auth=auth, hub_api=FakeHubAPI(), clock=lambda: NOW
+        meter,
+        PREFIX,
+        hub_auth=auth,
+        hub_api=FakeHubAPI(),
+        clock=lambda: NOW,
+        live=LiveState(meter.state, health=meter.health),
     )
     sock, port = bind_unused_port()
     server = HTTPServer(application)
@@ -189,7 +196,7 @@ def test_health_shows_the_class_of_the_last_write_error_and_none_of_its_data(tmp
     meter = MeterService()
     meter.buffer = failed_write(tmp_path)
     meter.sampler, meter.sampler_problem = None, ""
-    meter.tracker = SimpleNamespace(running={})
+    meter.state = MeterState()
     health = meter.health()
     assert health["last_write_error"].startswith("sqlalchemy.exc.OperationalError")
     assert "s3cret" not in json.dumps(health) and "INSERT" not in json.dumps(health)
