@@ -11,7 +11,13 @@ from .identity import HUB_ID_ENV, default_hub_id
 from .network import DEFAULT_NETWORK, NotebookNetwork, ensure_network
 from .sampler import SIMULATED_UTILIZATION_ENV
 from .service.app import DB_URL_ENV
-from .service.auth import READ_ALL_DESCRIPTION, READ_ALL_SCOPE
+from .service.auth import (
+    BUDGETS_DESCRIPTION,
+    BUDGETS_SCOPE,
+    READ_ALL_DESCRIPTION,
+    READ_ALL_SCOPE,
+    STOP_SCOPE,
+)
 
 #: the service's name, and so its URL prefix: /services/gpu-meter/
 SERVICE_NAME = "gpu-meter"
@@ -27,11 +33,13 @@ PASS_ENV = (
 )
 
 
-#: what the meter may do on the hub's API, and why (least privilege)
+#: what the meter may do on the hub's API, and why (least privilege: not ``servers``,
+#: which would also let it start servers and read their models)
 METER_SCOPES = {
-    "servers": (
-        "stop a server that a policy (GPU idle, max age, budget) ends, or that a hub admin "
-        "stops with the admin page's button (DELETE /users/:name/server needs delete:servers)"
+    STOP_SCOPE: (
+        "stop a server that a policy (GPU idle, GPU lost, max age, budget) ends, or that a "
+        "caller holding delete:servers for it stops from the usage pages "
+        "(DELETE /users/:name/server)"
     ),
     "users:activity": "report activity while a server's GPUs are busy (keep-alive)",
     "read:users:groups": "find a user's group budgets",
@@ -83,6 +91,11 @@ ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
 TEMPLATE_PATH = str(Path(__file__).parent / "hub_templates")
 #: the role that grants READ_ALL_SCOPE (see read_all_role)
 READ_ALL_ROLE = "gpu-meter-read-all"
+#: the role that grants BUDGETS_SCOPE (see budgets_role)
+BUDGETS_ROLE = "gpu-meter-budgets"
+#: what the service's OAuth tokens (the browsers' logins) may carry, each intersected
+#: by the hub with what the user holds: an ordinary user gets delete:servers!user=<them>
+OAUTH_SCOPES = (READ_ALL_SCOPE, BUDGETS_SCOPE, STOP_SCOPE)
 
 
 def template_paths(existing=()) -> list[str]:
@@ -125,6 +138,32 @@ def read_all_role(users=(), groups=()) -> dict:
     }
 
 
+def budgets_role(users=(), groups=()) -> dict:
+    """A role that lets `users` and `groups` set, grant and remove budgets.
+
+    ``setup_meter`` gives it to the hub's admins (``c.Authenticator.admin_users``
+    and the members of an ``admin`` role in ``load_roles``) and to whom you name.
+    """
+    return {
+        "name": BUDGETS_ROLE,
+        "description": BUDGETS_DESCRIPTION,
+        "scopes": [BUDGETS_SCOPE, ACCESS_SCOPE],
+        "users": sorted(set(users)),
+        "groups": sorted(set(groups)),
+    }
+
+
+def _configured_admins(c, roles: list) -> tuple[set, set]:
+    """The admins named in the config so far: users and groups."""
+    users = set(_current(c.Authenticator, "admin_users", set()))
+    groups = set()
+    for role in roles:
+        if role.get("name") == "admin":
+            users |= set(role.get("users", ()))
+            groups |= set(role.get("groups", ()))
+    return users, groups
+
+
 def _current(section, name: str, empty):
     """A config value as set so far (a LazyConfigValue's value too), else `empty`."""
     value = section.get(name)
@@ -164,17 +203,27 @@ def setup_meter(
     environment: dict | None = None,
     read_all_users=(),
     read_all_groups=(),
+    budget_users=(),
+    budget_groups=(),
 ) -> None:
     """Configure the hub for the meter, in ``jupyterhub_config.py``: ``setup_meter(c, __file__)``.
 
     - runs the meter as the managed service ``gpu-meter`` (:func:`meter_service`),
       shown in the hub's Services menu, logging users in through the hub's
-      OAuth without a confirmation page, and asking for :data:`READ_ALL_SCOPE`
-      for those who hold it;
+      OAuth without a confirmation page, and asking there for
+      :data:`OAUTH_SCOPES` (read-all, budgets, ``delete:servers``): the hub
+      gives each login only what its user holds, so the pages act with the
+      user's own scopes;
     - gives the service its role (:func:`meter_role`);
-    - defines the custom scope :data:`READ_ALL_SCOPE` and, when
-      `read_all_users` or `read_all_groups` are given, a role granting it
-      (:func:`read_all_role`);
+    - defines the custom scopes :data:`READ_ALL_SCOPE` and :data:`BUDGETS_SCOPE`;
+      when `read_all_users` or `read_all_groups` are given, a role granting
+      read-all (:func:`read_all_role`);
+    - grants :data:`BUDGETS_SCOPE` to the hub's admins as configured so far
+      (``c.Authenticator.admin_users``, an ``admin`` role in ``load_roles``:
+      set them before calling this) and to `budget_users` and `budget_groups`
+      (:func:`budgets_role`). JupyterHub does not let a config extend the
+      built-in ``admin`` role's scopes, and admins made in the admin panel
+      are not in the config: name those in `budget_users`;
     - lets every user use the service (:data:`ACCESS_SCOPE`);
     - adds "GPU usage" to the hub's navigation bar (:func:`template_paths`).
 
@@ -184,16 +233,21 @@ def setup_meter(
     service.update(
         display=True,
         oauth_no_confirm=True,
-        oauth_client_allowed_scopes=[READ_ALL_SCOPE],
+        oauth_client_allowed_scopes=list(OAUTH_SCOPES),
     )
     c.JupyterHub.services = _put_named(list(_current(c.JupyterHub, "services", [])), service)
     roles = _put_named(list(_current(c.JupyterHub, "load_roles", [])), meter_role())
     if read_all_users or read_all_groups:
         roles = _put_named(roles, read_all_role(read_all_users, read_all_groups))
+    admins, admin_groups = _configured_admins(c, roles)
+    roles = _put_named(
+        roles, budgets_role(admins | set(budget_users), admin_groups | set(budget_groups))
+    )
     c.JupyterHub.load_roles = roles
     c.JupyterHub.custom_scopes = {
         **_current(c.JupyterHub, "custom_scopes", {}),
         READ_ALL_SCOPE: {"description": READ_ALL_DESCRIPTION},
+        BUDGETS_SCOPE: {"description": BUDGETS_DESCRIPTION},
     }
     _grant_users_access(c)
     c.JupyterHub.template_paths = template_paths(_current(c.JupyterHub, "template_paths", []))

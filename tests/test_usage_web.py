@@ -30,7 +30,7 @@ from jupyter_gpu_meter.ledger import Ledger, RollupRow
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service import create_application
-from jupyter_gpu_meter.service.auth import READ_ALL_SCOPE
+from jupyter_gpu_meter.service.auth import BUDGETS_SCOPE, READ_ALL_SCOPE
 from jupyter_gpu_meter.service.reader import LiveState, UsagePages, UsageReader
 from jupyter_gpu_meter.service.state import MeterState
 from jupyter_gpu_meter.sessions import ManagedContainer, Opening, SessionChanges
@@ -44,7 +44,13 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 MODELS = {
     "ada-token": {"kind": "user", "name": "ada", "admin": False, "scopes": [ACCESS]},
     "bob-token": {"kind": "user", "name": "bob", "admin": False, "scopes": [ACCESS]},
-    "admin-token": {"kind": "user", "name": "admin", "admin": True, "scopes": [ACCESS]},
+    # an admin's full token: what the hub gives (admin:servers includes delete:servers)
+    "admin-token": {
+        "kind": "user",
+        "name": "admin",
+        "admin": True,
+        "scopes": [ACCESS, "admin:servers", "servers", "delete:servers", BUDGETS_SCOPE],
+    },
     "auditor-token": {"kind": "user", "name": "carol", "scopes": [ACCESS, READ_ALL_SCOPE]},
     "hostile-token": {"kind": "user", "name": HOSTILE, "scopes": [ACCESS]},
     "prometheus-token": {
@@ -463,7 +469,7 @@ async def test_admin_page_is_403_for_users_and_lists_everyone_for_admins(app):
     assert "admin/stop" not in auditor  # seeing everyone is not stopping anyone
 
 
-async def test_stop_is_for_admins_and_goes_through_the_hub_api(app):
+async def test_stop_needs_delete_servers_and_goes_through_the_hub_api(app):
     form = urlencode({"user": "ada", "server": "train"})
     response = await fetch(app, "admin/stop", "auditor-token", method="POST", body=form, ok=False)
     assert response.code == 403 and app.hub_api.stopped == []
@@ -582,8 +588,8 @@ async def test_admins_set_grant_show_and_remove_budgets_and_each_change_is_recor
 @pytest.mark.parametrize(
     "token, method, path, payload, status, message",
     [
-        ("ada-token", "PUT", "api/budgets/user/ada", {"amount": "1"}, 403, "only hub admins"),
-        ("auditor-token", "DELETE", "api/budgets/user/ada", None, 403, "only hub admins"),
+        ("ada-token", "PUT", "api/budgets/user/ada", {"amount": "1"}, 403, BUDGETS_SCOPE),
+        ("auditor-token", "DELETE", "api/budgets/user/ada", None, 403, BUDGETS_SCOPE),
         ("ada-token", "GET", "api/budgets", None, 403, "hub admins and holders"),
         ("admin-token", "PUT", "api/budgets/user/ada", {"amount": "-5"}, 400, "amount"),
         ("admin-token", "PUT", "api/budgets/user/ada", {"amt": "5"}, 400, "give 'amount'"),

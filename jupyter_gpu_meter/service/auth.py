@@ -8,7 +8,16 @@ Every page and API handler authenticates through the hub
 - anyone allowed to use the service (the scope
   ``access:services!service=gpu-meter``) sees their own usage;
 - hub admins, and holders of :data:`READ_ALL_SCOPE`, see everyone's;
-- only hub admins may stop a server.
+- stopping a server needs :data:`STOP_SCOPE` (``delete:servers``) for that
+  server, as the hub itself would check it (:meth:`Viewer.may_stop`);
+- changing budgets needs :data:`BUDGETS_SCOPE`.
+
+Actions are checked against the scopes of the caller's *token* (what the hub
+puts in the user model's ``scopes``: the token's scopes, expanded, intersected
+with its owner's), never against the admin flag: an admin's token scoped down
+to reading cannot stop or change anything. A browser's token is the one the
+hub's OAuth issued to this service, limited to the service's
+``oauth_client_allowed_scopes`` (``setup_meter`` asks for both scopes there).
 
 Cookie-authenticated requests other than page loads (the pages' own fetches,
 the stop form) must carry the page's XSRF token; token-authenticated ones
@@ -20,12 +29,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from jupyterhub.scopes import Scope, has_scope, parse_scopes
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
+
+from .hubapi import STOP_SCOPE
 
 #: the custom scope that lets its holders see every user's usage (pages, API, CSV)
 READ_ALL_SCOPE = "custom:gpu-meter:read-all"
 READ_ALL_DESCRIPTION = "Read every user's GPU usage and charges in the gpu-meter service."
+#: the custom scope that lets its holders set, grant and remove budgets
+BUDGETS_SCOPE = "custom:gpu-meter:budgets"
+BUDGETS_DESCRIPTION = "Set, grant and remove GPU budgets in the gpu-meter service."
 
 
 def access_scope(service_name: str) -> str:
@@ -58,8 +73,56 @@ class Viewer:
 
     @property
     def may_stop_servers(self) -> bool:
-        """Only hub admins: seeing everyone's usage is not a licence to stop their work."""
-        return self.admin
+        """Whether the token holds :data:`STOP_SCOPE` for any server at all."""
+        return STOP_SCOPE in parse_scopes(self.scopes)
+
+    @property
+    def stop_groups(self) -> frozenset[str]:
+        """The groups of ``delete:servers!group=...``: whose members' servers we may stop."""
+        filters = parse_scopes(self.scopes).get(STOP_SCOPE)
+        if filters is None or filters is Scope.ALL:
+            return frozenset()
+        return frozenset(filters.get("group", ()))
+
+    def may_stop(self, user: str, server: str = "", groups=()) -> bool:
+        """Whether the token may stop `user`'s `server` ("" for the default one).
+
+        The hub's own check (:func:`jupyterhub.scopes.has_scope`, as its
+        ``DELETE /users/:name/servers/:server`` does): ``delete:servers``, or
+        filtered ``!user=<user>`` or ``!server=<user>/<server>``. The hub
+        resolves ``!group=`` filters against its database; a service has none,
+        so `groups` are `user`'s groups as the hub gave them (see
+        :attr:`stop_groups`: only needed when the token holds such a filter).
+        Seeing everyone's usage, or being a hub admin, is not enough.
+        """
+        if has_scope(f"{STOP_SCOPE}!server={user}/{server}", self.scopes):
+            return True
+        return bool(self.stop_groups & set(groups))
+
+    def stop_refused(self, user: str, server: str = "") -> web.HTTPError:
+        """The 403 for a caller who may not stop `user`'s `server`."""
+        scope = STOP_SCOPE
+        return web.HTTPError(
+            403,
+            "%s",
+            f"{self.name} may not stop {user}/{server}: that needs the scope {scope} for it "
+            f"in the token ({scope}, {scope}!user={user}, {scope}!server={user}/{server} "
+            f"or {scope}!group=<a group of {user}'s>)",
+        )
+
+    @property
+    def may_change_budgets(self) -> bool:
+        """Holders of :data:`BUDGETS_SCOPE` (hub admins get it through ``setup_meter``)."""
+        return has_scope(BUDGETS_SCOPE, self.scopes)
+
+    def check_change_budgets(self) -> None:
+        if not self.may_change_budgets:
+            raise web.HTTPError(
+                403,
+                "changing budgets needs the scope %s in the token; %s's has not got it",
+                BUDGETS_SCOPE,
+                self.name,
+            )
 
     def may_read(self, user: str) -> bool:
         return user == self.name or self.sees_everyone

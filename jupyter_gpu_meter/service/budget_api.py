@@ -1,7 +1,9 @@
 """Budget administration over HTTP: ``api/budgets`` (see ``openapi.yaml``).
 
 Reading budgets is for hub admins and holders of the read-all scope; changing
-them is for hub admins only. Every change is recorded with who and when.
+them needs the scope ``custom:gpu-meter:budgets`` in the caller's token (hub
+admins get it through ``setup_meter``; the admin flag alone is not enough).
+Every change is recorded with who and when.
 Users see their own balance in ``api/usage`` (``budget``).
 """
 
@@ -54,12 +56,6 @@ class BudgetAPIHandler(APIHandler):
             raise web.HTTPError(400, 'send a JSON object, e.g. {"amount": "50"}')
         return data
 
-    def check_admin(self):
-        if not self.viewer.admin:
-            raise web.HTTPError(
-                403, "only hub admins may change budgets; %s is not one", self.viewer.name
-            )
-
     async def ledger(self, method, **kwargs):
         """A ledger call in the reader's threads; its ValueError is the caller's 400."""
         reader = self.context.reader
@@ -82,7 +78,7 @@ class BudgetHandler(BudgetAPIHandler):
     """``PUT`` sets, ``DELETE`` removes the budget of ``api/budgets/<scope>/<name>``."""
 
     async def put(self, scope, name):
-        self.check_admin()
+        self.viewer.check_change_budgets()
         data = self.body_json()
         allowed = {"amount", "unit", "period", "currency"}
         if set(data) - allowed or "amount" not in data:
@@ -106,7 +102,7 @@ class BudgetHandler(BudgetAPIHandler):
         self.write_json({"budget": budget_json(record)})
 
     async def delete(self, scope, name):
-        self.check_admin()
+        self.viewer.check_change_budgets()
         removed = await self.ledger(
             "remove_budget",
             scope=scope,
@@ -123,7 +119,7 @@ class GrantsHandler(BudgetAPIHandler):
     """``POST api/budgets/<scope>/<name>/grants``: an extra amount for this period."""
 
     async def post(self, scope, name):
-        self.check_admin()
+        self.viewer.check_change_budgets()
         data = self.body_json()
         if set(data) - {"amount", "note"} or "amount" not in data:
             raise web.HTTPError(400, "give 'amount' and optionally 'note'; got %s", sorted(data))

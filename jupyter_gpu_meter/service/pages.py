@@ -18,11 +18,12 @@ from urllib.parse import urlencode
 
 import jinja2
 from tornado import web
+from tornado.httpclient import HTTPClientError
 
 from .. import usage
 from .._version import __version__
 from ..pricing import minor_unit, round_money
-from .auth import READ_ALL_SCOPE, Authenticated, PageUser
+from .auth import READ_ALL_SCOPE, Authenticated, PageUser, Viewer
 from .charts import bar_chart_svg, sparkline_svg
 from .reader import gpu_rows
 
@@ -165,9 +166,14 @@ class PageHandler(Authenticated, web.RequestHandler):
             **extra,
         }
 
+    def set_default_headers(self):
+        # no page of the service may be framed, not even by the hub's origin: a user's
+        # server on that origin could frame the admin page and script it (clickjacking)
+        self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
+        self.set_header("X-Frame-Options", "DENY")
+
     def render_page(self, name: str, **extra):
         template = self.context.templates.get_template(name)
-        self.set_header("Content-Security-Policy", "frame-ancestors 'self'")
         self.finish(template.render(self.namespace(**extra)))
 
     def write_error(self, status_code, **kwargs):
@@ -232,11 +238,16 @@ class UserPageHandler(PageHandler):
             return "?" + urlencode({k: v for k, v in args.items() if v not in (None, "")})
 
         history = view.history
+        stoppable = await stoppable_servers(
+            self.context, viewer, {subject: [item.session for item in view.running]}
+        )
         self.render_page(
             "usage.html",
             view=view,
             subject=subject,
             own=subject == viewer.name,
+            may_stop=lambda server: (subject, server) in stoppable,
+            stopped=self.query("stopped"),
             chart=bar_chart_svg(view.daily),
             sparkline=lambda item: sparkline_svg(item.utilization),
             live=live,
@@ -274,6 +285,7 @@ class AdminPageHandler(PageHandler):
         )
         gpus = await gpu_list(self.context, viewer)
         budgets = await reader.call(reader.ledger.budgets)
+        stoppable = await stoppable_servers(self.context, viewer, view.running)
         range_args = {"since": since_text, "until": until_text}
 
         def url(**changes):
@@ -306,7 +318,8 @@ class AdminPageHandler(PageHandler):
             stopped=self.query("stopped"),
             budgets=budgets,
             budget_message=self.query("budget"),
-            may_change_budgets=viewer.admin,
+            may_change_budgets=viewer.may_change_budgets,
+            may_stop=lambda user, server: (user, server) in stoppable,
             live={
                 "url": self.context.prefix + "api/gpus",
                 "refresh_s": self.context.settings.refresh_interval,
@@ -328,23 +341,85 @@ async def gpu_list(context, viewer) -> list[dict]:
     )
 
 
-class StopServerHandler(PageHandler):
-    """``POST admin/stop`` (form fields ``user``, ``server``): stop a user's server.
+async def groups_of(context, user: str) -> list[str]:
+    """`user`'s groups from the hub (the meter's scope ``read:users:groups``).
 
-    Hub admins only. From the admin page it needs the page's XSRF token (a
-    cookie-authenticated POST without it is not authenticated at all); a
-    script uses a token instead. The service stops the server through the
-    hub's API with its own token (scope ``delete:servers``).
+    A user the hub does not know has none; a hub that cannot answer is a 503
+    that says what was asked.
+    """
+    try:
+        return await context.hub_api.user_groups(user)
+    except HTTPClientError as e:
+        if e.code == 404:
+            return []
+        reason = f"{e.code} {e.message}"
+    except OSError as e:
+        reason = str(e) or type(e).__name__
+    raise web.HTTPError(
+        503,
+        "%s",
+        f"cannot check a group-filtered delete:servers scope: the hub did not say which "
+        f"groups {user} is in ({reason}); try again, or use a token with delete:servers "
+        f"for {user} without a group filter",
+    )
+
+
+async def may_stop(context, viewer: Viewer, user: str, server: str) -> bool:
+    """:meth:`Viewer.may_stop`, asking the hub for `user`'s groups only when it matters."""
+    if viewer.may_stop(user, server):
+        return True
+    if not viewer.stop_groups:
+        return False
+    return viewer.may_stop(user, server, await groups_of(context, user))
+
+
+async def stoppable_servers(context, viewer: Viewer, running: dict) -> set[tuple[str, str]]:
+    """The (user, server) pairs of `running` (user -> sessions) that `viewer` may stop.
+
+    For the pages' stop buttons: a hub that cannot say a user's groups only
+    hides that user's buttons (logged); the page still shows.
+    """
+    if not viewer.may_stop_servers:
+        return set()
+    allowed = set()
+    for user, sessions in running.items():
+        servers = {session.server for session in sessions}
+        mine = {server for server in servers if viewer.may_stop(user, server)}
+        if mine != servers and viewer.stop_groups:
+            try:
+                groups = await groups_of(context, user)
+            except web.HTTPError as e:
+                log.warning("No stop buttons for %s: %s", user, e.log_message % e.args)
+                groups = []
+            mine = {server for server in servers if viewer.may_stop(user, server, groups)}
+        allowed |= {(user, server) for server in mine}
+    return allowed
+
+
+class StopServerHandler(PageHandler):
+    """``POST admin/stop`` (form fields ``user``, ``server``, ``back``): stop a user's server.
+
+    The caller's token needs ``delete:servers`` for that server
+    (:meth:`Viewer.may_stop`): hub admins with a full token, and users for
+    their own servers (the hub's default ``self`` scope includes
+    ``delete:servers!user=<them>``). From a page it needs the page's XSRF
+    token (a cookie-authenticated POST without it is not authenticated at
+    all), and goes back to the admin page, or to the user's usage page with
+    ``back=usage``; a script uses a token instead and gets JSON. The service
+    stops the server through the hub's API with its own token (scope
+    ``delete:servers``).
     """
 
     async def post(self):
         viewer = self.viewer
-        if not viewer.may_stop_servers:
-            raise web.HTTPError(403, "only hub admins may stop servers; %s is not one", viewer.name)
         user = self.get_body_argument("user", "").strip()
         server = self.get_body_argument("server", "").strip()
+        if not viewer.may_stop_servers:  # a read-only token learns nothing more
+            raise viewer.stop_refused(user, server)
         if not user:
             raise web.HTTPError(400, "say whose server to stop: form field 'user' (and 'server')")
+        if not await may_stop(self.context, viewer, user, server):
+            raise viewer.stop_refused(user, server)
         status = await self.context.hub_api.stop_server(user, server)
         # the hub: 202 stopping, 204 stopped (or it was not running)
         message = f"stopping {user}/{server}" if status == 202 else f"{user}/{server} is stopped"
@@ -355,7 +430,12 @@ class StopServerHandler(PageHandler):
             self.set_status(202 if status == 202 else 200)
             self.finish({"status": self.get_status(), "hub_status": status, "message": message})
             return
-        self.redirect(self.context.prefix + "admin?" + urlencode({"stopped": message}), status=303)
+        if self.get_body_argument("back", "admin") == "usage":
+            args = {"user": user if user != viewer.name else None, "stopped": message}
+            page = "?" + urlencode({k: v for k, v in args.items() if v is not None})
+        else:
+            page = "admin?" + urlencode({"stopped": message})
+        self.redirect(self.context.prefix + page, status=303)
 
 
 class BudgetFormHandler(PageHandler):
@@ -363,16 +443,14 @@ class BudgetFormHandler(PageHandler):
 
     Form fields: ``action`` (set, grant, remove), ``scope`` (user, group),
     ``name``, ``amount``, and for set ``unit``, ``period``, ``currency``, for
-    grant ``note``. Hub admins only, with the page's XSRF token. Recorded
-    with who and when, like the CLI and the API.
+    grant ``note``. The token needs the scope ``custom:gpu-meter:budgets``
+    (hub admins get it through ``setup_meter``); a browser needs the page's
+    XSRF token. Recorded with who and when, like the CLI and the API.
     """
 
     async def post(self):
         viewer = self.viewer
-        if not viewer.admin:
-            raise web.HTTPError(
-                403, "only hub admins may change budgets; %s is not one", viewer.name
-            )
+        viewer.check_change_budgets()
         field = self.get_body_argument
         action, scope, name = field("action", ""), field("scope", "user"), field("name", "").strip()
         if action not in ("set", "grant", "remove") or not name:
