@@ -28,6 +28,7 @@ from jupyter_gpu_meter.hubconfig import (
 )
 from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.auth import BUDGETS_SCOPE, READ_ALL_SCOPE, Viewer
+from jupyter_gpu_meter.service.reader import LiveState
 from tests.test_usage_web import (  # noqa: F401 (meter is a fixture)
     ACCESS,
     MODELS,
@@ -191,7 +192,12 @@ async def app(meter, monkeypatch):  # noqa: F811 (meter: the fixture imported ab
         access_scopes={ACCESS},
     )
     application = create_application(
-        meter, PREFIX, hub_auth=hub_auth, hub_api=hub_api, clock=lambda: NOW
+        meter,
+        PREFIX,
+        hub_auth=hub_auth,
+        hub_api=hub_api,
+        clock=lambda: NOW,
+        live=LiveState(meter.state, health=meter.health),
     )
     sock, port = bind_unused_port()
     server = HTTPServer(application)
