@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 import pytest
 from jupyterhub import orm
 from jupyterhub.scopes import expand_scopes, has_scope
-from tornado import web
 from tornado.httpclient import HTTPClientError
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
@@ -37,6 +36,7 @@ from tests.test_usage_web import (  # noqa: F401 (meter is a fixture)
     KnownTokens,
     body,
     fetch,
+    logged_in_browser,
     meter,
 )
 
@@ -304,15 +304,7 @@ async def test_a_hub_that_cannot_say_the_groups_is_a_503_and_hides_only_the_butt
 
 
 async def test_the_usage_pages_stop_form_goes_back_to_the_usage_page(app):
-    # a browser logged in through OAuth: the service's signed cookie holds ada's token
-    cookie = web.create_signed_value(
-        app.application.settings["cookie_secret"], app.hub_auth.cookie_name, "ada-self-token"
-    ).decode()
-    browser = {"Cookie": f"{app.hub_auth.cookie_name}={cookie}", "Sec-Fetch-Mode": "navigate"}
-    page = await fetch(app, "", headers=browser)
-    xsrf_cookie = re.search(r"_xsrf=([^;]+)", page.headers["Set-Cookie"]).group(1)
-    token = re.search(r'name="_xsrf" value="([^"]+)"', page.body.decode()).group(1)
-    browser["Cookie"] += f"; _xsrf={xsrf_cookie}"
+    browser, token = await logged_in_browser(app, "ada-self-token", "")
     form = {"user": "ada", "server": "train", "back": "usage", "_xsrf": token}
     response = await fetch(
         app, "admin/stop", method="POST", body=urlencode(form), headers=browser, ok=False

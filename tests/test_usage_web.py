@@ -63,10 +63,12 @@ MODELS = {
 
 
 class KnownTokens(HubOAuth):
-    """HubOAuth whose hub is a dict: token -> user model (no HTTP)."""
+    """HubOAuth whose hub is a dict: token -> user model (no HTTP); `models` names it."""
+
+    models = MODELS
 
     def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
-        model = MODELS.get(token)
+        model = self.models.get(token)
         model = json.loads(json.dumps(model)) if model else None  # a fresh copy, as from HTTP
 
         async def answer():
@@ -477,16 +479,23 @@ async def test_stop_needs_delete_servers_and_goes_through_the_hub_api(app):
     assert response.code == 202 and app.hub_api.stopped == [("ada", "train")]
 
 
-async def test_the_stop_form_works_with_the_pages_xsrf_token_and_not_without(app):
-    # a browser logged in through OAuth: the service's signed cookie holds the admin's token
+async def logged_in_browser(app, token: str, page: str) -> tuple[dict, str]:
+    """The headers of a browser logged in through the hub's OAuth as `token`'s owner
+    (the service's signed cookie holds the token) that has loaded `page`, and the
+    XSRF token of that page's forms."""
     cookie = web.create_signed_value(
-        app.application.settings["cookie_secret"], app.hub_auth.cookie_name, "admin-token"
+        app.application.settings["cookie_secret"], app.hub_auth.cookie_name, token
     ).decode()
     browser = {"Cookie": f"{app.hub_auth.cookie_name}={cookie}", "Sec-Fetch-Mode": "navigate"}
-    page = await fetch(app, "admin", headers=browser)
-    xsrf_cookie = re.search(r"_xsrf=([^;]+)", page.headers["Set-Cookie"]).group(1)
-    token = re.search(r'name="_xsrf" value="([^"]+)"', page.body.decode()).group(1)
+    loaded = await fetch(app, page, headers=browser)
+    xsrf_cookie = re.search(r"_xsrf=([^;]+)", loaded.headers["Set-Cookie"]).group(1)
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', loaded.body.decode()).group(1)
     browser["Cookie"] += f"; _xsrf={xsrf_cookie}"
+    return browser, xsrf
+
+
+async def test_the_stop_form_works_with_the_pages_xsrf_token_and_not_without(app):
+    browser, token = await logged_in_browser(app, "admin-token", "admin")
     form = {"user": "ada", "server": "train"}
 
     forged = await fetch(

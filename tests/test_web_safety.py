@@ -17,7 +17,6 @@ import jsonschema
 import pytest
 import sqlalchemy as sa
 import yaml
-from jupyterhub.services.auth import HubOAuth
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
@@ -32,7 +31,17 @@ from jupyter_gpu_meter.service.logs import scrub_secrets
 from jupyter_gpu_meter.service.reader import LiveState
 from jupyter_gpu_meter.service.state import MeterState, error_summary
 from jupyter_gpu_meter.sessions import ManagedContainer
-from tests.test_usage_web import ACCESS, H100, NOW, PREFIX, FakeHubAPI, add_session, body, fetch
+from tests.test_usage_web import (
+    ACCESS,
+    H100,
+    NOW,
+    PREFIX,
+    FakeHubAPI,
+    KnownTokens,
+    add_session,
+    body,
+    fetch,
+)
 
 USERS = {
     "ada-token": {"kind": "user", "name": "ada", "scopes": [ACCESS]},
@@ -51,17 +60,10 @@ USERS = {
 }
 
 
-class Tokens(HubOAuth):
-    """HubOAuth whose hub is the dict above: token -> user model (no HTTP)."""
+class Tokens(KnownTokens):
+    """KnownTokens whose hub is the dict above."""
 
-    def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
-        model = USERS.get(token)
-        model = json.loads(json.dumps(model)) if model else None  # a fresh copy, as from HTTP
-
-        async def answer():
-            return model
-
-        return model if sync else answer()
+    models = USERS
 
 
 def hub_auth(**extra):
