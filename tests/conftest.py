@@ -1,8 +1,17 @@
 import os
 
 import pytest
+from hypothesis import settings
 
 pytest_plugins = ["tests.fakenvml.plugin"]
+
+# Property and fuzz tests (hypothesis, schemathesis) try the same examples on
+# every run, so a red run means the code changed, never the dice: a flaky CI
+# run is worse than a narrower one. To explore further by hand:
+#   HYPOTHESIS_PROFILE=explore scripts/test tests/test_api_fuzz.py
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # Set by scripts/test (and so in CI): a missing Docker engine or image fails the
 # run instead of skipping the end-to-end tests.
