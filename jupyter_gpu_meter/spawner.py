@@ -44,8 +44,9 @@ from .usage import spawn_prices
 
 #: container states in which a container holds its GPUs
 HOLDING_STATES = ("running", "paused", "restarting")
-#: how held_gpus names the holder of a GPU that another hub's server holds
-OTHER_HUB = "hub:"
+#: how held_gpus names the holder of a GPU that another hub's server holds:
+#: "/hub/<id>/<user>/<server>" (a user name never holds "/", so no local owner starts so)
+OTHER_HUB = "/hub/"
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -290,7 +291,8 @@ class GPUDockerSpawner(DockerSpawner):
         return _allocators[key]
 
     async def held_gpus(self) -> dict[str, str]:
-        """GPU UUID -> "user/server" for every GPU held now, from Docker's labels."""
+        """GPU UUID -> "user/server" for every GPU held now, from Docker's labels;
+        "/hub/<id>/user/server" where another hub's server on this engine holds it."""
         containers = await self.docker("containers", all=True, filters={"label": labels.MANAGED})
         held = {}
         for container in containers:
@@ -300,7 +302,7 @@ class GPUDockerSpawner(DockerSpawner):
             owner = f"{found.get(labels.USER, '?')}/{found.get(labels.SERVER, '')}"
             if not labels.of_hub(found, self.hub_id):
                 # another hub's server on this engine: its GPUs are taken all the same
-                owner = f"{OTHER_HUB}{found.get(labels.HUB)}:{owner}"
+                owner = f"{OTHER_HUB}{found.get(labels.HUB)}/{owner}"
             for uuid in labels.gpus_from_labels(found):
                 held[uuid] = owner
         held.update(self._allocator().reserved)
@@ -346,7 +348,7 @@ class GPUDockerSpawner(DockerSpawner):
                     1
                     for owner in held.values()
                     if owner.split("/", 1)[0] == self.user.name and owner != self._owner
-                )  # another hub's servers read "hub:<id>:user/server": not counted
+                )
                 if mine + choice.gpus > self.max_gpus_per_user:
                     raise spawn_error(
                         400,
