@@ -122,14 +122,7 @@ def base_url(tmp_path_factory):
         health=meter.health,
         inventory_source=SimpleNamespace(discover=lambda: SimpleNamespace(gpus=())),
     )
-    hub_auth = Tokens(
-        api_token="service-token",
-        oauth_client_id="service-gpu-meter",
-        api_url="http://127.0.0.1:9/hub/api",
-        hub_prefix="/hub/",
-        base_url=PREFIX,
-        access_scopes={ACCESS},
-    )
+    hub_auth = Tokens.for_tests(access_scopes={ACCESS})
     loop = asyncio.new_event_loop()
     sock, port = bind_unused_port()
     ready = threading.Event()

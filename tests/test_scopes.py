@@ -183,14 +183,7 @@ async def app(meter, monkeypatch):  # noqa: F811 (meter: the fixture imported ab
     for token, model in TOKEN_MODELS.items():
         monkeypatch.setitem(MODELS, token, model)
     hub_api = HubAPI()
-    hub_auth = KnownTokens(
-        api_token="service-token",
-        oauth_client_id="service-gpu-meter",
-        api_url="http://127.0.0.1:9/hub/api",
-        hub_prefix="/hub/",
-        base_url=PREFIX,
-        access_scopes={ACCESS},
-    )
+    hub_auth = KnownTokens.for_tests(access_scopes={ACCESS})
     application = create_application(
         meter,
         PREFIX,

@@ -67,6 +67,18 @@ class KnownTokens(HubOAuth):
 
     models = MODELS
 
+    @classmethod
+    def for_tests(cls, **extra):
+        """One set up as the service's HubOAuth under the hub (`extra`: access_scopes...)."""
+        return cls(
+            api_token="service-token",
+            oauth_client_id="service-gpu-meter",
+            api_url="http://127.0.0.1:9/hub/api",
+            hub_prefix="/hub/",
+            base_url=PREFIX,
+            **extra,
+        )
+
     def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
         model = self.models.get(token)
         model = json.loads(json.dumps(model)) if model else None  # a fresh copy, as from HTTP
@@ -154,14 +166,7 @@ async def meter(tmp_path):
 @pytest.fixture
 async def app(meter):
     hub_api = FakeHubAPI()
-    hub_auth = KnownTokens(
-        api_token="service-token",
-        oauth_client_id="service-gpu-meter",
-        api_url="http://127.0.0.1:9/hub/api",
-        hub_prefix="/hub/",
-        base_url=PREFIX,
-        access_scopes={ACCESS},
-    )
+    hub_auth = KnownTokens.for_tests(access_scopes={ACCESS})
     live = LiveState(meter.state, health=meter.health)
     application = create_application(
         meter, PREFIX, hub_auth=hub_auth, hub_api=hub_api, clock=lambda: NOW, live=live

@@ -66,17 +66,6 @@ class Tokens(KnownTokens):
     models = USERS
 
 
-def hub_auth(**extra):
-    return Tokens(
-        api_token="service-token",
-        oauth_client_id="service-gpu-meter",
-        api_url="http://127.0.0.1:9/hub/api",
-        hub_prefix="/hub/",
-        base_url=PREFIX,
-        **extra,
-    )
-
-
 def ledger_url(kind, tmp_path, request):
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/ledger.sqlite"
@@ -131,7 +120,7 @@ async def serve(meter, auth):
 
 @pytest.fixture
 async def app(meter):
-    server, app = await serve(meter, hub_auth(access_scopes={ACCESS}))
+    server, app = await serve(meter, Tokens.for_tests(access_scopes={ACCESS}))
     yield app
     server.stop()
 
@@ -255,7 +244,7 @@ async def test_without_the_hubs_environment_a_token_needs_the_access_scope(meter
         "JUPYTERHUB_OAUTH_SCOPES",
     ):
         monkeypatch.delenv(name, raising=False)
-    auth = hub_auth()  # access_scopes from the environment: none
+    auth = Tokens.for_tests()  # access_scopes from the environment: none
     assert auth.access_scopes == set()
     server, app = await serve(meter, auth)
     try:
@@ -270,7 +259,7 @@ async def test_without_the_hubs_environment_a_token_needs_the_access_scope(meter
 
 async def test_the_access_scope_names_the_service_the_hub_says_we_are(meter, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "gpu-meter-staging")
-    server, app = await serve(meter, hub_auth(access_scopes=set()))
+    server, app = await serve(meter, Tokens.for_tests(access_scopes=set()))
     try:
         response = await fetch(app, "api/usage", "ada-token", ok=False)
         assert response.code == 403
