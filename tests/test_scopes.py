@@ -8,15 +8,12 @@ real hub and its OAuth: test_e2e_scopes.py.
 
 import json
 import re
-from types import SimpleNamespace
 from urllib.parse import urlencode
 
 import pytest
 from jupyterhub import orm
 from jupyterhub.scopes import expand_scopes, has_scope
 from tornado.httpclient import HTTPClientError
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
 from jupyter_gpu_meter.hubconfig import (
     BUDGETS_ROLE,
@@ -25,9 +22,7 @@ from jupyter_gpu_meter.hubconfig import (
     meter_role,
     setup_meter,
 )
-from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.auth import BUDGETS_SCOPE, READ_ALL_SCOPE, Viewer
-from jupyter_gpu_meter.service.reader import LiveState
 from tests.test_usage_web import (  # noqa: F401 (meter is a fixture)
     ACCESS,
     MODELS,
@@ -38,6 +33,7 @@ from tests.test_usage_web import (  # noqa: F401 (meter is a fixture)
     fetch,
     logged_in_browser,
     meter,
+    serve_app,
 )
 
 # --- the check itself, against the hub's --------------------------------------------------
@@ -182,25 +178,8 @@ class HubAPI:
 async def app(meter, monkeypatch):  # noqa: F811 (meter: the fixture imported above)
     for token, model in TOKEN_MODELS.items():
         monkeypatch.setitem(MODELS, token, model)
-    hub_api = HubAPI()
-    hub_auth = KnownTokens.for_tests(access_scopes={ACCESS})
-    application = create_application(
-        meter,
-        PREFIX,
-        hub_auth=hub_auth,
-        hub_api=hub_api,
-        clock=lambda: NOW,
-        live=LiveState(meter.state, health=meter.health),
-    )
-    sock, port = bind_unused_port()
-    server = HTTPServer(application)
-    server.add_sockets([sock])
-    yield SimpleNamespace(
-        url=f"http://127.0.0.1:{port}{PREFIX}",
-        hub_api=hub_api,
-        hub_auth=hub_auth,
-        application=application,
-    )
+    server, app = serve_app(meter, hub_api=HubAPI())
+    yield app
     server.stop()
 
 

@@ -163,10 +163,14 @@ async def meter(tmp_path):
     ledger.close()
 
 
-@pytest.fixture
-async def app(meter):
-    hub_api = FakeHubAPI()
-    hub_auth = KnownTokens.for_tests(access_scopes={ACCESS})
+def serve_app(meter, *, hub_auth=None, hub_api=None):
+    """The real web app of `meter` on a free port, at NOW: (its server, what tests use).
+
+    `hub_auth` answers "whose token is this?" (default: :data:`MODELS`, with the
+    access scope), `hub_api` takes the stops (default: a :class:`FakeHubAPI`).
+    """
+    hub_api = hub_api or FakeHubAPI()
+    hub_auth = hub_auth or KnownTokens.for_tests(access_scopes={ACCESS})
     live = LiveState(meter.state, health=meter.health)
     application = create_application(
         meter, PREFIX, hub_auth=hub_auth, hub_api=hub_api, clock=lambda: NOW, live=live
@@ -174,13 +178,19 @@ async def app(meter):
     sock, port = bind_unused_port()
     server = HTTPServer(application)
     server.add_sockets([sock])
-    yield SimpleNamespace(
+    return server, SimpleNamespace(
         url=f"http://127.0.0.1:{port}{PREFIX}",
         hub_api=hub_api,
         hub_auth=hub_auth,
         meter=meter,
         application=application,
     )
+
+
+@pytest.fixture
+async def app(meter):
+    server, app = serve_app(meter)
+    yield app
     server.stop()
 
 

@@ -17,30 +17,25 @@ import jsonschema
 import pytest
 import sqlalchemy as sa
 import yaml
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
 from jupyter_gpu_meter.ledger import Ledger, WriteBuffer
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.sampler import GPUReading, Tick
-from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.api import OPENAPI
 from jupyter_gpu_meter.service.app import MeterService
 from jupyter_gpu_meter.service.auth import READ_ALL_SCOPE
 from jupyter_gpu_meter.service.logs import scrub_secrets
-from jupyter_gpu_meter.service.reader import LiveState
 from jupyter_gpu_meter.service.state import MeterState, error_summary
 from jupyter_gpu_meter.sessions import ManagedContainer
 from tests.test_usage_web import (
     ACCESS,
     H100,
     NOW,
-    PREFIX,
-    FakeHubAPI,
     KnownTokens,
     add_session,
     body,
     fetch,
+    serve_app,
 )
 
 USERS = {
@@ -103,24 +98,9 @@ def meter(request, tmp_path):
     ledger.close()
 
 
-async def serve(meter, auth):
-    application = create_application(
-        meter,
-        PREFIX,
-        hub_auth=auth,
-        hub_api=FakeHubAPI(),
-        clock=lambda: NOW,
-        live=LiveState(meter.state, health=meter.health),
-    )
-    sock, port = bind_unused_port()
-    server = HTTPServer(application)
-    server.add_sockets([sock])
-    return server, SimpleNamespace(url=f"http://127.0.0.1:{port}{PREFIX}", meter=meter)
-
-
 @pytest.fixture
 async def app(meter):
-    server, app = await serve(meter, Tokens.for_tests(access_scopes={ACCESS}))
+    server, app = serve_app(meter, hub_auth=Tokens.for_tests(access_scopes={ACCESS}))
     yield app
     server.stop()
 
@@ -246,7 +226,7 @@ async def test_without_the_hubs_environment_a_token_needs_the_access_scope(meter
         monkeypatch.delenv(name, raising=False)
     auth = Tokens.for_tests()  # access_scopes from the environment: none
     assert auth.access_scopes == set()
-    server, app = await serve(meter, auth)
+    server, app = serve_app(meter, hub_auth=auth)
     try:
         for path in ("api/usage", "api/gpus", "api/export.csv", ""):
             response = await fetch(app, path, "outsider-token", ok=False)
@@ -259,7 +239,7 @@ async def test_without_the_hubs_environment_a_token_needs_the_access_scope(meter
 
 async def test_the_access_scope_names_the_service_the_hub_says_we_are(meter, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "gpu-meter-staging")
-    server, app = await serve(meter, Tokens.for_tests(access_scopes=set()))
+    server, app = serve_app(meter, hub_auth=Tokens.for_tests(access_scopes=set()))
     try:
         response = await fetch(app, "api/usage", "ada-token", ok=False)
         assert response.code == 403
