@@ -42,6 +42,7 @@ copy): callers run it off the event loop. Naming and label checks are pure.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -54,6 +55,8 @@ import docker.errors
 
 from . import homes, labels
 from .clock import as_utc, utcnow
+
+log = logging.getLogger(__name__)
 
 #: on a snapshot: its id (unique among its user's snapshots), e.g. "20261130-060102-a1b2c3"
 SNAPSHOT_ID = labels.PREFIX + "snapshot-id"
@@ -543,8 +546,8 @@ def restore_snapshot(
         # before the commit: the copy goes, the home stays; after it: the swap is finished
         try:
             finish_interrupted_restore(api, home, helper_image=helper_image)
-        except Exception:
-            pass  # the marker stays: the next operation or start finishes it
+        except Exception:  # the marker stays: the next operation or start finishes it
+            log.exception("Finishing the interrupted restore of %s failed", home)
         raise
     _remove_volume_quietly(api, marker)
 
