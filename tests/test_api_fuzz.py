@@ -6,11 +6,13 @@ promises (so the document's formats and limits, e.g. the export's
 Content-Disposition and health's error classes, are checked too). Input
 that fits the document and input that does not are both generated; the
 callers include users whose names are not ASCII or are hostile. The real web
-app runs on a real SQLite ledger; only the hub's answer to "whose token is
-this?" is injected, as in test_usage_web.py.
+app runs on a real SQLite ledger and the real Docker engine (snapshots of
+the admin's home); only the hub's answer to "whose token is this?" is
+injected, as in test_usage_web.py.
 """
 
 import asyncio
+import secrets
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,11 +32,14 @@ from schemathesis.checks import (
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
+from jupyter_gpu_meter import homes
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.service import create_application
+from jupyter_gpu_meter.service.home_api import HomeService
 from jupyter_gpu_meter.service.reader import LiveState
 from jupyter_gpu_meter.service.state import MeterState
+from tests.hub import IMAGE
 from tests.test_usage_web import (
     ACCESS,
     HOSTILE,
@@ -96,7 +101,25 @@ class Tokens(KnownTokens):
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory):
+def home_service(docker_client):
+    """Homes and snapshots on the real Docker engine, under a unique name; admin has a home."""
+    api = docker_client.api
+    prefix = f"jgm-fuzz-{secrets.token_hex(4)}"
+    settings = homes.HomeVolumes(name_template=prefix + "-{username}", helper_image=IMAGE)
+    service = HomeService(api, settings, "hub-fuzz")
+    home = service.home_of("admin")
+    homes.ensure_home(
+        api, home, user="admin", hub_id="hub-fuzz", owner="1000:100", helper_image=IMAGE
+    )
+    yield service
+    service.executor.shutdown(wait=True)
+    for volume in api.volumes().get("Volumes") or []:
+        if volume["Name"].startswith(prefix):
+            api.remove_volume(volume["Name"], force=True)
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory, home_service):
     path = tmp_path_factory.mktemp("fuzz") / "ledger.sqlite"
     ledger = Ledger(f"sqlite:///{path}")
     ledger.upgrade()
@@ -130,7 +153,13 @@ def base_url(tmp_path_factory):
     def serve():
         asyncio.set_event_loop(loop)
         application = create_application(
-            meter, PREFIX, hub_auth=hub_auth, hub_api=FakeHubAPI(), clock=lambda: NOW, live=live
+            meter,
+            PREFIX,
+            hub_auth=hub_auth,
+            hub_api=FakeHubAPI(),
+            clock=lambda: NOW,
+            live=live,
+            homes=home_service,
         )
         HTTPServer(application).add_sockets([sock])
         loop.call_soon(ready.set)

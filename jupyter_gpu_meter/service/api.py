@@ -168,5 +168,5 @@ class NotFoundAPIHandler(JSONHandler):
         raise web.HTTPError(
             404,
             "no such API: use api/usage, api/users, api/gpus, api/export.csv, api/budgets, "
-            "api/health or api/openapi.yaml",
+            "api/snapshots, api/homes, api/health or api/openapi.yaml",
         )

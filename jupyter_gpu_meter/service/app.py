@@ -59,7 +59,8 @@ def create_application(meter: MeterService, prefix: str, **pieces) -> web.Applic
     (:mod:`jupyter_gpu_meter.service.web`). `pieces` replace parts of the
     running meter in tests: ``hub_auth``, ``hub_api``, ``reader``, ``clock``, ``live``
     (a :class:`~jupyter_gpu_meter.service.reader.LiveState` on a real
-    :class:`~jupyter_gpu_meter.service.state.MeterState`).
+    :class:`~jupyter_gpu_meter.service.state.MeterState`), ``homes`` (a
+    :class:`~jupyter_gpu_meter.service.home_api.HomeService`).
     """
     from .web import app_settings, make_context, routes
 

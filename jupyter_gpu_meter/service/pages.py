@@ -238,6 +238,9 @@ class UserPageHandler(PageHandler):
             return "?" + urlencode({k: v for k, v in args.items() if v not in (None, "")})
 
         history = view.history
+        from .home_api import home_section  # (it builds on this module's handlers)
+
+        home = await home_section(self.context, viewer, subject)
         stoppable = await stoppable_servers(
             self.context, viewer, {subject: [item.session for item in view.running]}
         )
@@ -251,6 +254,8 @@ class UserPageHandler(PageHandler):
             chart=bar_chart_svg(view.daily),
             sparkline=lambda item: sparkline_svg(item.utilization),
             live=live,
+            home=home,
+            snapshots_message=self.query("snapshots"),
             since_text=self.query("since") or "",
             until_text=self.query("until") or "",
             previous_url=page_url(max(history.offset - history.limit, 0))
@@ -286,6 +291,9 @@ class AdminPageHandler(PageHandler):
         gpus = await gpu_list(self.context, viewer)
         budgets = await reader.call(reader.ledger.budgets)
         stoppable = await stoppable_servers(self.context, viewer, view.running)
+        from .home_api import homes_section  # (it builds on this module's handlers)
+
+        homes = await homes_section(self.context, viewer)
         range_args = {"since": since_text, "until": until_text}
 
         def url(**changes):
@@ -320,6 +328,8 @@ class AdminPageHandler(PageHandler):
             budget_message=self.query("budget"),
             may_change_budgets=viewer.may_change_budgets,
             may_stop=lambda user, server: (user, server) in stoppable,
+            homes=homes,
+            homes_message=self.query("homes"),
             live={
                 "url": self.context.prefix + "api/gpus",
                 "refresh_s": self.context.settings.refresh_interval,

@@ -26,6 +26,7 @@ from .api import (
     UsersAPIHandler,
 )
 from .budget_api import budget_routes
+from .home_api import HomeService, home_routes
 from .hubapi import HubAPI
 from .metrics import MetricsHandler
 from .pages import (
@@ -56,6 +57,8 @@ class WebContext:
     #: the hub's base URL, e.g. /
     base_url: str
     service_name: str = "gpu-meter"
+    #: homes and snapshots (Docker); None where the meter has no Docker engine
+    homes: HomeService | None = None
 
 
 def _hub_config(meter, name: str, default):
@@ -76,6 +79,7 @@ def make_context(
     reader: UsageReader | None = None,
     clock=None,
     live: LiveState | None = None,
+    homes: HomeService | None = None,
 ) -> WebContext:
     """The web app's shared state, from the running meter (its ledger, pricing, config,
     and its :class:`~jupyter_gpu_meter.service.state.MeterState` through `live`)."""
@@ -108,6 +112,7 @@ def make_context(
         hub_prefix=hub_prefix,
         base_url=base_url,
         service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME") or "gpu-meter",
+        homes=homes or HomeService.from_meter(meter),
     )
 
 
@@ -133,6 +138,7 @@ def routes(context: WebContext) -> list:
         (prefix + "api/gpus", GPUsAPIHandler, args),
         (prefix + "api/export.csv", ExportHandler, args),
         *budget_routes(prefix, args),
+        *home_routes(prefix, args),
         (prefix + "api/openapi.yaml", OpenAPIHandler),
         (prefix + "api/.*", NotFoundAPIHandler),
         (prefix + "metrics", MetricsHandler, args),
