@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: keys a profile in ``profile_list`` may have
 PROFILE_KEYS = (
@@ -19,7 +19,9 @@ PROFILE_KEYS = (
     "image",
 )
 #: keys ``user_options`` may have
-OPTION_KEYS = ("gpus", "gpu_model", "profile")
+OPTION_KEYS = ("gpus", "gpu_model", "profile", "snapshot")
+#: the longest snapshot id ``user_options`` may name
+MAX_SNAPSHOT_ID = 64
 
 
 class ChoiceError(ValueError):
@@ -49,6 +51,8 @@ class Choice:
     cpu_limit: float | None = None
     mem_limit: str | int | None = None
     image: str | None = None
+    #: the id of one of the user's snapshots to restore into the home first ("" for none)
+    snapshot: str = ""
 
 
 def slugify(text: str) -> str:
@@ -114,6 +118,23 @@ def resolve_choice(
             f"unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
             f"allowed: {', '.join(OPTION_KEYS)}"
         )
+    snapshot = _snapshot_id(options.pop("snapshot", ""))
+    choice = _resolve(options, profiles, models, default_gpus, max_gpus)
+    return replace(choice, snapshot=snapshot) if snapshot else choice
+
+
+def _snapshot_id(value) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value.strip()) > MAX_SNAPSHOT_ID:
+        raise ChoiceError(
+            f"'snapshot' is the id of one of your snapshots (text, at most {MAX_SNAPSHOT_ID} "
+            f"characters), e.g. '20261130-060102-a1b2c3'; got {str(value)[:40]!r}"
+        )
+    return value.strip()
+
+
+def _resolve(options, profiles, models, default_gpus, max_gpus) -> Choice:
     limit = max(models.values(), default=0)
     if max_gpus is not None:
         limit = min(limit, max_gpus)

@@ -495,16 +495,16 @@ def restore_snapshot(
     """Replace the home's content with the snapshot's, all or nothing (see the module's notes).
 
     :class:`HomeInUse` while a server (or another operation) mounts the home;
-    :class:`~homes.HelperFailed` if the copy fails, the home then unchanged.
-    A missing home is made (labelled) first.
+    :class:`~homes.HelperFailed` if the copy fails, the home then unchanged;
+    :class:`NoHome` without a home volume (the spawner makes it first).
     """
     info = _volume_exists(api, home)
     if info is None:
-        api.create_volume(
-            name=home, labels=homes.volume_labels(homes.HOME, user=user, hub_id=hub_id)
+        raise NoHome(
+            f"{user} has no home volume {home}: start a server from the snapshot instead "
+            "(the home is made first), or start and stop one, then restore"
         )
-    else:
-        homes.check_owner(homes.Volume.from_docker(info), user=user, hub_id=hub_id)
+    homes.check_owner(homes.Volume.from_docker(info), user=user, hub_id=hub_id)
     if snapshot.user != user:
         raise SnapshotNotFound(f"snapshot {snapshot.id} is not {user}'s")
     finish_interrupted_restore(api, home, helper_image=helper_image)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from tornado import web
 from traitlets import Bool, Dict, Int, List, Set, Unicode, default, validate
 
-from . import labels
+from . import labels, snapshots
 from .allocation import NoFreeGPUs, choose_gpus
 from .budgets import affordable_seconds, hourly_usage
 from .choice import Choice, ChoiceError, parse_profiles, resolve_choice
@@ -323,6 +323,62 @@ class GPUDockerSpawner(DockerSpawner):
             self.log.info("Made the home volume %s of %s", name, self.user.name)
         return name
 
+    async def _restore_home(self, snapshot_id: str = ""):
+        """Finish an interrupted restore of the home; then restore `snapshot_id`, if asked.
+
+        (:mod:`jupyter_gpu_meter.snapshots`; the copy runs in the executor.)
+        """
+        if not self.home_volume:
+            if snapshot_id:
+                raise spawn_error(400, "starting from a snapshot needs persistent homes: off here")
+            return
+        try:
+            await asyncio.wrap_future(
+                self.executor.submit(self._restore_home_blocking, snapshot_id)
+            )
+        except snapshots.SnapshotNotFound as e:
+            raise spawn_error(400, str(e)) from None
+        except snapshots.HomeInUse as e:
+            raise spawn_error(409, f"cannot start from snapshot {snapshot_id}: {e}") from None
+        except HomeBusy:
+            raise spawn_error(
+                409, "a restore of your home is in progress: start again when it is done"
+            ) from None
+        except HomeError as e:
+            self.log.error("Restoring the home of %s: %s", self._owner, e)
+            raise spawn_error(500, f"your home cannot be restored: {e}") from None
+
+    def _restore_home_blocking(self, snapshot_id: str):
+        api, image = self.client, self.home_volumes.helper_image
+        snapshots.finish_interrupted_restore(api, self.home_volume, helper_image=image)
+        if snapshot_id:
+            found = snapshots.find_snapshot(
+                api, snapshot_id, hub_id=self.hub_id, user=self.user.name
+            )
+            self.log.info("Restoring snapshot %s into %s", found.volume, self.home_volume)
+            snapshots.restore_snapshot(
+                api,
+                found,
+                self.home_volume,
+                user=self.user.name,
+                hub_id=self.hub_id,
+                helper_image=image,
+            )
+
+    async def _snapshot_choices(self) -> list:
+        """The user's snapshots for the spawn form's "Start from" ([] when none or unknown)."""
+        if not self.home_volumes.enabled:
+            return []
+        try:
+            return await asyncio.wrap_future(
+                self.executor.submit(
+                    snapshots.list_snapshots, self.client, hub_id=self.hub_id, user=self.user.name
+                )
+            )
+        except Exception:
+            self.log.exception("Listing the snapshots of %s failed", self.user.name)
+            return []
+
     @property
     def volume_binds(self):
         binds = super().volume_binds
@@ -516,6 +572,7 @@ class GPUDockerSpawner(DockerSpawner):
         if choice.gpus:
             await self._check_driver(inventory)
         self.home_volume = await self._prepare_home()
+        await self._restore_home(choice.snapshot)
         gpus = await self._allocate(choice, inventory)
         try:
             self.gpu_uuids = [gpu.uuid for gpu in gpus]
@@ -728,6 +785,7 @@ class GPUDockerSpawner(DockerSpawner):
                 self.max_gpus_per_user if self.max_gpus_per_user is not None else 1 << 30,
             ),
             default_gpus=self.default_gpus,
+            snapshots=await self._snapshot_choices(),
         )
 
     @staticmethod
@@ -736,10 +794,13 @@ class GPUDockerSpawner(DockerSpawner):
             return (formdata.get(key) or [""])[0].strip()
 
         if first("profile"):
-            return {"profile": first("profile")}
-        options = {"gpus": first("gpus")}
-        if first("gpu_model"):
-            options["gpu_model"] = first("gpu_model")
+            options = {"profile": first("profile")}
+        else:
+            options = {"gpus": first("gpus")}
+            if first("gpu_model"):
+                options["gpu_model"] = first("gpu_model")
+        if first("snapshot"):
+            options["snapshot"] = first("snapshot")
         return options
 
 

@@ -109,7 +109,13 @@ def home_service(docker_client):
     service = HomeService(api, settings, "hub-fuzz")
     home = service.home_of("admin")
     homes.ensure_home(
-        api, home, user="admin", hub_id="hub-fuzz", owner="1000:100", helper_image=IMAGE
+        api,
+        home,
+        user="admin",
+        hub_id="hub-fuzz",
+        owner="1000:100",
+        image=IMAGE,
+        mount_path="/home/jovyan",
     )
     yield service
     service.executor.shutdown(wait=True)

@@ -91,7 +91,13 @@ def service(docker_client, prefix):
 def ada_home(service):
     home = service.home_of("ada")
     homes.ensure_home(
-        service.api, home, user="ada", hub_id=HUB, owner="1000:100", helper_image=IMAGE
+        service.api,
+        home,
+        user="ada",
+        hub_id=HUB,
+        owner="1000:100",
+        image=IMAGE,
+        mount_path="/home/jovyan",
     )
     run(service.api, home, POPULATE)
     return home

@@ -82,10 +82,16 @@ def names(api):
             api.remove_volume(volume["Name"], force=True)
 
 
+def make_home(api, name):
+    homes.ensure_home(
+        api, name, user="ada", hub_id=HUB, owner=OWNER, image=IMAGE, mount_path="/home/jovyan"
+    )
+
+
 @pytest.fixture
 def home(api, names):
     name = f"{names}-home-ada"
-    homes.ensure_home(api, name, user="ada", hub_id=HUB, owner=OWNER, helper_image=IMAGE)
+    make_home(api, name)
     run(api, name, POPULATE)
     return name
 
@@ -157,6 +163,36 @@ def test_bad_labels_say_what_is_allowed(label, message):
     with pytest.raises(ValueError, match="snapshot label") as caught:
         snapshots.check_label(label)
     assert message in str(caught.value)
+
+
+def test_user_options_may_name_a_snapshot_beside_any_choice():
+    from jupyter_gpu_meter.choice import ChoiceError, Profile, resolve_choice
+
+    profiles = (Profile("cpu", "CPU", default=True), Profile("one", "1 GPU", gpus=1))
+    models = {"H100": 2}
+
+    def resolve(options):
+        return resolve_choice(options, profiles=profiles, models=models)
+
+    assert resolve({"snapshot": "20261130-060102-a1b2c3"}).snapshot == "20261130-060102-a1b2c3"
+    assert resolve({"snapshot": "20261130-060102-a1b2c3"}).profile == "cpu"
+    chosen = resolve({"profile": "one", "snapshot": " 20261130-060102-a1b2c3 "})
+    assert (chosen.profile, chosen.gpus, chosen.snapshot) == ("one", 1, "20261130-060102-a1b2c3")
+    assert resolve({"gpus": 2, "snapshot": ""}).snapshot == ""
+    for bad in (3, ["x"], "x" * 65):
+        with pytest.raises(ChoiceError, match="'snapshot' is the id of one of your snapshots"):
+            resolve({"snapshot": bad})
+
+
+def test_the_spawn_form_passes_the_snapshot_on():
+    from jupyter_gpu_meter.spawner import GPUDockerSpawner
+
+    form = GPUDockerSpawner._options_from_form
+    assert form({"profile": ["one"], "snapshot": ["20261130-060102-a1b2c3"]}) == {
+        "profile": "one",
+        "snapshot": "20261130-060102-a1b2c3",
+    }
+    assert form({"gpus": ["1"], "snapshot": [""]}) == {"gpus": "1"}
 
 
 # --- against Docker ------------------------------------------------------------------------
@@ -369,7 +405,10 @@ def test_admins_remove_a_home_but_not_while_it_is_in_use(api, home, names):
     assert [s.id for s in snapshots.list_snapshots(api, hub_id=HUB, user="ada")] == [snapshot.id]
     with pytest.raises(snapshots.NoHome):
         snapshots.remove_home(api, "ada", hub_id=HUB)
+    with pytest.raises(snapshots.NoHome, match="start a server from the snapshot instead"):
+        restore(api, snapshot, home)
     # the snapshot brings it back into a new home
+    make_home(api, home)
     restore(api, snapshot, home)
     assert "work.txt" in run(api, home, "ls /home-volume")
     removed = snapshots.remove_home(api, "ada", hub_id=HUB, with_snapshots=True)
