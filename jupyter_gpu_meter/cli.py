@@ -4,6 +4,7 @@ jupyter-gpu-meter [--config jupyterhub_config.py]      run the service
 jupyter-gpu-meter report [--user U] [--since DATE] [--until DATE] [--format table|csv|json]
 jupyter-gpu-meter upgrade-db [--db-url URL]
 jupyter-gpu-meter budget set|grant|remove|show|history ...
+jupyter-gpu-meter homes list|remove ...; snapshots list|take|restore|delete ... (homes_cli)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from traitlets.config import Application
 
 from . import budgets
 from .clock import as_utc, utcnow
+from .homes_cli import HomesCommand, SnapshotsCommand
 from .ledger import DEFAULT_URL, Ledger, LedgerSchemaError
 from .pricing import round_money
 from .report import usage_by_user
@@ -569,6 +571,8 @@ MeterService.subcommands = {
     "report": (ReportCommand, ReportCommand.__doc__),
     "upgrade-db": (UpgradeDBCommand, UpgradeDBCommand.__doc__),
     "budget": (BudgetCommand, BudgetCommand.__doc__),
+    "homes": (HomesCommand, HomesCommand.__doc__),
+    "snapshots": (SnapshotsCommand, SnapshotsCommand.__doc__),
 }
 
 
