@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import docker.errors
 import jinja2
+import sqlalchemy
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import random_port
@@ -347,6 +348,8 @@ class GPUDockerSpawner(DockerSpawner):
         except HomeError as e:
             self.log.error("Restoring the home of %s: %s", self._owner, e)
             raise spawn_error(500, f"your home cannot be restored: {e}") from None
+        if snapshot_id:
+            self._forget_snapshot_option()
 
     def _restore_home_blocking(self, snapshot_id: str):
         api, image = self.client, self.home_volumes.helper_image
@@ -364,6 +367,21 @@ class GPUDockerSpawner(DockerSpawner):
                 hub_id=self.hub_id,
                 helper_image=image,
             )
+
+    def _forget_snapshot_option(self):
+        """Restore a snapshot once: the hub keeps ``user_options`` for the next start
+        without options (an API call with no body, the admin panel's Start), which
+        must not restore the snapshot again over the work done since."""
+        self.user_options = {k: v for k, v in (self.user_options or {}).items() if k != "snapshot"}
+        orm_spawner = self.orm_spawner
+        if orm_spawner is None or "snapshot" not in (orm_spawner.user_options or {}):
+            return
+        orm_spawner.user_options = {
+            k: v for k, v in orm_spawner.user_options.items() if k != "snapshot"
+        }
+        db = self.db or sqlalchemy.inspect(orm_spawner).session
+        if db is not None:
+            db.commit()
 
     async def _snapshot_choices(self) -> list:
         """The user's snapshots for the spawn form's "Start from" ([] when none or unknown)."""

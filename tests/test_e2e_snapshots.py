@@ -54,6 +54,12 @@ def test_a_snapshot_taken_through_the_meter_brings_the_files_back(make_hub, dock
     started = hub.start_server("ada", {"gpus": 0, "snapshot": snapshot["id"]})
     assert started.status_code in (201, 202), started.text
     assert run_as_user(hub.container_of("ada"), f"cat {HOME}/work.txt") == "epoch 3\n"
+    # a start without options reuses the last ones, but never restores the snapshot again
+    run_as_user(hub.container_of("ada"), f"echo 'epoch 6' > {HOME}/work.txt")
+    hub.stop_server("ada")
+    assert hub.start_server("ada", {}).status_code in (201, 202)
+    assert run_as_user(hub.container_of("ada"), f"cat {HOME}/work.txt") == "epoch 6\n"
+    assert hub.server_model("ada")["user_options"] == {"gpus": 0}
     hub.stop_server("ada")
 
     # bob cannot start from ada's snapshot, nor reach it through the meter
@@ -85,5 +91,5 @@ def test_a_snapshot_taken_through_the_meter_brings_the_files_back(make_hub, dock
     restorer.remove(force=True)
     # the restore's helper died before its commit: the next start cleans up and goes on
     assert hub.start_server("ada", {"gpus": 0}).status_code in (201, 202)
-    assert run_as_user(hub.container_of("ada"), f"cat {HOME}/work.txt") == "epoch 3\n"
+    assert run_as_user(hub.container_of("ada"), f"cat {HOME}/work.txt") == "epoch 6\n"
     assert snapshots.marker_volume_name(home) not in [v.name for v in hub.volumes()]
