@@ -10,8 +10,9 @@ import pytest
 import requests
 
 from jupyter_gpu_meter import homes, labels, snapshots
-from tests.hub import IMAGE
+from tests.hub import IMAGE, login, post_form
 from tests.test_e2e_homes import HOME, run_as_user
+from tests.test_e2e_spawn_form import text
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -48,18 +49,23 @@ def test_a_snapshot_taken_through_the_meter_brings_the_files_back(make_hub, dock
     hub.start_server("ada", {"gpus": 0})
     assert run_as_user(hub.container_of("ada"), f"cat {HOME}/work.txt") == "epoch 3\n"
 
-    # starting from the snapshot restores it first
+    # starting from the snapshot on the spawn page restores it first
     run_as_user(hub.container_of("ada"), f"echo 'epoch 5, broken' > {HOME}/work.txt")
     hub.stop_server("ada")
-    started = hub.start_server("ada", {"gpus": 0, "snapshot": snapshot["id"]})
-    assert started.status_code in (201, 202), started.text
+    browser = login(hub, "ada")
+    form = text(browser.get(hub.url + "/hub/spawn", timeout=30).text)
+    assert "Start from my home as it is" in form
+    assert f"snapshot {snapshot['id']} “epoch 3” (restores it: replaces the home)" in form
+    started = post_form(browser, hub.url + "/hub/spawn", {"gpus": "0", "snapshot": snapshot["id"]})
+    assert started.ok, started.text
+    assert hub.wait_for("ada")
     assert run_as_user(hub.container_of("ada"), f"cat {HOME}/work.txt") == "epoch 3\n"
     # a start without options reuses the last ones, but never restores the snapshot again
     run_as_user(hub.container_of("ada"), f"echo 'epoch 6' > {HOME}/work.txt")
     hub.stop_server("ada")
     assert hub.start_server("ada", {}).status_code in (201, 202)
     assert run_as_user(hub.container_of("ada"), f"cat {HOME}/work.txt") == "epoch 6\n"
-    assert hub.server_model("ada")["user_options"] == {"gpus": 0}
+    assert hub.server_model("ada")["user_options"] == {"gpus": "0"}
     hub.stop_server("ada")
 
     # bob cannot start from ada's snapshot, nor reach it through the meter
