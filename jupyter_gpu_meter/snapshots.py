@@ -411,6 +411,7 @@ def take_snapshot(
     label: str = "",
     clock=utcnow,
     timeout: float = 6 * 3600,
+    make_id=new_snapshot_id,
 ) -> Snapshot:
     """Copy `user`'s home volume `home` into a new snapshot volume; the :class:`Snapshot`.
 
@@ -425,7 +426,7 @@ def take_snapshot(
     homes.check_owner(homes.Volume.from_docker(info), user=user, hub_id=hub_id)
     finish_interrupted_restore(api, home, helper_image=helper_image)
     now = as_utc(clock())
-    snapshot_id = new_snapshot_id(now)
+    snapshot_id = make_id(now)
     name = snapshot_volume_name(home, snapshot_id)
     if _volume_exists(api, name) is not None:  # Docker would hand back the existing one
         raise SnapshotError(f"a volume named {name} exists already; try again")

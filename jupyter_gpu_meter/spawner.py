@@ -384,18 +384,14 @@ class GPUDockerSpawner(DockerSpawner):
             db.commit()
 
     async def _snapshot_choices(self) -> list:
-        """The user's snapshots for the spawn form's "Start from" ([] when none or unknown)."""
+        """The user's snapshots for the spawn form's "Start from" ([] when homes are off)."""
         if not self.home_volumes.enabled:
             return []
-        try:
-            return await asyncio.wrap_future(
-                self.executor.submit(
-                    snapshots.list_snapshots, self.client, hub_id=self.hub_id, user=self.user.name
-                )
+        return await asyncio.wrap_future(
+            self.executor.submit(
+                snapshots.list_snapshots, self.client, hub_id=self.hub_id, user=self.user.name
             )
-        except Exception:
-            self.log.exception("Listing the snapshots of %s failed", self.user.name)
-            return []
+        )
 
     @property
     def volume_binds(self):

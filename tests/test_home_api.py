@@ -337,3 +337,130 @@ def test_the_openapi_document_describes_the_home_routes():
         "/api/homes",
         "/api/homes/{user}",
     }
+
+
+async def serve(tmp_path, service):
+    """The web app with `service` for its homes: (its server, what tests use)."""
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger-{secrets.token_hex(3)}.sqlite")
+    ledger.upgrade()
+    state = MeterState()
+    meter = SimpleNamespace(
+        ledger=ledger,
+        pricing=Pricing(currency="EUR"),
+        state=state,
+        health=lambda: {"gpu_sampling": "off", "pending_writes": 0, **state.health()},
+    )
+    hub_auth = Tokens.for_tests(access_scopes={ACCESS})
+    application = create_application(
+        meter,
+        PREFIX,
+        hub_auth=hub_auth,
+        hub_api=FakeHubAPI(),
+        clock=lambda: NOW,
+        live=LiveState(state, health=meter.health),
+        homes=service,
+    )
+    sock, port = bind_unused_port()
+    server = HTTPServer(application)
+    server.add_sockets([sock])
+    app = SimpleNamespace(
+        url=f"http://127.0.0.1:{port}{PREFIX}", hub_auth=hub_auth, application=application
+    )
+    return server, app
+
+
+async def test_homes_off_or_docker_away_are_said_so(tmp_path, prefix):
+    import docker
+
+    off = HomeService(
+        docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.41"),
+        homes.HomeVolumes(enabled=False),
+        HUB,
+    )
+    server, app = await serve(tmp_path, off)
+    response = await call(app, "api/snapshots", "ada-token", ok=False)
+    assert response.code == 404 and "c.HomeVolumes.enabled = False" in as_json(response)["message"]
+    page = (await fetch(app, "", "ada-token")).body.decode()
+    assert "home-snapshots" not in page  # no section at all
+    server.stop()
+
+    away = HomeService(
+        docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.41"),
+        homes.HomeVolumes(name_template=prefix + "-{username}"),
+        HUB,
+    )
+    server, app = await serve(tmp_path, away)
+    response = await call(app, "api/snapshots", "ada-token", ok=False)
+    assert response.code == 503
+    assert "the Docker engine did not answer as expected" in as_json(response)["message"]
+    page = (await fetch(app, "", "ada-token")).body.decode()
+    assert "the snapshots cannot be listed now" in page
+    admin = (await fetch(app, "admin", "admin-token")).body.decode()
+    assert "homes cannot be listed now" in admin
+    server.stop()
+
+
+async def test_an_incomplete_snapshot_and_bad_forms_are_refused(app, service, ada_home):
+    sid = as_json(await call(app, "api/snapshots", "ada-token", "POST", {}))["snapshot"]["id"]
+    (snapshot,) = snapshots.list_snapshots(service.api, hub_id=HUB, user="ada")
+    run(service.api, snapshot.volume, "rm /home-volume/complete")
+    response = await call(
+        app, f"api/snapshots/{sid}/restore", "ada-token", "POST", {"confirm": True}, ok=False
+    )
+    assert response.code == 409 and "the snapshot is incomplete" in as_json(response)["message"]
+
+    browser, xsrf = await logged_in_browser(app, "ada-token", "")
+    nothing = await fetch(
+        app,
+        "snapshots",
+        method="POST",
+        body=urlencode({"action": "frobnicate", "_xsrf": xsrf}),
+        headers=browser,
+        ok=False,
+    )
+    assert "say+what+to+do" in nothing.headers["Location"]
+    admin, admin_xsrf = await logged_in_browser(app, "admin-token", "admin")
+    unconfirmed = await fetch(
+        app,
+        "admin/homes",
+        method="POST",
+        body=urlencode({"user": "ada", "_xsrf": admin_xsrf}),
+        headers=admin,
+        ok=False,
+    )
+    assert "confirm+the+removal" in unconfirmed.headers["Location"]
+    assert [h.user for h in snapshots.list_homes(service.api, hub_id=HUB)] == ["ada"]
+
+
+async def test_a_broken_helper_image_is_the_hubs_500(tmp_path, prefix, docker_client):
+    settings = homes.HomeVolumes(
+        name_template=prefix + "-{username}", helper_image="jgm-no-such-image"
+    )
+    broken = HomeService(docker_client.api, settings, HUB)
+    home = broken.home_of("ada")
+    homes.ensure_home(
+        broken.api,
+        home,
+        user="ada",
+        hub_id=HUB,
+        owner="1000:100",
+        image=IMAGE,
+        mount_path="/home/jovyan",
+    )
+    server, app = await serve(tmp_path, broken)
+    response = await call(app, "api/snapshots", "ada-token", "POST", {}, ok=False)
+    assert response.code == 500
+    assert as_json(response)["message"].startswith(
+        "not done, the home is unchanged: helper image 'jgm-no-such-image' not found"
+    )
+    browser, xsrf = await logged_in_browser(app, "ada-token", "")
+    page = await fetch(
+        app,
+        "snapshots",
+        method="POST",
+        body=urlencode({"action": "take", "_xsrf": xsrf}),
+        headers={**browser, "Accept": "text/html"},
+        ok=False,
+    )
+    assert page.code == 500 and "helper image" in page.body.decode()
+    server.stop()

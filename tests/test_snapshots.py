@@ -6,10 +6,12 @@ link target of every entry and the sha256 of every file, read by a
 container that mounts the volume.
 """
 
+import asyncio
 import secrets
 import threading
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import docker.errors
 import pytest
@@ -414,3 +416,173 @@ def test_admins_remove_a_home_but_not_while_it_is_in_use(api, home, names):
     removed = snapshots.remove_home(api, "ada", hub_id=HUB, with_snapshots=True)
     assert removed["snapshots"] == [snapshot.id]
     assert snapshots.list_snapshots(api, hub_id=HUB, user="ada") == []
+
+
+# --- error paths ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_failed_copy_leaves_no_snapshot_and_ids_never_reuse_a_volume(api, home):
+    with pytest.raises(homes.HomeError, match="helper image 'jgm-no-such-image' not found"):
+        snapshots.take_snapshot(api, home, user="ada", hub_id=HUB, helper_image="jgm-no-such-image")
+    assert snapshots.list_snapshots(api, hub_id=HUB, user="ada") == []
+
+    def same_id(now):
+        return "20261130-060102-000000"
+
+    first = snapshots.take_snapshot(
+        api, home, user="ada", hub_id=HUB, helper_image=IMAGE, make_id=same_id
+    )
+    with pytest.raises(snapshots.SnapshotError, match=f"a volume named {first.volume} exists"):
+        snapshots.take_snapshot(
+            api, home, user="ada", hub_id=HUB, helper_image=IMAGE, make_id=same_id
+        )
+
+
+@pytest.mark.slow
+def test_a_snapshot_in_use_is_not_deleted_and_deleting_twice_is_fine(api, home, names):
+    snapshot = take(api, home)
+    reader = api.create_container(
+        IMAGE,
+        command=["sleep", "300"],
+        name=f"{names}-reader",
+        host_config=api.create_host_config(binds=[f"{snapshot.volume}:/s:ro"]),
+    )
+    api.start(reader)
+    with pytest.raises(snapshots.HomeInUse, match=f"snapshot {snapshot.id} is in use"):
+        snapshots.delete_snapshot(api, snapshot)
+    api.remove_container(reader, force=True)
+    snapshots.delete_snapshot(api, snapshot)
+    snapshots.delete_snapshot(api, snapshot)  # gone already: nothing to do
+
+
+@pytest.mark.slow
+def test_restore_takes_only_the_users_own_snapshot_and_notices_a_lost_copy(api, home):
+    snapshot = take(api, home)
+    stranger = snapshots.Snapshot(**{**snapshot.__dict__, "user": "bob"})
+    with pytest.raises(snapshots.SnapshotNotFound, match="is not ada's"):
+        restore(api, stranger, home)
+    # the copy is staged, then removed by another operation before the commit
+    _stage(api, snapshot, home, token="t1")
+    run(api, home, "rm -rf /home-volume/.jgm-restore.ready.t1")
+    with pytest.raises(homes.HelperFailed, match="the restore's copy in the home is gone"):
+        homes.run_helper(
+            api,
+            image=IMAGE,
+            purpose=snapshots.RESTORE,
+            volume=home,
+            script=snapshots.COMMIT_SCRIPT,
+            mounts={home: "/home-volume"},
+            env={"TOKEN": "t1"},
+        )
+
+
+@pytest.mark.slow
+def test_left_over_helpers_and_markers_are_cleared(api, home, names):
+    # a helper whose caller died: exited, but its name would block the next operation
+    left = api.create_container(
+        IMAGE,
+        command=["true"],
+        name=homes.helper_name(snapshots.TAKE, home),
+        labels={homes.HELPER: snapshots.TAKE, snapshots.HELPER_TARGET: home},
+    )
+    api.start(left)
+    api.wait(left)
+    assert take(api, home).user == "ada"
+    # a marker of a home that is gone
+    gone = f"{names}-home-gone"
+    api.create_volume(name=snapshots.marker_volume_name(gone))
+    assert (
+        snapshots.finish_interrupted_restore(api, gone, helper_image=IMAGE)
+        == "marker removed (no home)"
+    )
+    with pytest.raises(docker.errors.NotFound):
+        api.inspect_volume(snapshots.marker_volume_name(gone))
+
+
+@pytest.mark.slow
+def test_a_home_a_stopped_container_refers_to_is_not_removed(api, home, names):
+    stopped = api.create_container(
+        IMAGE,
+        command=["true"],
+        name=f"{names}-stopped",
+        host_config=api.create_host_config(binds=[f"{home}:/home/jovyan:rw"]),
+    )
+    api.start(stopped)
+    api.wait(stopped)
+    with pytest.raises(snapshots.HomeInUse, match="a container \\(maybe a stopped one\\)"):
+        snapshots.remove_home(api, "ada", hub_id=HUB)
+    api.remove_container(stopped)
+    assert snapshots.remove_home(api, "ada", hub_id=HUB)["volumes"] == [home]
+
+
+# --- the spawner's part: finish, or restore before a start -----------------------------------
+
+
+def spawner_of(home, **homes_settings):
+    from jupyterhub import orm
+    from traitlets.config import Config
+
+    from jupyter_gpu_meter import GPUDockerSpawner
+
+    spawner = GPUDockerSpawner(
+        user=SimpleNamespace(name="ada", id=1, url="/user/ada/", groups=[]),
+        orm_spawner=orm.Spawner(name="", user_options={"gpus": 0, "snapshot": "x"}),
+        config=Config(
+            {
+                "HubIdentity": {"hub_id": HUB},
+                "HomeVolumes": {"helper_image": IMAGE, **homes_settings},
+            }
+        ),
+    )
+    spawner.home_volume = home
+    spawner.user_options = {"gpus": 0, "snapshot": "x"}
+    return spawner
+
+
+def spawn_refusal(spawner, snapshot_id):
+    from tornado import web
+
+    with pytest.raises(web.HTTPError) as caught:
+        asyncio.run(spawner._restore_home(snapshot_id))
+    return caught.value.status_code, caught.value.log_message % caught.value.args
+
+
+@pytest.mark.slow
+def test_the_spawner_restores_once_and_refuses_what_it_cannot(api, home, names):
+    snapshot = take(api, home)
+    before = manifest(api, home)
+    assert spawn_refusal(spawner_of(""), snapshot.id) == (
+        400,
+        "starting from a snapshot needs persistent homes: off here",
+    )
+    status, message = spawn_refusal(spawner_of(home), "20990101-000000-ffffff")
+    assert status == 400
+    assert (
+        message == f"ada has no snapshot '20990101-000000-ffffff'; ada's snapshots: {snapshot.id}"
+    )
+
+    server = api.create_container(
+        IMAGE,
+        command=["sleep", "300"],
+        name=f"{names}-named-server",
+        labels={labels.USER: "ada", labels.SERVER: "train"},
+        host_config=api.create_host_config(binds=[f"{home}:/home/jovyan:rw"]),
+    )
+    api.start(server)
+    status, message = spawn_refusal(spawner_of(home), snapshot.id)
+    assert status == 409
+    assert message.startswith(f"cannot start from snapshot {snapshot.id}: the home {home} is in")
+    assert "ada's server 'train'" in message
+    api.remove_container(server, force=True)
+
+    status, message = spawn_refusal(spawner_of(home, helper_image="jgm-no-such-image"), snapshot.id)
+    assert status == 500 and message.startswith("your home cannot be restored: helper image")
+
+    run(api, home, CHANGE)
+    spawner = spawner_of(home)
+    asyncio.run(spawner._restore_home(snapshot.id))
+    assert manifest(api, home) == before
+    assert spawner.user_options == {"gpus": 0}
+    assert spawner.orm_spawner.user_options == {"gpus": 0}
+    asyncio.run(spawner._restore_home(""))  # nothing to finish: no helper at all

@@ -149,19 +149,25 @@ class HomeService:
 
 
 def http_error(error: Exception) -> web.HTTPError:
-    """The HTTP answer to a failed home or snapshot operation."""
+    """The HTTP answer to a failed home or snapshot operation (anything else is re-raised).
+
+    The user's request: 400 (bad input), 404 (no such snapshot or home), 409
+    (the home is busy or in use, the snapshot unfinished). The hub's: 500 (a
+    copy that failed, a helper image missing, a volume of another user or
+    hub under the home's name), 503 (no Docker engine); the message says which.
+    """
     if isinstance(error, web.HTTPError):
         return error
     if isinstance(error, (snapshots.SnapshotNotFound, snapshots.NoHome)):
         return web.HTTPError(404, "%s", str(error))
     if isinstance(error, ValueError):
         return web.HTTPError(400, "%s", str(error))
-    if isinstance(error, homes.HelperFailed):
-        if "the snapshot is incomplete" in str(error):
-            return web.HTTPError(409, "%s", str(error))
-        return web.HTTPError(500, "%s", f"the copy failed, nothing changed: {error}")
-    if isinstance(error, homes.HomeError):  # busy, in use, not this user's volume
+    if isinstance(error, homes.HomeBusy) or (
+        isinstance(error, homes.HelperFailed) and "the snapshot is incomplete" in str(error)
+    ):
         return web.HTTPError(409, "%s", str(error))
+    if isinstance(error, homes.HomeError):
+        return web.HTTPError(500, "%s", f"not done, the home is unchanged: {error}")
     if isinstance(error, (docker.errors.DockerException, requests.RequestException)):
         return web.HTTPError(
             503,
