@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: keys a profile in ``profile_list`` may have
 PROFILE_KEYS = (
@@ -19,7 +19,7 @@ PROFILE_KEYS = (
     "image",
 )
 #: keys ``user_options`` may have
-OPTION_KEYS = ("gpus", "gpu_model", "profile")
+OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets")
 
 
 class ChoiceError(ValueError):
@@ -49,6 +49,8 @@ class Choice:
     cpu_limit: float | None = None
     mem_limit: str | int | None = None
     image: str | None = None
+    #: names of the datasets to mount, in the order asked for
+    datasets: tuple[str, ...] = ()
 
 
 def slugify(text: str) -> str:
@@ -92,6 +94,27 @@ def _as_count(value, limit: int) -> int:
     return value
 
 
+def parse_datasets(value, available: Sequence[str]) -> tuple[str, ...]:
+    """The ``datasets`` option: a list of distinct names out of `available`, or ChoiceError."""
+    known = f"available: {', '.join(available) or 'none'}"
+    if not isinstance(value, list):
+        raise ChoiceError(
+            f"'datasets' must be a list of dataset names, e.g. [\"imagenet\"], got {value!r}; "
+            f"{known}"
+        )
+    names = []
+    for name in value:
+        if not isinstance(name, str):
+            raise ChoiceError(f"'datasets' holds {name!r}, which is not a dataset name; {known}")
+        if name in names:
+            raise ChoiceError(f"'datasets' names {name!r} twice; name each dataset once")
+        names.append(name)
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ChoiceError(f"unknown dataset(s) {', '.join(map(repr, unknown))}; {known}")
+    return tuple(names)
+
+
 def resolve_choice(
     user_options: Mapping | None,
     *,
@@ -99,11 +122,13 @@ def resolve_choice(
     models: Mapping[str, int],
     default_gpus: int = 0,
     max_gpus: int | None = None,
+    datasets: Sequence[str] = (),
 ) -> Choice:
     """Turn ``user_options`` into a :class:`Choice`, or raise :class:`ChoiceError`.
 
     `models` maps each GPU model present to how many GPUs of it exist;
-    `max_gpus` is the per-user maximum (None: no limit beyond the machine).
+    `max_gpus` is the per-user maximum (None: no limit beyond the machine);
+    `datasets` names the datasets a user may mount (with any profile or count).
     """
     options = dict(user_options or {})
     if set(options) == {"user_options"} and isinstance(options["user_options"], Mapping):
@@ -114,6 +139,14 @@ def resolve_choice(
             f"unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
             f"allowed: {', '.join(OPTION_KEYS)}"
         )
+    chosen = parse_datasets(options.pop("datasets"), datasets) if "datasets" in options else ()
+    return replace(
+        _resolve_gpus(options, profiles, models, default_gpus, max_gpus), datasets=chosen
+    )
+
+
+def _resolve_gpus(options, profiles, models, default_gpus, max_gpus) -> Choice:
+    """The GPUs and profile part of the options (all but ``datasets``)."""
     limit = max(models.values(), default=0)
     if max_gpus is not None:
         limit = min(limit, max_gpus)

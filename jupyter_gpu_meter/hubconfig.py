@@ -271,3 +271,16 @@ def setup_network(c, name: str = DEFAULT_NETWORK, *, internal: bool = False) -> 
     c.GPUDockerSpawner.network_internal = internal
     c.JupyterHub.hub_ip = network.gateway
     return network
+
+
+def check_config(c) -> None:
+    """Validate the settings read only when a server starts, in ``jupyterhub_config.py``.
+
+    Call it last: ``check_config(c)``. JupyterHub builds a spawner (and so
+    reads ``c.Datasets``) only when a server starts; this builds those
+    settings now, so a bad one stops the hub at start with a ValueError that
+    says what is allowed, instead of failing every start later.
+    """
+    from .datasets import Datasets
+
+    Datasets(config=c)
