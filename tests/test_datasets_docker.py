@@ -120,6 +120,7 @@ def test_a_dataset_can_never_be_a_users_home_or_snapshot(api, volumes, folder, k
             ensure_dataset_volume(api, dataset("stolen", **definition))
 
 
+@pytest.mark.slow  # Docker looks for a missing plugin for 15 s before it answers
 def test_a_missing_volume_plugin_is_a_clear_error(api, volumes):
     coco = dataset("coco", s3="s3://my-bucket/coco/", volume=volumes + "coco")
     with pytest.raises(
