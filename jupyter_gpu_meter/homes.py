@@ -27,11 +27,12 @@ from datetime import datetime
 
 import docker.errors
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import Bool, Unicode, default, validate
+from traitlets import Bool, Dict, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from . import labels
 from .clock import as_utc
+from .container import host_path_problems
 
 #: on every volume this package makes: "home" or "snapshot"
 VOLUME_KIND = labels.PREFIX + "volume"
@@ -206,6 +207,52 @@ class HomeVolumes(LoggingConfigurable):
     def _check_template(self, proposal):
         return check_template(proposal.value)
 
+    driver = Unicode(
+        "local",
+        help="""
+        The Docker volume driver new homes are made with, e.g. ``"local"``
+        (the engine's disk, or NFS through ``driver_opts``) or a volume plugin's name.
+        """,
+    ).tag(config=True)
+
+    driver_opts = Dict(
+        value_trait=Unicode(),
+        help="""
+        Options for ``driver`` when a home is made; ``{username}`` (escaped
+        as in ``name_template``) and ``{hub_id}`` are filled in. For NFS with
+        the local driver: ``{"type": "nfs", "o": "addr=10.0.0.5,rw,nfsvers=4",
+        "device": ":/export/homes/{username}"}`` (each user's folder must exist
+        on the server). Empty: the driver's defaults. A ``device`` that is a
+        system folder or the Docker engine's is refused.
+        """,
+    ).tag(config=True)
+
+    @validate("driver_opts")
+    def _check_driver_opts(self, proposal):
+        options = {}
+        for key, value in proposal.value.items():
+            try:
+                options[key] = value.format(username="a", hub_id="hub")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"driver_opts[{key!r}] = {value!r}: bad placeholder ({e}); "
+                    "allowed: {username}, {hub_id}"
+                ) from None
+        device = options.get("device", "")
+        if device.startswith("/") and host_path_problems(device):
+            raise ValueError(
+                f"driver_opts device {proposal.value['device']!r} is a system folder or the "
+                "Docker engine's: give homes a folder of their own, e.g. '/srv/homes/{username}'"
+            )
+        return proposal.value
+
+    def volume_options(self, username: str, hub_id: str) -> dict[str, str]:
+        """``driver_opts`` for `username`'s home, placeholders filled in."""
+        return {
+            key: value.format(username=escape_name(username), hub_id=escape_name(hub_id))
+            for key, value in self.driver_opts.items()
+        }
+
     mount_path = Unicode(
         "/home/jovyan",
         help="""
@@ -216,7 +263,7 @@ class HomeVolumes(LoggingConfigurable):
 
     @validate("mount_path")
     def _check_mount_path(self, proposal):
-        path = posixpath.normpath(proposal.value.strip())
+        path = "/" + posixpath.normpath(proposal.value.strip()).lstrip("/")
         if not proposal.value.strip().startswith("/") or path == "/":
             raise ValueError(
                 f"mount_path {proposal.value!r}: give an absolute folder other than '/', "
@@ -236,9 +283,11 @@ class HomeVolumes(LoggingConfigurable):
 
     helper_image = Unicode(
         help="""
-        The image of the short-lived containers that prepare homes and copy
-        snapshots, e.g. ``"jupyter-gpu-meter/notebook:latest"``. It needs
-        ``sh``, ``chown``, ``cp``, ``mv`` and ``rm``. Defaults to
+        The image of the short-lived containers that copy snapshots and
+        measure or remove homes, e.g. ``"jupyter-gpu-meter/notebook:latest"``.
+        It needs ``sh``, ``chown``, ``cp``, ``mv`` and ``rm``. (A new home is
+        prepared with the server's own image, which needs ``sh``, ``cp`` and
+        ``chown``.) Defaults to
         ``c.GPUDockerSpawner.image`` when the config sets it, else the shipped
         image. These containers have no network and only the volumes they work on.
         """,
@@ -296,8 +345,9 @@ def run_helper(
     with :class:`HomeBusy` while the first runs.
     """
     name = helper_name(purpose, volume)
+    # nocopy: Docker must not fill an empty volume from the helper image's folder
     binds = [
-        f"{source}:{target}" if ":" in target else f"{source}:{target}:rw"
+        f"{source}:{target},nocopy" if ":" in target else f"{source}:{target}:rw,nocopy"
         for source, target in mounts.items()
     ]
     host_config = api.create_host_config(
@@ -345,12 +395,28 @@ def run_helper(
             pass
 
 
-def ensure_home(api, name: str, *, user: str, hub_id: str, owner: str, helper_image: str) -> bool:
+def ensure_home(
+    api,
+    name: str,
+    *,
+    user: str,
+    hub_id: str,
+    owner: str,
+    image: str,
+    mount_path: str,
+    driver: str = "local",
+    driver_opts: Mapping[str, str] | None = None,
+) -> bool:
     """Make sure `user`'s home volume `name` exists and belongs to them; True if it was created.
 
-    A new volume gets labels and its root folder is given to `owner`
-    (``uid:gid``, e.g. ``"1000:100"``), so a notebook that runs as that user
-    can write to it. :class:`HomeError` if a volume of that name belongs to
+    A new volume gets labels, a copy of what `image` holds at `mount_path`
+    (the image's own home: ``.bashrc``, ``.profile``; nothing if it has
+    none), and everything in it is given to `owner` (``uid:gid``, e.g.
+    ``"1000:100"``), so a notebook that runs as that user can write to it.
+    This is done by a helper container of `image` (it needs ``sh``, ``cp``
+    and ``chown``). The notebook mounts the home with ``nocopy``: Docker's
+    own copy on first mount would give an image without that folder a
+    root-owned home. :class:`HomeError` if a volume of that name belongs to
     another user or hub (a template without ``{hub_id}`` shared by two hubs on
     one engine): never mount someone else's files.
     """
@@ -361,18 +427,28 @@ def ensure_home(api, name: str, *, user: str, hub_id: str, owner: str, helper_im
     if info is not None:
         check_owner(Volume.from_docker(info), user=user, hub_id=hub_id)
         return False
-    api.create_volume(name=name, labels=volume_labels(HOME, user=user, hub_id=hub_id))
+    api.create_volume(
+        name=name,
+        driver=driver,
+        driver_opts=dict(driver_opts or {}) or None,
+        labels=volume_labels(HOME, user=user, hub_id=hub_id),
+    )
     try:
         run_helper(
             api,
-            image=helper_image,
+            image=image,
             purpose="prepare",
             volume=name,
-            script='chown "$OWNER" /home-volume && chmod 0755 /home-volume',
+            script=(
+                'if [ -d "$SKELETON" ]; then cp -a "$SKELETON/." /home-volume/; fi\n'
+                'chown -R "$OWNER" /home-volume\nchmod 0755 /home-volume'
+            ),
             mounts={name: "/home-volume"},
-            env={"OWNER": owner},
+            env={"OWNER": owner, "SKELETON": mount_path},
             timeout=120,
         )
+    except HomeBusy:
+        raise  # another start of this user's is preparing the same new home
     except Exception:
         # a half-made home would be mounted root-owned next time: make it again then
         try:

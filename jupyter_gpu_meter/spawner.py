@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
+import docker.errors
 import jinja2
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
@@ -42,7 +43,7 @@ from .datasets import (
     ensure_dataset_volume,
 )
 from .gpus import GPUInventory, Inventory, cuda_driver_problem
-from .homes import HomeVolumes
+from .homes import HOME, SNAPSHOT, HomeBusy, HomeError, HomeVolumes, Volume, ensure_home
 from .identity import HubIdentity
 from .ledger import DEFAULT_URL, Ledger
 from .ledger.models import NAME_RULE, name_problem
@@ -279,6 +280,118 @@ class GPUDockerSpawner(DockerSpawner):
     gpu_uuids = List(Unicode())
     gpu_model = Unicode("")
 
+    # --- the user's persistent home -----------------------------------------
+
+    @property
+    def home_volumes(self) -> HomeVolumes:
+        """The persistent-home settings (``c.HomeVolumes``), shared with the meter."""
+        if not hasattr(self, "_home_volumes"):
+            self._home_volumes = HomeVolumes(parent=self)
+        return self._home_volumes
+
+    #: the home volume this run mounts ("" when homes are off)
+    home_volume = Unicode("")
+
+    async def _prepare_home(self) -> str:
+        """The user's home volume, made on their first start; "" when homes are off."""
+        homes = self.home_volumes
+        if not homes.enabled:
+            return ""
+        name = homes.volume_name(self.user.name, self.hub_id)
+        try:
+            await self.docker("inspect_volume", name)
+        except docker.errors.NotFound:
+            # a new home is filled from the image: have the image first
+            await self.pull_image(self.image)
+        try:
+            created = await asyncio.wrap_future(
+                self.executor.submit(
+                    ensure_home,
+                    self.client,
+                    name,
+                    user=self.user.name,
+                    hub_id=self.hub_id,
+                    owner=self.container_user,
+                    image=self.image,
+                    mount_path=homes.mount_path,
+                    driver=homes.driver,
+                    driver_opts=homes.volume_options(self.user.name, self.hub_id),
+                )
+            )
+        except HomeBusy:
+            raise spawn_error(
+                409,
+                "your home is busy: a snapshot or restore of it is running; "
+                "start again when it has finished",
+            ) from None
+        except HomeError as e:
+            self.log.error("Home of %s: %s", self._owner, e)
+            raise spawn_error(500, f"your home cannot be mounted: {e}") from None
+        if created:
+            self.log.info("Made the home volume %s of %s", name, self.user.name)
+        return name
+
+    @property
+    def volume_binds(self):
+        binds = super().volume_binds
+        if self.home_volume:
+            mount = self.home_volumes.mount_path
+            taken = [
+                source
+                for source, bind in binds.items()
+                if bind.get("bind", "").rstrip("/") == mount
+            ]
+            if taken:
+                raise ContainerRefused(
+                    f"c.DockerSpawner.volumes mounts {taken[0]} at {mount}, where the user's "
+                    "home goes: mount it elsewhere, or set c.HomeVolumes.mount_path to another "
+                    "folder, or turn homes off with c.HomeVolumes.enabled = False"
+                )
+            if self.home_volume in binds:
+                raise ContainerRefused(
+                    f"c.DockerSpawner.volumes mounts the user's home volume {self.home_volume} "
+                    f"at {binds[self.home_volume].get('bind')}; it is mounted at {mount} "
+                    "already: remove it from c.DockerSpawner.volumes"
+                )
+            # nocopy: the home was filled when it was made (homes.ensure_home)
+            binds[self.home_volume] = {"bind": mount, "mode": "rw,nocopy"}
+        return binds
+
+    def _check_volume_owners(self, host_config) -> None:
+        """Refuse mounting a home or snapshot volume that is not this user's (blocking).
+
+        Named volumes come from the admin's ``volumes``/``extra_host_config``
+        too: a template mistake must not hand one user another's files.
+        """
+        names = [
+            str(bind).split(":", 1)[0]
+            for bind in host_config.get("Binds") or []
+            if not str(bind).startswith("/")
+        ]
+        names += [
+            str(mount.get("Source") or "")
+            for mount in host_config.get("Mounts") or []
+            if isinstance(mount, dict) and str(mount.get("Type", "volume")).lower() == "volume"
+        ]
+        for name in filter(None, names):
+            try:
+                volume = Volume.from_docker(self.client.inspect_volume(name))
+            except docker.errors.NotFound:
+                continue  # Docker makes it, empty and unlabelled
+            if volume.kind in (HOME, SNAPSHOT) and (
+                volume.user != self.user.name or volume.hub_id != self.hub_id
+            ):
+                raise ContainerRefused(
+                    f"the volume {name} is the {volume.kind} of user {volume.user!r}"
+                    f"{'' if volume.hub_id == self.hub_id else ' on another hub'}; "
+                    f"it cannot be mounted into a server of {self.user.name!r}"
+                )
+
+    def _docker(self, method, *args, **kwargs):
+        if method == "create_container":
+            self._check_volume_owners(kwargs.get("host_config") or {})
+        return super()._docker(method, *args, **kwargs)
+
     # --- what exists and what is taken -------------------------------------
 
     @property
@@ -415,7 +528,7 @@ class GPUDockerSpawner(DockerSpawner):
         return add_dataset_mounts(
             host_config or {},
             self._chosen_datasets,
-            HomeVolumes(parent=self).mount_path,
+            self.home_volumes.mount_path,
         )
 
     # --- starting ----------------------------------------------------------
@@ -448,6 +561,7 @@ class GPUDockerSpawner(DockerSpawner):
             self.mem_limit = choice.mem_limit
         if choice.gpus:
             await self._check_driver(inventory)
+        self.home_volume = await self._prepare_home()
         await self._prepare_datasets(choice.datasets)
         gpus = await self._allocate(choice, inventory)
         try:
@@ -667,7 +781,7 @@ class GPUDockerSpawner(DockerSpawner):
             ),
             default_gpus=self.default_gpus,
             datasets=list(self._datasets().values()),
-            datasets_folder=posixpath.join(HomeVolumes(parent=self).mount_path, FOLDER),
+            datasets_folder=posixpath.join(self.home_volumes.mount_path, FOLDER),
             chosen_datasets=(self.user_options or {}).get("datasets") or [],
         )
 

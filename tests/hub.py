@@ -95,6 +95,8 @@ c.JupyterHub.spawner_class = "gpu-docker"
 c.GPUDockerSpawner.image = settings["image"]
 c.GPUDockerSpawner.pull_policy = "never"
 c.GPUDockerSpawner.name_template = settings["prefix"] + "{username}--{servername}"
+# each test hub's homes are its own (and removed with it)
+c.HomeVolumes.name_template = settings["prefix"] + "home-{username}"
 # This sandbox caps locked memory below the production default (unlimited).
 import resource
 memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
@@ -264,6 +266,22 @@ class Hub:
         self.stop()
         for container in self.containers(all=True):
             container.remove(force=True)
+        for volume in self.volumes():
+            volume.remove(force=True)
+
+    def volumes(self):
+        """This hub's Docker volumes (homes, snapshots): their names start with its prefix."""
+        return [
+            volume
+            for volume in self.docker.volumes.list(filters={"name": self.prefix})
+            if volume.name.startswith(self.prefix)
+        ]
+
+    def home_of(self, user: str) -> str:
+        """The name of `user`'s home volume on this hub."""
+        from jupyter_gpu_meter.homes import home_volume_name
+
+        return home_volume_name(self.prefix + "home-{username}", user)
 
     # --- REST --------------------------------------------------------------
 
