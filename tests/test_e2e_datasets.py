@@ -72,6 +72,17 @@ def test_a_user_mounts_a_dataset_read_only_from_the_form_and_the_api(make_hub, d
     inside = hub.container_of("bob").exec_run(["ls", "/home/jovyan/datasets"])
     assert inside.output.split() == [b"demo"]
 
+    # an admin's mistake cannot hand bob's home to ada as a dataset
+    definitions = {"stolen": {"volume": hub.home_of("bob")}}
+    hub.restart(**{"Datasets.definitions": definitions})
+    refused = hub.start_server("ada", {"gpus": 0, "datasets": ["stolen"]})
+    assert refused.status_code == 500
+    assert (
+        f"dataset 'stolen': the volume {hub.home_of('bob')} is the home of user 'bob'; "
+        "a dataset can never be a user's home or snapshot"
+    ) in refused.json()["message"]
+    assert hub.server_model("ada") is None
+
 
 def test_a_bad_definition_stops_the_hub_at_start_with_what_is_allowed(make_hub):
     with pytest.raises(RuntimeError, match=r"the hub exited") as e:
