@@ -17,6 +17,7 @@ PROFILE_KEYS = (
     "cpu_limit",
     "mem_limit",
     "image",
+    "datasets",
 )
 #: keys ``user_options`` may have
 OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets")
@@ -37,6 +38,8 @@ class Profile:
     cpu_limit: float | None = None
     mem_limit: str | int | None = None
     image: str | None = None
+    #: the datasets this profile may mount; None: all
+    datasets: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,17 @@ def parse_profiles(entries: Sequence[Mapping]) -> tuple[Profile, ...]:
         gpus = entry.get("gpus", 0)
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
             raise ValueError(f"{where}: 'gpus' must be a whole number >= 0, got {gpus!r}")
-        profiles.append(Profile(**{**entry, "slug": slug}))
+        datasets = entry.get("datasets")
+        if datasets is not None:
+            if not isinstance(datasets, (list, tuple)) or not all(
+                isinstance(name, str) for name in datasets
+            ):
+                raise ValueError(
+                    f"{where}: 'datasets' must be a list of dataset names, e.g. ['imagenet'] "
+                    f"([] for none), got {datasets!r}"
+                )
+            datasets = tuple(datasets)
+        profiles.append(Profile(**{**entry, "slug": slug, "datasets": datasets}))
     if sum(profile.default for profile in profiles) > 1:
         raise ValueError("more than one profile has 'default': True; mark at most one")
     return tuple(profiles)
@@ -140,9 +153,17 @@ def resolve_choice(
             f"allowed: {', '.join(OPTION_KEYS)}"
         )
     chosen = parse_datasets(options.pop("datasets"), datasets) if "datasets" in options else ()
-    return replace(
-        _resolve_gpus(options, profiles, models, default_gpus, max_gpus), datasets=chosen
-    )
+    choice = _resolve_gpus(options, profiles, models, default_gpus, max_gpus)
+    profile = next((p for p in profiles if p.slug == choice.profile), None)
+    if profile is not None and profile.datasets is not None:
+        refused = [name for name in chosen if name not in profile.datasets]
+        if refused:
+            allowed = [name for name in datasets if name in profile.datasets]
+            raise ChoiceError(
+                f"profile {profile.slug!r} may not mount the dataset(s) "
+                f"{', '.join(map(repr, refused))}; it allows: {', '.join(allowed) or 'none'}"
+            )
+    return replace(choice, datasets=chosen)
 
 
 def _resolve_gpus(options, profiles, models, default_gpus, max_gpus) -> Choice:

@@ -279,8 +279,20 @@ def check_config(c) -> None:
     Call it last: ``check_config(c)``. JupyterHub builds a spawner (and so
     reads ``c.Datasets``) only when a server starts; this builds those
     settings now, so a bad one stops the hub at start with a ValueError that
-    says what is allowed, instead of failing every start later.
+    says what is allowed, instead of failing every start later: the dataset
+    definitions (``c.Datasets``) and the datasets each profile of
+    ``c.GPUDockerSpawner.profile_list`` names.
     """
+    from .choice import parse_profiles
     from .datasets import Datasets
 
-    Datasets(config=c)
+    defined = Datasets(config=c).by_name()
+    profiles = parse_profiles(c.get("GPUDockerSpawner", {}).get("profile_list", []))
+    for profile in profiles:
+        unknown = [name for name in profile.datasets or () if name not in defined]
+        if unknown:
+            raise ValueError(
+                f"profile {profile.slug!r} names the dataset(s) {', '.join(map(repr, unknown))}, "
+                f"which c.Datasets.definitions does not define; defined: "
+                f"{', '.join(defined) or 'none'}"
+            )

@@ -102,7 +102,9 @@ class GPUDockerSpawner(DockerSpawner):
         ``default`` (True for the preselected one), ``gpus`` (whole GPUs, 0 for
         CPU only), ``gpu_model`` (e.g. ``"NVIDIA H100 80GB HBM3"``; any model
         if absent), ``cpu_limit`` (cores, e.g. ``8``), ``mem_limit`` (e.g.
-        ``"64G"``) and ``image``. Users choose one with
+        ``"64G"``), ``image`` and ``datasets`` (the names from
+        ``c.Datasets.definitions`` it may mount, e.g. ``["imagenet"]``, ``[]``
+        for none; all if absent). Users choose one with
         ``{"profile": "<slug>"}``. Empty: users choose a GPU count.
         """,
     ).tag(config=True)

@@ -301,3 +301,54 @@ def test_the_form_posts_ticked_datasets_with_the_gpu_choice():
     }
     assert form({"gpus": ["1"], "datasets": ["demo"]}) == {"gpus": "1", "datasets": ["demo"]}
     assert form({"gpus": ["1"]}) == {"gpus": "1"}  # nothing ticked: no datasets
+
+
+# --- profiles may restrict which datasets they mount --------------------------------------
+
+RESTRICTED = parse_profiles(
+    [
+        {"display_name": "CPU only", "slug": "cpu", "datasets": []},
+        {"display_name": "1 GPU", "slug": "gpu-1", "gpus": 1, "datasets": ["demo"]},
+        {"display_name": "Any", "slug": "any", "default": True},
+    ]
+)
+
+
+def test_a_profile_mounts_only_the_datasets_it_allows():
+    def pick(options):
+        return resolve_choice(
+            options, profiles=RESTRICTED, models={"L4": 2}, datasets=("demo", "coco")
+        )
+
+    assert pick({"profile": "gpu-1", "datasets": ["demo"]}).datasets == ("demo",)
+    assert pick({"profile": "any", "datasets": ["coco", "demo"]}).datasets == ("coco", "demo")
+    assert pick({"datasets": ["coco"]}).datasets == ("coco",)  # the default profile allows all
+    assert pick({"profile": "cpu"}).datasets == ()
+    with pytest.raises(
+        ChoiceError, match=r"profile 'gpu-1' may not mount .* 'coco'; it allows: demo"
+    ):
+        pick({"profile": "gpu-1", "datasets": ["demo", "coco"]})
+    with pytest.raises(
+        ChoiceError, match=r"profile 'cpu' may not mount .* 'demo'; it allows: none"
+    ):
+        pick({"profile": "cpu", "datasets": ["demo"]})
+    # a GPU count has no profile: any dataset
+    assert pick({"gpus": 1, "datasets": ["coco"]}).datasets == ("coco",)
+
+
+@pytest.mark.parametrize("value", ["demo", [1], {"demo": 1}])
+def test_a_profiles_datasets_are_a_list_of_names(value):
+    with pytest.raises(ValueError, match=r"'datasets' must be a list of dataset names"):
+        parse_profiles([{"display_name": "x", "datasets": value}])
+
+
+def test_the_hub_refuses_a_profile_naming_an_undefined_dataset_at_start():
+    c = Config()
+    c.Datasets.definitions = {"demo": {"path": "/srv/demo"}}
+    c.GPUDockerSpawner.profile_list = [{"display_name": "GPU", "slug": "gpu", "datasets": ["x"]}]
+    with pytest.raises(
+        ValueError, match=r"profile 'gpu' names the dataset\(s\) 'x', .* defined: demo"
+    ):
+        check_config(c)
+    c.GPUDockerSpawner.profile_list = [{"display_name": "GPU", "datasets": ["demo"]}]
+    check_config(c)
