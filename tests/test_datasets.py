@@ -1,6 +1,10 @@
 """Dataset definitions, the datasets option and the read-only mounts: pure, no Docker."""
 
+from types import SimpleNamespace
+
 import pytest
+from jupyterhub import orm
+from tornado import web
 from traitlets.config import Config
 
 from jupyter_gpu_meter.choice import ChoiceError, parse_profiles, resolve_choice
@@ -352,3 +356,41 @@ def test_the_hub_refuses_a_profile_naming_an_undefined_dataset_at_start():
         check_config(c)
     c.GPUDockerSpawner.profile_list = [{"display_name": "GPU", "datasets": ["demo"]}]
     check_config(c)
+
+
+# --- the spawner's use of them (the real class, no Docker) ----------------------------------
+
+
+def spawner(**config):
+    return GPUDockerSpawner(
+        user=SimpleNamespace(name="ada", id=1, url="/user/ada/", groups=[]),
+        orm_spawner=orm.Spawner(name=""),
+        config=Config(config),
+    )
+
+
+def test_a_bad_definition_fails_each_start_with_its_message_without_check_config():
+    bad = spawner(Datasets={"definitions": {"demo": {"path": "data"}}})
+    with pytest.raises(web.HTTPError) as error:
+        bad._datasets()
+    assert error.value.status_code == 500
+    assert error.value.jupyterhub_message == (
+        "c.Datasets.definitions['demo']: 'path' 'data' must be an absolute host folder, "
+        "e.g. '/srv/datasets/demo'"
+    )
+
+
+def test_the_spawner_mounts_the_chosen_datasets_under_the_home_and_never_writable():
+    ready = spawner(
+        Datasets={"definitions": {"demo": {"path": "/srv/demo"}, "coco": {"volume": "coco-v"}}},
+        HomeVolumes={"mount_path": "/home/user"},
+    )
+    assert ready._with_datasets({"Binds": []}) == {"Binds": []}  # none chosen
+    ready._chosen_datasets = (ready._datasets()["coco"],)
+    host = ready._with_datasets(None)
+    assert [mount["Target"] for mount in host["Mounts"]] == ["/home/user/datasets/coco"]
+    assert host["Tmpfs"] == {"/home/user/datasets": "mode=0755,size=64k"}
+    # a dataset that was not chosen may not be mounted writable through the config either
+    request = {"image": "x", "host_config": {"Binds": ["jupyter-gpu-meter-dataset-demo:/d:rw"]}}
+    with pytest.raises(ContainerRefused, match=r"jupyter-gpu-meter-dataset-demo at /d writable"):
+        ready.docker("create_container", **request)
