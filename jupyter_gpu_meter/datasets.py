@@ -97,7 +97,7 @@ class Dataset:
     driver_opts: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def labels(self) -> dict[str, str]:
+    def volume_labels(self) -> dict[str, str]:
         """The labels of the volume the hub makes for this dataset."""
         return {VOLUME_KIND: DATASET, DATASET_NAME: self.name}
 
@@ -182,7 +182,7 @@ def _check_s3(name: str, location) -> str:
             f"'s3' {location!r}: give 's3://<bucket>/<prefix>' with a bucket name of 3 to 63 "
             "lower-case letters, digits, '.' and '-', e.g. 's3://my-datasets/imagenet/'",
         )
-    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         _fail(name, f"'s3' {location!r}: the prefix may not hold empty, '.' or '..' parts")
     return f"{bucket}/{prefix}" if prefix else bucket
 
@@ -409,7 +409,7 @@ def ensure_dataset_volume(api, dataset: Dataset) -> Mapping:
                 name=dataset.volume,
                 driver=dataset.driver,
                 driver_opts=dict(dataset.driver_opts),
-                labels=dataset.labels,
+                labels=dataset.volume_labels,
             )
         except docker.errors.APIError as e:
             raise DatasetError(

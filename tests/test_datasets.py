@@ -57,7 +57,7 @@ def test_each_kind_of_definition():
         "local",
     )
     assert demo.driver_opts == {"type": "none", "o": "bind", "device": "/srv/datasets/demo"}
-    assert demo.labels == {VOLUME_KIND: DATASET, DATASET_NAME: "demo"}
+    assert demo.volume_labels == {VOLUME_KIND: DATASET, DATASET_NAME: "demo"}
     assert found["imagenet"].driver_opts == NFS
     assert found["coco"].driver == "rclone"
     assert found["coco"].driver_opts == {
