@@ -95,3 +95,16 @@ c.Pricing.prices = {"NVIDIA H100 80GB HBM3": "2.49"}  # per GPU-hour
 c.Pricing.default_price = "1.00"  # per GPU-hour, other models
 c.Pricing.cpu_price = "0"  # per hour, CPU-only servers
 c.Pricing.billing_increment = 1  # seconds
+
+# --- datasets: read-only data users tick on the spawn page (docs: "Give users datasets") ---
+# c.Datasets.definitions = {
+#     "demo": {"path": "/srv/datasets/demo", "description": "A folder on this host"},
+#     "imagenet": {"driver": "local", "driver_opts": {
+#         "type": "nfs", "o": "addr=10.0.0.5,ro,nfsvers=4.1", "device": ":/export/imagenet"}},
+# }
+
+# Last: settings read only when a server starts are checked now, so a mistake
+# stops the hub here with a message that says what is allowed.
+from jupyter_gpu_meter.hubconfig import check_config  # noqa: E402
+
+check_config(c)

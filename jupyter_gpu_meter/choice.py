@@ -17,9 +17,10 @@ PROFILE_KEYS = (
     "cpu_limit",
     "mem_limit",
     "image",
+    "datasets",
 )
 #: keys ``user_options`` may have
-OPTION_KEYS = ("gpus", "gpu_model", "profile", "snapshot")
+OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets", "snapshot")
 #: the longest snapshot id ``user_options`` may name
 MAX_SNAPSHOT_ID = 64
 
@@ -39,6 +40,8 @@ class Profile:
     cpu_limit: float | None = None
     mem_limit: str | int | None = None
     image: str | None = None
+    #: the datasets this profile may mount; None: all
+    datasets: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Choice:
     cpu_limit: float | None = None
     mem_limit: str | int | None = None
     image: str | None = None
+    #: names of the datasets to mount, in the order asked for
+    datasets: tuple[str, ...] = ()
     #: the id of one of the user's snapshots to restore into the home first ("" for none)
     snapshot: str = ""
 
@@ -79,7 +84,17 @@ def parse_profiles(entries: Sequence[Mapping]) -> tuple[Profile, ...]:
         gpus = entry.get("gpus", 0)
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
             raise ValueError(f"{where}: 'gpus' must be a whole number >= 0, got {gpus!r}")
-        profiles.append(Profile(**{**entry, "slug": slug}))
+        datasets = entry.get("datasets")
+        if datasets is not None:
+            if not isinstance(datasets, (list, tuple)) or not all(
+                isinstance(name, str) for name in datasets
+            ):
+                raise ValueError(
+                    f"{where}: 'datasets' must be a list of dataset names, e.g. ['imagenet'] "
+                    f"([] for none), got {datasets!r}"
+                )
+            datasets = tuple(datasets)
+        profiles.append(Profile(**{**entry, "slug": slug, "datasets": datasets}))
     if sum(profile.default for profile in profiles) > 1:
         raise ValueError("more than one profile has 'default': True; mark at most one")
     return tuple(profiles)
@@ -96,6 +111,27 @@ def _as_count(value, limit: int) -> int:
     return value
 
 
+def parse_datasets(value, available: Sequence[str]) -> tuple[str, ...]:
+    """The ``datasets`` option: a list of distinct names out of `available`, or ChoiceError."""
+    known = f"available: {', '.join(available) or 'none'}"
+    if not isinstance(value, list):
+        raise ChoiceError(
+            f"'datasets' must be a list of dataset names, e.g. [\"imagenet\"], got {value!r}; "
+            f"{known}"
+        )
+    names = []
+    for name in value:
+        if not isinstance(name, str):
+            raise ChoiceError(f"'datasets' holds {name!r}, which is not a dataset name; {known}")
+        if name in names:
+            raise ChoiceError(f"'datasets' names {name!r} twice; name each dataset once")
+        names.append(name)
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ChoiceError(f"unknown dataset(s) {', '.join(map(repr, unknown))}; {known}")
+    return tuple(names)
+
+
 def resolve_choice(
     user_options: Mapping | None,
     *,
@@ -103,11 +139,13 @@ def resolve_choice(
     models: Mapping[str, int],
     default_gpus: int = 0,
     max_gpus: int | None = None,
+    datasets: Sequence[str] = (),
 ) -> Choice:
     """Turn ``user_options`` into a :class:`Choice`, or raise :class:`ChoiceError`.
 
     `models` maps each GPU model present to how many GPUs of it exist;
-    `max_gpus` is the per-user maximum (None: no limit beyond the machine).
+    `max_gpus` is the per-user maximum (None: no limit beyond the machine);
+    `datasets` names the datasets a user may mount (with any profile or count).
     """
     options = dict(user_options or {})
     if set(options) == {"user_options"} and isinstance(options["user_options"], Mapping):
@@ -119,8 +157,18 @@ def resolve_choice(
             f"allowed: {', '.join(OPTION_KEYS)}"
         )
     snapshot = _snapshot_id(options.pop("snapshot", ""))
-    choice = _resolve(options, profiles, models, default_gpus, max_gpus)
-    return replace(choice, snapshot=snapshot) if snapshot else choice
+    chosen = parse_datasets(options.pop("datasets"), datasets) if "datasets" in options else ()
+    choice = _resolve_gpus(options, profiles, models, default_gpus, max_gpus)
+    profile = next((p for p in profiles if p.slug == choice.profile), None)
+    if profile is not None and profile.datasets is not None:
+        refused = [name for name in chosen if name not in profile.datasets]
+        if refused:
+            allowed = [name for name in datasets if name in profile.datasets]
+            raise ChoiceError(
+                f"profile {profile.slug!r} may not mount the dataset(s) "
+                f"{', '.join(map(repr, refused))}; it allows: {', '.join(allowed) or 'none'}"
+            )
+    return replace(choice, datasets=chosen, snapshot=snapshot)
 
 
 def _snapshot_id(value) -> str:
@@ -134,7 +182,8 @@ def _snapshot_id(value) -> str:
     return value.strip()
 
 
-def _resolve(options, profiles, models, default_gpus, max_gpus) -> Choice:
+def _resolve_gpus(options, profiles, models, default_gpus, max_gpus) -> Choice:
+    """The GPUs and profile part of the options (all but ``datasets``)."""
     limit = max(models.values(), default=0)
     if max_gpus is not None:
         limit = min(limit, max_gpus)

@@ -67,6 +67,8 @@ class Hardening:
     ulimits: Mapping[str, int] = field(default_factory=lambda: {"memlock": -1, "stack": 67108864})
     #: names from UNSAFE_SETTINGS the admin allows
     allow_unsafe: frozenset[str] = frozenset()
+    #: named volumes that may be mounted read-only only (the datasets'), whoever asks
+    read_only_volumes: frozenset[str] = frozenset()
 
 
 def check_container_user(user: str) -> str:
@@ -292,6 +294,36 @@ def refuse_unsafe(host_config: Mapping, allowed: frozenset[str] = frozenset()) -
         )
 
 
+def writable_mounts(host_config: Mapping, volumes: frozenset[str]) -> list[str]:
+    """ "<volume> at <target>" for each mount of one of `volumes` that is not read-only."""
+    host = _canonical_host_config(host_config)
+    found = []
+    for bind in host.get("Binds") or []:
+        source, _, rest = str(bind).partition(":")
+        target, _, mode = rest.partition(":")
+        if source in volumes and "ro" not in mode.split(","):
+            found.append(f"{source} at {target}")
+    for mount in host.get("Mounts") or []:
+        if not isinstance(mount, Mapping):
+            continue
+        source = str(_get(mount, "Source", ""))
+        if source in volumes and _get(mount, "ReadOnly") is not True:
+            found.append(f"{source} at {_get(mount, 'Target', '?')}")
+    return found
+
+
+def refuse_writable(host_config: Mapping, volumes: frozenset[str]) -> None:
+    """:class:`ContainerRefused` if one of `volumes` would be mounted writable."""
+    found = writable_mounts(host_config, volumes)
+    if found:
+        raise ContainerRefused(
+            f"this server's container is refused: it would mount {', '.join(found)} writable; "
+            "those volumes (datasets) are shared by every user and are mounted read-only only: "
+            "remove them from c.DockerSpawner.volumes, mounts or extra_host_config, or mount "
+            "them with ':ro'"
+        )
+
+
 def gpu_environment(gpu_uuids: Sequence[str]) -> dict[str, str]:
     """What a container with exactly these GPUs must see (none: CPU only).
 
@@ -335,9 +367,10 @@ def enforce_create_kwargs(
 ) -> dict:
     """A copy of docker-py ``create_container`` kwargs with GPUs, labels and limits enforced.
 
-    :class:`ContainerRefused` if the user is root, or if the host config asks
+    :class:`ContainerRefused` if the user is root, if the host config asks
     for something in :data:`UNSAFE_SETTINGS` that ``hardening.allow_unsafe``
-    does not name.
+    does not name, or if it mounts one of ``hardening.read_only_volumes``
+    writable.
     """
     check_container_user(hardening.user)
     kwargs = dict(create_kwargs)
@@ -355,6 +388,7 @@ def enforce_create_kwargs(
     host["Privileged"] = False  # a privileged container sees every device
     host["Devices"] = [device for device in host.get("Devices") or [] if not _is_gpu(device)]
     refuse_unsafe(host, hardening.allow_unsafe)
+    refuse_writable(host, hardening.read_only_volumes)
     if gpu_uuids:
         host["DeviceRequests"] = [
             {

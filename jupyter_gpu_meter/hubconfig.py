@@ -271,3 +271,28 @@ def setup_network(c, name: str = DEFAULT_NETWORK, *, internal: bool = False) -> 
     c.GPUDockerSpawner.network_internal = internal
     c.JupyterHub.hub_ip = network.gateway
     return network
+
+
+def check_config(c) -> None:
+    """Validate the settings read only when a server starts, in ``jupyterhub_config.py``.
+
+    Call it last: ``check_config(c)``. JupyterHub builds a spawner (and so
+    reads ``c.Datasets``) only when a server starts; this builds those
+    settings now, so a bad one stops the hub at start with a ValueError that
+    says what is allowed, instead of failing every start later: the dataset
+    definitions (``c.Datasets``) and the datasets each profile of
+    ``c.GPUDockerSpawner.profile_list`` names.
+    """
+    from .choice import parse_profiles
+    from .datasets import Datasets
+
+    defined = Datasets(config=c).by_name()
+    profiles = parse_profiles(c.get("GPUDockerSpawner", {}).get("profile_list", []))
+    for profile in profiles:
+        unknown = [name for name in profile.datasets or () if name not in defined]
+        if unknown:
+            raise ValueError(
+                f"profile {profile.slug!r} names the dataset(s) {', '.join(map(repr, unknown))}, "
+                f"which c.Datasets.definitions does not define; defined: "
+                f"{', '.join(defined) or 'none'}"
+            )

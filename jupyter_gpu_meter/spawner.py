@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import posixpath
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -34,6 +35,13 @@ from .container import (
     check_container_user,
     container_labels,
     enforce_create_kwargs,
+)
+from .datasets import (
+    FOLDER,
+    DatasetError,
+    Datasets,
+    add_dataset_mounts,
+    ensure_dataset_volume,
 )
 from .gpus import GPUInventory, Inventory, cuda_driver_problem
 from .homes import HOME, SNAPSHOT, HomeBusy, HomeError, HomeVolumes, Volume, ensure_home
@@ -95,7 +103,9 @@ class GPUDockerSpawner(DockerSpawner):
         ``default`` (True for the preselected one), ``gpus`` (whole GPUs, 0 for
         CPU only), ``gpu_model`` (e.g. ``"NVIDIA H100 80GB HBM3"``; any model
         if absent), ``cpu_limit`` (cores, e.g. ``8``), ``mem_limit`` (e.g.
-        ``"64G"``) and ``image``. Users choose one with
+        ``"64G"``), ``image`` and ``datasets`` (the names from
+        ``c.Datasets.definitions`` it may mount, e.g. ``["imagenet"]``, ``[]``
+        for none; all if absent). Users choose one with
         ``{"profile": "<slug>"}``. Empty: users choose a GPU count.
         """,
     ).tag(config=True)
@@ -510,6 +520,7 @@ class GPUDockerSpawner(DockerSpawner):
                 models=models,
                 default_gpus=self.default_gpus,
                 max_gpus=self.max_gpus_per_user,
+                datasets=list(self._datasets()),
             )
         except ChoiceError as e:
             raise spawn_error(400, str(e)) from None
@@ -555,6 +566,43 @@ class GPUDockerSpawner(DockerSpawner):
             if reserved.get(gpu.uuid) == self._owner:
                 del reserved[gpu.uuid]
 
+    # --- datasets ----------------------------------------------------------
+
+    #: the datasets this run mounts (set by each start before its container is made)
+    _chosen_datasets = ()
+
+    def _datasets(self) -> dict:
+        """Dataset name -> :class:`~jupyter_gpu_meter.datasets.Dataset`, from ``c.Datasets``.
+
+        A bad definition is the admin's: a 500 that the hub shows as it is.
+        """
+        try:
+            return Datasets(parent=self).by_name()
+        except ValueError as e:
+            raise spawn_error(500, str(e)) from None
+
+    async def _prepare_datasets(self, names) -> None:
+        """Make the chosen datasets' volumes where the hub makes them; refuse unusable ones."""
+        by_name = self._datasets()
+        chosen = [by_name[name] for name in names]
+        try:
+            for dataset in chosen:
+                await asyncio.wrap_future(
+                    self.executor.submit(ensure_dataset_volume, self.client, dataset)
+                )
+        except DatasetError as e:
+            self.log.error("Datasets of %s: %s", self._owner, e)
+            raise spawn_error(500, str(e)) from None
+        self._chosen_datasets = tuple(chosen)
+
+    def _with_datasets(self, host_config) -> dict:
+        """The container's host config with this run's datasets mounted read-only."""
+        return add_dataset_mounts(
+            host_config or {},
+            self._chosen_datasets,
+            self.home_volumes.mount_path,
+        )
+
     # --- starting ----------------------------------------------------------
 
     def check_names(self):
@@ -587,6 +635,7 @@ class GPUDockerSpawner(DockerSpawner):
             await self._check_driver(inventory)
         self.home_volume = await self._prepare_home()
         await self._restore_home(choice.snapshot)
+        await self._prepare_datasets(choice.datasets)
         gpus = await self._allocate(choice, inventory)
         try:
             self.gpu_uuids = [gpu.uuid for gpu in gpus]
@@ -721,6 +770,7 @@ class GPUDockerSpawner(DockerSpawner):
 
     def docker(self, method, *args, **kwargs):
         if method == "create_container":
+            kwargs["host_config"] = self._with_datasets(kwargs.get("host_config"))
             kwargs = enforce_create_kwargs(
                 kwargs,
                 gpu_uuids=self.gpu_uuids,
@@ -745,6 +795,10 @@ class GPUDockerSpawner(DockerSpawner):
                     shm_size_bytes=self.shm_size,
                     ulimits=dict(self.ulimits),
                     allow_unsafe=frozenset(self.allow_unsafe_settings),
+                    # every dataset's volume, chosen or not: never writable
+                    read_only_volumes=frozenset(
+                        dataset.volume for dataset in self._datasets().values()
+                    ),
                 ),
             )
         return super().docker(method, *args, **kwargs)
@@ -799,6 +853,9 @@ class GPUDockerSpawner(DockerSpawner):
                 self.max_gpus_per_user if self.max_gpus_per_user is not None else 1 << 30,
             ),
             default_gpus=self.default_gpus,
+            datasets=list(self._datasets().values()),
+            datasets_folder=posixpath.join(self.home_volumes.mount_path, FOLDER),
+            chosen_datasets=(self.user_options or {}).get("datasets") or [],
             snapshots=await self._snapshot_choices(),
         )
 
@@ -807,6 +864,8 @@ class GPUDockerSpawner(DockerSpawner):
         def first(key):
             return (formdata.get(key) or [""])[0].strip()
 
+        # ticked dataset checkboxes, each posted as datasets=<name>
+        datasets = [name.strip() for name in formdata.get("datasets") or [] if name.strip()]
         if first("profile"):
             options = {"profile": first("profile")}
         else:
@@ -815,6 +874,8 @@ class GPUDockerSpawner(DockerSpawner):
                 options["gpu_model"] = first("gpu_model")
         if first("snapshot"):
             options["snapshot"] = first("snapshot")
+        if datasets:
+            options["datasets"] = datasets
         return options
 
 

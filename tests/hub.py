@@ -127,6 +127,9 @@ for key, value in settings["extra"].items():
         getattr(c.JupyterHub, name).extend(value)
     else:
         setattr(getattr(c, section), name, value)
+from jupyter_gpu_meter.hubconfig import check_config
+
+check_config(c)
 """
 
 
