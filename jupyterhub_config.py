@@ -95,6 +95,7 @@ c.Pricing.prices = {"NVIDIA H100 80GB HBM3": "2.49"}  # per GPU-hour
 c.Pricing.default_price = "1.00"  # per GPU-hour, other models
 c.Pricing.cpu_price = "0"  # per hour, CPU-only servers
 c.Pricing.billing_increment = 1  # seconds
+c.Pricing.storage_price = "0.10"  # per GB-month (10**9 bytes, 730 hours): homes and snapshots
 
 # --- datasets: read-only data users tick on the spawn page (docs: "Give users datasets") ---
 # c.Datasets.definitions = {

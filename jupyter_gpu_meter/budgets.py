@@ -14,6 +14,10 @@ The ledger stores budgets and every change to them
 :meth:`~jupyter_gpu_meter.ledger.Ledger.budget_changes`); the functions here
 take those records, or any objects with the same attributes, plus the user's
 sessions, and compute what is left. Nothing here touches a database.
+
+Storage (homes and snapshots, :class:`~jupyter_gpu_meter.ledger.StoragePeriod`)
+counts against money budgets, charged at the storage price of each measured
+period; GPU-hour budgets count GPU time only.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
-from .pricing import MONEY_LIMIT, MONEY_PLACES, PriceSnapshot, charge, gpu_seconds, parse_currency
+from .pricing import (
+    MONEY_LIMIT,
+    MONEY_PLACES,
+    PriceSnapshot,
+    charge,
+    gpu_seconds,
+    parse_currency,
+    storage_charge,
+)
 
 USER = "user"
 GROUP = "group"
@@ -82,6 +94,17 @@ class Session(Protocol):
     price: PriceSnapshot
     started_at: datetime
     ended_at: datetime | None
+
+
+class Storage(Protocol):
+    """What the functions here read of a storage period (the ledger's ``StoragePeriod``)."""
+
+    user: str
+    size_bytes: int
+    price_per_gb_month: Decimal
+    currency: str
+    started_at: datetime
+    ended_at: datetime
 
 
 # --- validation ------------------------------------------------------------------
@@ -235,13 +258,17 @@ def spent(
     currency: str | None,
     since: datetime,
     now: datetime,
+    storage: Iterable[Storage] = (),
 ) -> Decimal:
-    """What `sessions` used in [since, now]: money in `currency`, or GPU-hours. Exact.
+    """What `sessions` (and `storage`) used in [since, now]: money in `currency`, or
+    GPU-hours. Exact.
 
     Only the part of each session inside the window counts, charged at the
     price snapshot it started with (like ``jupyter-gpu-meter report --since``);
     running sessions count up to `now`. A money budget counts only sessions
     charged in its currency: amounts in another currency cannot be converted.
+    Storage periods count for money budgets only (the part inside the
+    window, at their own price); a GPU-hour budget counts GPU time alone.
     """
     total = Decimal(0)
     for session in sessions:
@@ -254,6 +281,11 @@ def spent(
                 total += charge(session.price, start, end)
         else:
             total += gpu_seconds(session.price, start, end) / _HOUR
+    if unit == MONEY:
+        for period in storage:
+            start, end = max(period.started_at, since), min(period.ended_at, now)
+            if end > start and period.currency == currency:
+                total += storage_charge(period.size_bytes, start, end, period.price_per_gb_month)
     return total
 
 
@@ -301,14 +333,16 @@ def budget_status(
     *,
     now: datetime,
     user: str | None = None,
+    storage: Iterable[Storage] = (),
 ) -> BudgetStatus:
     """Where `user` stands against `budget` at `now`.
 
     `user` defaults to the budget's name for a user budget; a group budget
-    applies to each member, so say which. Only that user's sessions count
-    (others in `sessions` are ignored). The limit is the budget's amount plus
-    the grants made in the current period to the budget's owner and, for a
-    group budget, to the user themself (in the budget's unit and currency).
+    applies to each member, so say which. Only that user's sessions and
+    `storage` periods count (others' are ignored; storage only for money).
+    The limit is the budget's amount plus the grants made in the current
+    period to the budget's owner and, for a group budget, to the user
+    themself (in the budget's unit and currency).
     """
     if user is None:
         if budget.scope != USER:
@@ -325,6 +359,7 @@ def budget_status(
         currency=budget.currency,
         since=start,
         now=now,
+        storage=(period for period in storage if period.user == user),
     )
     return BudgetStatus(
         user=user,
@@ -375,12 +410,13 @@ def user_budget_status(
     sessions: Iterable[Session],
     *,
     now: datetime,
+    storage: Iterable[Storage] = (),
 ) -> BudgetStatus | None:
     """:func:`effective_budget` then :func:`budget_status`; None when no budget applies."""
     budget = effective_budget(user, groups, budgets)
     if budget is None:
         return None
-    return budget_status(budget, changes, sessions, now=now, user=user)
+    return budget_status(budget, changes, sessions, now=now, user=user, storage=storage)
 
 
 # --- what a start can afford ---------------------------------------------------------

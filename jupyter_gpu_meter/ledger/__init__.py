@@ -1,4 +1,4 @@
-"""The ledger: sessions, GPU rollups, meter state, decisions, budgets (SQLAlchemy 2 + alembic)."""
+"""The ledger: sessions, rollups, storage, meter state, decisions, budgets (SQLAlchemy 2)."""
 
 from .buffer import WriteBuffer, is_transient
 from .records import (
@@ -9,6 +9,8 @@ from .records import (
     Rollup,
     RollupRow,
     SessionRecord,
+    StoragePeriod,
+    StorageSum,
     UsageSum,
     truncate_to_minute,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "Rollup",
     "RollupRow",
     "SessionRecord",
+    "StoragePeriod",
+    "StorageSum",
     "UTCDateTime",
     "UsageSum",
     "WriteBuffer",

@@ -197,6 +197,44 @@ class BudgetChangeModel(Base):
     __table_args__ = (Index(None, "scope", "name", "at"),)
 
 
+class StoragePeriodModel(Base):
+    """One measured volume (a home or a snapshot) over one measurement period.
+
+    The period runs from the volume's previous measurement (or its creation)
+    to this one, billed at the size measured now and the storage price in
+    force then (a snapshot, like a session's).
+    """
+
+    __tablename__ = "storage_periods"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: the user the volume belongs to (its label)
+    username: Mapped[str] = mapped_column(String(255))
+    #: the Docker volume's name
+    volume: Mapped[str] = mapped_column(String(255))
+    #: "home" or "snapshot"
+    kind: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: when it was measured
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: the size measured at ended_at, bytes (apparent size, as Docker reports it)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    price_per_gb_month: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    #: size × duration in byte-hours, rounded (:func:`jupyter_gpu_meter.pricing.storage_sums`)
+    byte_hours: Mapped[int | None] = mapped_column(BigInteger)
+    #: the charge in STORAGE_CHARGE_UNITS parts, rounded; both None where beyond 64 bits
+    charge_units: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # a retried write of the same measurement adds nothing
+        UniqueConstraint("volume", "started_at"),
+        Index(None, "volume", "ended_at"),
+        Index(None, "username", "ended_at"),
+        Index(None, "ended_at"),
+    )
+
+
 # --- which user and server names the ledger can store ----------------------
 
 #: every column that holds a JupyterHub user, group or server name
@@ -208,6 +246,7 @@ NAME_COLUMNS = (
     BudgetModel.__table__.c.name,
     BudgetChangeModel.__table__.c.name,
     BudgetChangeModel.__table__.c.changed_by,
+    StoragePeriodModel.__table__.c.username,
 )
 #: the most characters a name may have: PostgreSQL refuses longer (SQLite does not check)
 NAME_MAX_LENGTH = min(column.type.length for column in NAME_COLUMNS)

@@ -75,6 +75,55 @@ class UsageSum:
 
 
 @dataclass(frozen=True)
+class StoragePeriod:
+    """One volume's size over one measurement period, at the storage price then in force."""
+
+    user: str
+    volume: str
+    #: "home" or "snapshot"
+    kind: str
+    started_at: datetime
+    #: when the size was measured
+    ended_at: datetime
+    size_bytes: int
+    price_per_gb_month: Decimal
+    currency: str
+
+    def part(self, since: datetime | None, until: datetime | None):
+        """(start, end) of the part inside [since, until), None if there is none."""
+        start = max(self.started_at, since) if since else self.started_at
+        end = min(self.ended_at, until) if until else self.ended_at
+        return (start, end) if end > start else None
+
+    def sums(self, since: datetime | None = None, until: datetime | None = None):
+        """(byte-hours, charge units) of the part inside [since, until): whole numbers."""
+        span = self.part(since, until)
+        if span is None:
+            return 0, 0
+        return pricing.storage_units(self.size_bytes, *span, self.price_per_gb_month)
+
+
+@dataclass(frozen=True)
+class StorageSum:
+    """Storage of one user in one currency over a range, added up: whole numbers."""
+
+    user: str
+    currency: str
+    #: bytes × hours (10**-9 GB-hours)
+    byte_hours: int
+    #: the charge in :data:`jupyter_gpu_meter.pricing.STORAGE_CHARGE_UNITS` parts
+    charge_units: int
+
+    @property
+    def gb_hours(self) -> Decimal:
+        return pricing.from_byte_hours(self.byte_hours)
+
+    @property
+    def charge(self) -> Decimal:
+        return pricing.from_storage_units(self.charge_units)
+
+
+@dataclass(frozen=True)
 class RollupRow:
     """What one meter process measured on one GPU of a container within one minute, so far.
 

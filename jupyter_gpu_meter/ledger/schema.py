@@ -14,7 +14,15 @@ from sqlalchemy.engine import Connection
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 #: the tables of the current schema, apart from alembic's own
-TABLES = ("sessions", "rollups", "meter_state", "decisions", "budgets", "budget_changes")
+TABLES = (
+    "sessions",
+    "rollups",
+    "meter_state",
+    "decisions",
+    "budgets",
+    "budget_changes",
+    "storage_periods",
+)
 
 
 class LedgerSchemaError(RuntimeError):

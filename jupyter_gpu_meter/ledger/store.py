@@ -36,7 +36,7 @@ from sqlalchemy.exc import OperationalError
 from .. import budgets as _budgets
 from .. import budgets as budget_rules
 from ..clock import utcnow
-from ..pricing import PriceSnapshot, session_sums
+from ..pricing import PriceSnapshot, parse_currency, parse_money, session_sums, storage_sums
 from . import schema
 from .models import (
     BudgetChangeModel,
@@ -45,6 +45,7 @@ from .models import (
     RollupModel,
     SessionModel,
     StateModel,
+    StoragePeriodModel,
 )
 from .records import (
     BudgetChange,
@@ -54,6 +55,8 @@ from .records import (
     Rollup,
     RollupRow,
     SessionRecord,
+    StoragePeriod,
+    StorageSum,
     UsageSum,
     truncate_to_minute,
 )
@@ -78,6 +81,11 @@ _state = StateModel.__table__
 _decisions = DecisionModel.__table__
 _budgets_table = BudgetModel.__table__
 _changes = BudgetChangeModel.__table__
+_storage = StoragePeriodModel.__table__
+#: the meter_state key of the last storage measurement's time
+STORAGE_MEASURED_KEY = "storage-measured-at"
+#: volume names per query of :meth:`Ledger.storage_ends`
+_CHUNK = 500
 
 
 def make_engine(url: str, *, lock_timeout: float = 10.0) -> Engine:
@@ -226,6 +234,19 @@ def _text(name: str, value, *, most: int = 255, empty: bool = True) -> str:
             f"{name} {value!r} is not allowed: give {allowed} of at most {most} characters"
         )
     return value
+
+
+def _storage_record(row) -> StoragePeriod:
+    return StoragePeriod(
+        user=row.username,
+        volume=row.volume,
+        kind=row.kind,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        size_bytes=row.size_bytes,
+        price_per_gb_month=row.price_per_gb_month,
+        currency=row.currency,
+    )
 
 
 def _budget_record(row) -> BudgetRecord:
@@ -762,6 +783,158 @@ class Ledger:
         with self._write() as connection:
             connection.execute(statement)
 
+    # --- storage --------------------------------------------------------------
+
+    def add_storage_periods(self, periods: Iterable[StoragePeriod], measured_at: datetime) -> int:
+        """Record one measuring pass: its periods, and `measured_at` as the last pass's
+        time (what :meth:`storage_now` shows); how many periods were new.
+
+        Idempotent on (volume, started_at): a retried write adds nothing.
+        """
+        measured_at = _aware("measured_at", measured_at)
+        values = []
+        for period in periods:
+            started_at = _aware("started_at", period.started_at)
+            ended_at = _aware("ended_at", period.ended_at)
+            if ended_at <= started_at:
+                raise ValueError(f"{period!r}: a storage period must end after it starts")
+            price = parse_money(period.price_per_gb_month, "price_per_gb_month")
+            byte_hours, units = storage_sums(period.size_bytes, started_at, ended_at, price)
+            values.append(
+                {
+                    "username": _text("user", period.user, empty=False),
+                    "volume": _text("volume", period.volume, empty=False),
+                    "kind": _text("kind", period.kind, most=16, empty=False),
+                    "started_at": started_at,
+                    "ended_at": ended_at,
+                    "size_bytes": period.size_bytes,
+                    "price_per_gb_month": price,
+                    "currency": parse_currency(period.currency),
+                    "byte_hours": byte_hours,
+                    "charge_units": units,
+                }
+            )
+        state = self._insert(_state).values(
+            key=STORAGE_MEASURED_KEY, value=measured_at.isoformat(), updated_at=measured_at
+        )
+        state = state.on_conflict_do_update(
+            index_elements=["key"],
+            set_={"value": state.excluded.value, "updated_at": state.excluded.updated_at},
+        )
+        added = 0
+        with self._write() as connection:
+            if values:
+                statement = (
+                    self._insert(_storage)
+                    .on_conflict_do_nothing(index_elements=["volume", "started_at"])
+                    .inline()
+                )
+                for value in values:  # one by one: rowcount says which were new
+                    result = connection.execute(
+                        statement.values(**value), execution_options={"preserve_rowcount": True}
+                    )
+                    added += result.rowcount
+            connection.execute(state)
+        return added
+
+    def storage_ends(self, volumes: Iterable[str]) -> dict[str, datetime]:
+        """volume -> the end of its last recorded period, for the volumes that have one."""
+        names = sorted(set(volumes))
+        ends = {}
+        with self._read() as connection:
+            for i in range(0, len(names), _CHUNK):
+                statement = (
+                    select(_storage.c.volume, func.max(_storage.c.ended_at))
+                    .where(_storage.c.volume.in_(names[i : i + _CHUNK]))
+                    .group_by(_storage.c.volume)
+                )
+                ends.update(tuple(row) for row in connection.execute(statement))
+        return ends
+
+    def storage_periods(
+        self,
+        *,
+        user: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[StoragePeriod]:
+        """Storage periods overlapping [since, until), oldest first."""
+        c = _storage.c
+        conditions = [] if user is None else [c.username == user]
+        if since is not None:
+            conditions.append(c.ended_at > _aware("since", since))
+        if until is not None:
+            conditions.append(c.started_at < _aware("until", until))
+        statement = select(_storage).where(*conditions).order_by(c.ended_at, c.volume)
+        with self._read() as connection:
+            return [_storage_record(row) for row in connection.execute(statement)]
+
+    def storage_sums(
+        self,
+        *,
+        user: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[StorageSum]:
+        """Storage per user and currency over [since, until): byte-hours and charge units.
+
+        Periods wholly inside the range are added up by the database; the
+        few crossing an edge (or too large for 64 bits) are clipped here.
+        """
+        c = _storage.c
+        since = None if since is None else _aware("since", since)
+        until = None if until is None else _aware("until", until)
+        mine = [] if user is None else [c.username == user]
+        inside = [*mine, c.charge_units.is_not(None)]
+        pieces = [[*mine, c.charge_units.is_(None)]]
+        if since is not None:
+            inside.append(c.started_at >= since)
+            pieces.append([*mine, c.ended_at > since, c.started_at < since])
+        if until is not None:
+            inside.append(c.ended_at <= until)
+            pieces.append([*mine, c.ended_at > until, c.started_at < until])
+        summed = (
+            select(c.username, c.currency, func.sum(c.byte_hours), func.sum(c.charge_units))
+            .where(*inside)
+            .group_by(c.username, c.currency)
+        )
+        totals: dict[tuple[str, str], list[int]] = {}
+        found: dict[int, StoragePeriod] = {}
+        with self._snapshot() as connection:
+            for name, currency, byte_hours, units in connection.execute(summed):
+                totals[(name, currency)] = [int(byte_hours), int(units)]
+            for piece in pieces:
+                for row in connection.execute(select(_storage).where(*piece)):
+                    found[row.id] = _storage_record(row)
+        for period in found.values():
+            byte_hours, units = period.sums(since, until)
+            if period.part(since, until) is not None:
+                entry = totals.setdefault((period.user, period.currency), [0, 0])
+                entry[0] += byte_hours
+                entry[1] += units
+        return [StorageSum(name, cur, *sums) for (name, cur), sums in sorted(totals.items())]
+
+    def storage_now(self, *, user: str | None = None) -> tuple[datetime | None, list]:
+        """(when the last pass measured, the volumes it measured, by user and name).
+
+        A volume deleted since is not among them: its last period ended earlier.
+        """
+        with self._read() as connection:
+            at = connection.execute(
+                select(_state.c.value).where(_state.c.key == STORAGE_MEASURED_KEY)
+            ).scalar_one_or_none()
+            if at is None:
+                return None, []
+            measured_at = datetime.fromisoformat(at)
+            conditions = [_storage.c.ended_at == measured_at]
+            if user is not None:
+                conditions.append(_storage.c.username == user)
+            rows = connection.execute(select(_storage).where(*conditions))
+            periods = sorted(
+                (_storage_record(row) for row in rows), key=lambda p: (p.user, p.volume)
+            )
+        return measured_at, periods
+
     # --- policy decisions -----------------------------------------------------
 
     def user_budget_status(self, user: str, groups, now: datetime):
@@ -779,6 +952,7 @@ class Ledger:
             self.sessions(user=user, since=since),
             now=now,
             user=user,
+            storage=self.storage_periods(user=user, since=since),
         )
 
     def record_decision(

@@ -7,7 +7,11 @@ start and then on its period, every blocking call off the event loop:
   reconcile open and close sessions (:mod:`jupyter_gpu_meter.sessions`);
 - the GPU sampler ticks (every second by default) into per-minute rollups;
 - a flush writes queued ledger writes in order, keeping them while the
-  database is unavailable.
+  database is unavailable;
+- the storage measurement (every ``storage_interval``, 10 minutes by default)
+  records the size of this hub's homes and snapshots
+  (:mod:`jupyter_gpu_meter.storage`), in a thread of its own so a slow
+  measurement delays neither the event loop nor session writes.
 
 What the meter knows now (running containers, stop reasons, the last GPU
 sample, failure counts) is one :class:`~jupyter_gpu_meter.service.state.MeterState`
@@ -27,6 +31,8 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from urllib.parse import urlparse
 
 from tornado import web
@@ -38,11 +44,13 @@ from .._version import __version__
 from ..budgets import budget_view
 from ..clock import utcnow
 from ..gpus import GPUInventory
+from ..homes import HomeVolumes
 from ..identity import HubIdentity
 from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
 from ..sessions import EVENTS_SINCE_KEY, Opening, SessionChanges, SessionTracker
+from ..storage import measure_volumes, plan_periods
 from .handlers import HealthHandler
 from .hubapi import HubAPI
 from .logs import log_request, scrub_web_logs
@@ -77,13 +85,28 @@ def _log_request(handler):
     log_request(handler)  # without the OAuth codes and tokens a URL may carry
 
 
+@dataclass(frozen=True)
+class StoragePass:
+    """What one storage measurement found and recorded."""
+
+    measured_at: datetime
+    #: volumes of known size, by name: (user, kind, bytes)
+    sizes: dict
+    #: volumes whose size Docker could not tell (not billed)
+    unknown: list
+    #: periods recorded
+    periods: int
+    #: how long it took, seconds
+    duration_s: float
+
+
 class MeterService(Application):
     """Records every notebook session's runtime, GPUs, utilization and price in the ledger."""
 
     name = "jupyter-gpu-meter"
     version = __version__
     description = "Meter GPU notebook sessions into the ledger; run by JupyterHub as a service."
-    classes = [GPUInventory, GPUSampler, Pricing, Policies, HubIdentity]
+    classes = [GPUInventory, GPUSampler, Pricing, Policies, HubIdentity, HomeVolumes]
     aliases = {
         "config": "MeterService.config_file",
         "db-url": "MeterService.db_url",
@@ -131,6 +154,17 @@ class MeterService(Application):
         """,
     ).tag(config=True)
 
+    storage_interval = Float(
+        600.0,
+        min=1.0,
+        help="""
+        Seconds between two measurements of the size of this hub's homes and
+        snapshots, e.g. 600 (the default, 10 minutes). The first runs at start.
+        Each is billed from the one before at the size it finds, so storage
+        charges grow in steps of this interval.
+        """,
+    ).tag(config=True)
+
     service_url = Unicode(
         help="""
         Where the service listens, e.g. ``http://127.0.0.1:10101``. Set by the
@@ -175,8 +209,10 @@ class MeterService(Application):
         self.docker_api = docker_api
         #: what the meter knows now; only the event loop changes it
         self.state = MeterState()
+        self.hub_id = HubIdentity(parent=self).hub_id
+        self.homes = HomeVolumes(parent=self)
         self.tracker = SessionTracker(
-            self.ledger, self.docker_api, self.pricing, hub_id=HubIdentity(parent=self).hub_id
+            self.ledger, self.docker_api, self.pricing, hub_id=self.hub_id
         )
         self.aggregator = RollupAggregator(self.writer_id)
         self.policies = Policies(parent=self)
@@ -200,6 +236,9 @@ class MeterService(Application):
         # one thread for Docker and ledger work keeps the tracker's writes in order
         self.ledger_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-ledger")
         self.sampler_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-sampler")
+        self.storage_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-storage")
+        #: volumes over HomeVolumes.size_warning at the last pass (the loop replaces it whole)
+        self.oversized = frozenset()
         self._stopping = threading.Event()
         self._events_stream = None
 
@@ -360,6 +399,71 @@ class MeterService(Application):
         self.aggregator.add(tick, self.state.gpu_owners())
         self.runner.observe(tick)
 
+    def storage_pass(self, now: datetime) -> StoragePass:
+        """Measure this hub's homes and snapshots and record their periods up to `now`.
+
+        Blocking (Docker and the ledger): the loop runs it in the storage
+        thread; tests call it with the clock they choose.
+        """
+        started = time.monotonic()
+        measured = measure_volumes(self.docker_api, hub_id=self.hub_id)
+        ends = self.ledger.storage_ends(item.volume.name for item in measured)
+        periods = plan_periods(
+            measured,
+            ends,
+            now=now,
+            interval=timedelta(seconds=self.storage_interval),
+            price_per_gb_month=self.pricing.storage_price,
+            currency=self.pricing.currency,
+        )
+        recorded = self.ledger.add_storage_periods(periods, now)
+        return StoragePass(
+            measured_at=now,
+            sizes={
+                item.volume.name: (item.volume.user, item.volume.kind, item.size_bytes)
+                for item in measured
+                if item.size_bytes is not None
+            },
+            unknown=sorted(item.volume.name for item in measured if item.size_bytes is None),
+            periods=recorded,
+            duration_s=time.monotonic() - started,
+        )
+
+    async def _measure_storage(self):
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.storage_executor, self.storage_pass, utcnow()
+        )
+        self.log.debug(
+            "Storage: %d volume(s) measured, %d period(s) recorded in %.2fs",
+            len(result.sizes),
+            result.periods,
+            result.duration_s,
+        )
+        if result.unknown:
+            self.log.warning(
+                "Storage: Docker cannot tell the size of %d volume(s), not billed "
+                "(a volume driver other than 'local'?): %s",
+                len(result.unknown),
+                ", ".join(result.unknown[:10]),
+            )
+        limit = self.homes.size_warning
+        oversized = frozenset(
+            name
+            for name, (_, kind, size) in result.sizes.items()
+            if limit is not None and kind == "home" and size > limit
+        )
+        for name in sorted(oversized - self.oversized):  # once, when a home grows past it
+            user, _, size = result.sizes[name]
+            self.log.warning(
+                "Storage: the home %s of %s holds %d bytes, more than "
+                "c.HomeVolumes.size_warning (%d)",
+                name,
+                user,
+                size,
+                limit,
+            )
+        self.oversized = oversized
+
     def _follow_events(self, loop, queue):
         """Thread: Docker's events, in order, into `queue`.
 
@@ -470,6 +574,11 @@ class MeterService(Application):
         )
         tasks.append(
             asyncio.ensure_future(self._every(self.flush_interval, self._flush, "Ledger flush"))
+        )
+        tasks.append(
+            asyncio.ensure_future(
+                self._every(self.storage_interval, self._measure_storage, "Storage measurement")
+            )
         )
 
         url = urlparse(self.service_url)
