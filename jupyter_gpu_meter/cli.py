@@ -69,7 +69,8 @@ def _parse_date(text: str) -> datetime | None:
 
 
 class ReportCommand(_LedgerCommand):
-    """Per user: sessions, GPU-hours and charges, from the ledger."""
+    """Per user: sessions, GPU-hours and charges, and storage (GB-hours and charges),
+    from the ledger. ``charges`` is GPU and CPU time; ``storage_charges`` comes on top."""
 
     name = "jupyter-gpu-meter report"
     description = __doc__
@@ -94,11 +95,15 @@ class ReportCommand(_LedgerCommand):
             since, until = _parse_date(self.since), _parse_date(self.until)
             with Ledger(self.db_url) as ledger:
                 ledger.check_revision()
-                sums, sessions = ledger.usage_sums(user=self.user or None, since=since, until=until)
+                user = self.user or None
+                sums, sessions = ledger.usage_sums(user=user, since=since, until=until)
+                storage = ledger.storage_sums(user=user, since=since, until=until)
         except (ValueError, LedgerSchemaError) as e:
             self.log.critical("%s", e)
             self.exit(2)
-        rows = usage_by_user(sessions, now=utcnow(), since=since, until=until, sums=sums)
+        rows = usage_by_user(
+            sessions, now=utcnow(), since=since, until=until, sums=sums, storage=storage
+        )
         sys.stdout.write(render_report(rows, self.format))
 
 
@@ -110,13 +115,24 @@ def render_report(rows, fmt: str) -> str:
             "running": row.running,
             "gpu_hours": str(row.gpu_hours.quantize(_GPU_HOURS)),
             "charges": str(round_money(row.charges, row.currency)),
+            "storage_gb_hours": str(row.storage_gb_hours.quantize(_GPU_HOURS)),
+            "storage_charges": str(round_money(row.storage_charges, row.currency)),
             "currency": row.currency,
         }
         for row in rows
     ]
     if fmt == "json":
         return json.dumps(records, indent=2) + "\n"
-    columns = ["user", "sessions", "running", "gpu_hours", "charges", "currency"]
+    columns = [
+        "user",
+        "sessions",
+        "running",
+        "gpu_hours",
+        "charges",
+        "storage_gb_hours",
+        "storage_charges",
+        "currency",
+    ]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, columns, lineterminator="\n")

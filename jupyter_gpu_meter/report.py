@@ -1,4 +1,4 @@
-"""Usage per user from ledger sessions: GPU-hours, charges, sessions. Pure."""
+"""Usage per user from ledger sessions and storage: GPU-hours, charges, sessions. Pure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from .pricing import charge_units, from_charge_units, from_gpu_microseconds, gpu_microseconds
+from .pricing import (
+    charge_units,
+    from_byte_hours,
+    from_charge_units,
+    from_gpu_microseconds,
+    from_storage_units,
+    gpu_microseconds,
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +25,9 @@ class UserUsage:
     gpu_hours: Decimal
     charges: Decimal
     currency: str
+    #: homes and snapshots kept: GB-hours and their charge (not in `charges`)
+    storage_gb_hours: Decimal = Decimal(0)
+    storage_charges: Decimal = Decimal(0)
 
 
 def usage_by_user(
@@ -27,6 +37,7 @@ def usage_by_user(
     since: datetime | None = None,
     until: datetime | None = None,
     sums: Iterable = (),
+    storage: Iterable = (),
 ) -> list[UserUsage]:
     """Totals per user and currency over the part of each session inside [since, until).
 
@@ -36,9 +47,17 @@ def usage_by_user(
     database already added up, wholly inside the range and not among
     `sessions`: see :meth:`~jupyter_gpu_meter.ledger.Ledger.usage_sums`. GPU
     time and charges add up as whole numbers and are divided once, so the
-    totals are the same however the sessions were split.
+    totals are the same however the sessions were split. `storage`
+    (:class:`~jupyter_gpu_meter.ledger.StorageSum`, already over the range)
+    adds each user's storage; a user with storage and no session gets a row.
     """
     totals: dict[tuple[str, str], list] = {}
+    kept: dict[tuple[str, str], list] = {}
+    for part in storage:
+        entry = kept.setdefault((part.user, part.currency), [0, 0])
+        entry[0] += part.byte_hours
+        entry[1] += part.charge_units
+        totals.setdefault((part.user, part.currency), [0, 0, 0, 0])
     for part in sums:
         entry = totals.setdefault((part.user, part.currency), [0, 0, 0, 0])
         entry[0] += part.sessions
@@ -56,9 +75,19 @@ def usage_by_user(
         entry[1] += session.ended_at is None
         entry[2] += gpu_microseconds(session.price, start, end)
         entry[3] += charge_units(session.price, start, end)
-    return [
-        UserUsage(
-            user, count, running, from_gpu_microseconds(gpu_us), from_charge_units(units), currency
+    rows = []
+    for (user, currency), (count, running, gpu_us, units) in sorted(totals.items()):
+        byte_hours, storage_units = kept.get((user, currency), (0, 0))
+        rows.append(
+            UserUsage(
+                user,
+                count,
+                running,
+                from_gpu_microseconds(gpu_us),
+                from_charge_units(units),
+                currency,
+                from_byte_hours(byte_hours),
+                from_storage_units(storage_units),
+            )
         )
-        for (user, currency), (count, running, gpu_us, units) in sorted(totals.items())
-    ]
+    return rows

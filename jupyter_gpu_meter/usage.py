@@ -225,21 +225,33 @@ class Totals:
     sessions: int = 0
     running: int = 0
     gpu_hours: Decimal = Decimal(0)
-    #: currency -> exact amount; one currency unless the configured one was changed
+    #: currency -> exact amount of GPU and CPU time; one currency unless the
+    #: configured one was changed
     charges: dict[str, Decimal] = field(default_factory=dict)
+    #: homes and snapshots kept, GB-hours
+    storage_gb_hours: Decimal = Decimal(0)
+    #: currency -> exact amount for storage (not in `charges`)
+    storage_charges: dict[str, Decimal] = field(default_factory=dict)
 
     def charge_in(self, currency: str) -> Decimal:
         return self.charges.get(currency, Decimal(0))
 
+    def storage_charge_in(self, currency: str) -> Decimal:
+        return self.storage_charges.get(currency, Decimal(0))
+
+    @property
+    def total_charges(self) -> dict[str, Decimal]:
+        """GPU/CPU time and storage together: what is owed, per currency."""
+        return _merge(self.charges, self.storage_charges)
+
     def __add__(self, other: Totals) -> Totals:
-        charges = dict(self.charges)
-        for currency, amount in other.charges.items():
-            charges[currency] = charges.get(currency, Decimal(0)) + amount
         return Totals(
             self.sessions + other.sessions,
             self.running + other.running,
             self.gpu_hours + other.gpu_hours,
-            charges,
+            _merge(self.charges, other.charges),
+            self.storage_gb_hours + other.storage_gb_hours,
+            _merge(self.storage_charges, other.storage_charges),
         )
 
     def to_json(self) -> dict:
@@ -248,7 +260,20 @@ class Totals:
             "running": self.running,
             "gpu_hours": decimal_string(self.gpu_hours),
             "charges": charges_list(self.charges),
+            "storage": {
+                "gb_hours": decimal_string(self.storage_gb_hours),
+                "charges": charges_list(self.storage_charges),
+            },
+            "total_charges": charges_list(self.total_charges),
         }
+
+
+def _merge(*amounts: dict[str, Decimal]) -> dict[str, Decimal]:
+    merged: dict[str, Decimal] = {}
+    for part in amounts:
+        for currency, amount in part.items():
+            merged[currency] = merged.get(currency, Decimal(0)) + amount
+    return merged
 
 
 @dataclass(frozen=True)
@@ -260,31 +285,50 @@ class UserTotals:
 
 
 def totals_by_user(
-    sessions: Iterable, *, now: datetime, since=None, until=None, sums: Iterable = ()
+    sessions: Iterable,
+    *,
+    now: datetime,
+    since=None,
+    until=None,
+    sums: Iterable = (),
+    storage: Iterable = (),
 ) -> dict[str, Totals]:
     """Totals per user over [since, until): :func:`~jupyter_gpu_meter.report.usage_by_user`
-    (of `sessions` and the ledger's `sums`), its currencies merged."""
+    (of `sessions`, the ledger's `sums` and `storage` sums), its currencies merged."""
     result: dict[str, Totals] = {}
-    for row in usage_by_user(sessions, now=now, since=since, until=until, sums=sums):
-        part = Totals(row.sessions, row.running, row.gpu_hours, {row.currency: row.charges})
+    rows = usage_by_user(sessions, now=now, since=since, until=until, sums=sums, storage=storage)
+    for row in rows:
+        part = Totals(
+            row.sessions,
+            row.running,
+            row.gpu_hours,
+            {row.currency: row.charges} if row.sessions else {},
+            row.storage_gb_hours,
+            {row.currency: row.storage_charges} if row.storage_gb_hours else {},
+        )
         result[row.user] = result[row.user] + part if row.user in result else part
     return result
 
 
-def totals(sessions: Iterable, *, now: datetime, since=None, until=None, sums=()) -> Totals:
+def totals(
+    sessions: Iterable, *, now: datetime, since=None, until=None, sums=(), storage=()
+) -> Totals:
     """Everyone's totals over [since, until)."""
     result = Totals()
-    for part in totals_by_user(sessions, now=now, since=since, until=until, sums=sums).values():
+    parts = totals_by_user(
+        sessions, now=now, since=since, until=until, sums=sums, storage=storage
+    ).values()
+    for part in parts:
         result = result + part
     return result
 
 
 def user_table(in_range: dict[str, Totals], last_active: dict[str, datetime]) -> list[UserTotals]:
-    """Every user in `last_active` (user -> when last active, over all time) with their
-    totals from `in_range` (zero when none), by user name."""
+    """Every user in `last_active` (user -> when last active, over all time) or with
+    totals in `in_range` (zero when none; storage only: never active), by user name."""
     return [
-        UserTotals(user, in_range.get(user, Totals()), last_active[user])
-        for user in sorted(last_active)
+        UserTotals(user, in_range.get(user, Totals()), last_active.get(user))
+        for user in sorted({*last_active, *in_range})
     ]
 
 
@@ -468,7 +512,15 @@ EXPORT_COLUMNS = (
     "minimum_charge",
     "charge",
     "currency",
+    # added with storage billing; sessions' lines leave them empty but kind
+    "kind",
+    "volume",
+    "volume_kind",
+    "storage_gb_hours",
+    "price_per_gb_month",
 )
+#: ``kind`` of a server session's line and of a volume's storage line
+SESSION_LINE, STORAGE_LINE = "session", "storage"
 
 
 def export_row(session, *, now: datetime, since=None, until=None) -> dict | None:
@@ -502,6 +554,29 @@ def export_row(session, *, now: datetime, since=None, until=None) -> dict | None
         "minimum_charge": decimal_string(price.minimum_charge),
         "charge": decimal_string(charge(price, start, end)),
         "currency": price.currency,
+        "kind": SESSION_LINE,
+        "volume": "",
+        "volume_kind": "",
+        "storage_gb_hours": "",
+        "price_per_gb_month": "",
+    }
+
+
+def storage_row(line) -> dict:
+    """One invoice line for a volume kept over the range at one price (a per-volume
+    :class:`~jupyter_gpu_meter.ledger.StorageSum`): the session columns stay empty."""
+    return {
+        **dict.fromkeys(EXPORT_COLUMNS, ""),
+        "user": line.user,
+        "billed_from": isoformat(line.billed_from),
+        "billed_until": isoformat(line.billed_until),
+        "charge": decimal_string(line.charge),
+        "currency": line.currency,
+        "kind": STORAGE_LINE,
+        "volume": line.volume,
+        "volume_kind": line.kind,
+        "storage_gb_hours": decimal_string(line.gb_hours),
+        "price_per_gb_month": decimal_string(line.price_per_gb_month),
     }
 
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from jupyter_gpu_meter.ledger import Ledger
+from jupyter_gpu_meter.ledger import Ledger, StoragePeriod
 from jupyter_gpu_meter.pricing import PriceSnapshot
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
@@ -64,6 +64,10 @@ def ledger_url(tmp_path):
         add(ledger, "b1", "bob", 1, T0, 1.5, increment=60)  # 90 s billed as 120 s
         add(ledger, "c1", "cyd", 0, T0, 120)  # CPU only: 2 h at 0.10
         add(ledger, "d1", "dan", 1, datetime.now(timezone.utc), None)  # running
+        # eve never ran a server: a 10 GB home for 73 hours at 0.10 per GB-month
+        home = StoragePeriod("eve", "home-eve", "home", T0, T0 + timedelta(hours=73), 10**10,
+                             Decimal("0.10"), "USD")  # fmt: skip
+        ledger.add_storage_periods([home], home.ended_at)
     return url
 
 
@@ -79,8 +83,12 @@ def test_report_per_user(ledger_url):
         "running": 0,
         "gpu_hours": "2.0000",
         "charges": "4.98",
+        "storage_gb_hours": "0.0000",
+        "storage_charges": "0.00",
         "currency": "USD",
     }
+    assert (rows["eve"]["sessions"], rows["eve"]["charges"]) == (0, "0.00")
+    assert (rows["eve"]["storage_gb_hours"], rows["eve"]["storage_charges"]) == ("730.0000", "0.10")
     assert (rows["bob"]["gpu_hours"], rows["bob"]["charges"]) == ("0.0250", "0.08")
     assert (rows["cyd"]["gpu_hours"], rows["cyd"]["charges"]) == ("0.0000", "0.20")
     assert (rows["dan"]["sessions"], rows["dan"]["running"]) == (1, 1)
@@ -93,6 +101,9 @@ def test_report_filters_by_user_and_clips_to_the_range(ledger_url):
         ledger_url, "--user", "ada", "--since", "2026-11-02T09:30", "--until", "2026-11-03"
     )
     assert (ada["sessions"], ada["gpu_hours"], ada["charges"]) == (1, "0.5000", "1.25")
+    # storage is clipped to the range too: half of eve's 73 hours
+    (eve,) = report(ledger_url, "--user", "eve", "--until", "2026-11-03T21:30")
+    assert (eve["storage_gb_hours"], eve["storage_charges"]) == ("365.0000", "0.05")
 
 
 def test_report_as_csv_and_table(ledger_url):
@@ -105,11 +116,22 @@ def test_report_as_csv_and_table(ledger_url):
         "running": "0",
         "gpu_hours": "2.0000",
         "charges": "4.98",
+        "storage_gb_hours": "0.0000",
+        "storage_charges": "0.00",
         "currency": "USD",
     }
     table = cli("report", "--db-url", ledger_url).stdout.splitlines()
-    assert table[0].split() == ["user", "sessions", "running", "gpu_hours", "charges", "currency"]
-    assert table[1].split() == ["ada", "2", "0", "2.0000", "4.98", "USD"]
+    assert table[0].split() == [
+        "user",
+        "sessions",
+        "running",
+        "gpu_hours",
+        "charges",
+        "storage_gb_hours",
+        "storage_charges",
+        "currency",
+    ]
+    assert table[1].split() == ["ada", "2", "0", "2.0000", "4.98", "0.0000", "0.00", "USD"]
 
 
 def test_report_on_a_database_without_the_schema_says_what_to_run(tmp_path):
@@ -128,4 +150,4 @@ def test_report_reads_the_ledger_named_in_the_config_file(ledger_url, tmp_path):
     config = tmp_path / "jupyterhub_config.py"
     config.write_text(f"c = get_config()\nc.MeterService.db_url = {ledger_url!r}\n")
     rows = json.loads(cli("report", "--config", str(config), "--format", "json").stdout)
-    assert {row["user"] for row in rows} == {"ada", "bob", "cyd", "dan"}
+    assert {row["user"] for row in rows} == {"ada", "bob", "cyd", "dan", "eve"}

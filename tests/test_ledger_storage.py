@@ -154,3 +154,16 @@ def test_money_budgets_count_storage(ledger):
     ledger.add_storage_periods([period("ada", "home-ada", 0, 73 * 3600, size=10 * GB)], at(0))
     status = ledger.user_budget_status("ada", [], T0 + timedelta(hours=75))  # still November
     assert status.spent == Decimal("0.1")
+
+
+def test_invoice_lines_are_per_volume_and_price_clipped_to_the_range(stored):
+    stored.add_storage_periods([period("bob", "home-bob", 2400, 3000, size=7 * GB)], at(3000))
+    lines = stored.storage_sums(user="bob", since=at(1000), until=at(2800), by_volume=True)
+    assert [
+        (s.volume, s.kind, s.price_per_gb_month, s.billed_from, s.billed_until) for s in lines
+    ] == [
+        ("home-bob", "home", Decimal("0.100000"), at(2400), at(2800)),  # the new price
+        ("home-bob", "home", Decimal("0.200000"), at(1000), at(2400)),
+    ]
+    [whole] = stored.storage_sums(user="bob", since=at(1000), until=at(2800))
+    assert whole.charge_units == sum(line.charge_units for line in lines)

@@ -105,7 +105,11 @@ class StoragePeriod:
 
 @dataclass(frozen=True)
 class StorageSum:
-    """Storage of one user in one currency over a range, added up: whole numbers."""
+    """Storage of one user in one currency over a range, added up: whole numbers.
+
+    Per volume and price (an invoice line) where asked for: then `volume`,
+    `kind` and `price_per_gb_month` say which.
+    """
 
     user: str
     currency: str
@@ -113,6 +117,12 @@ class StorageSum:
     byte_hours: int
     #: the charge in :data:`jupyter_gpu_meter.pricing.STORAGE_CHARGE_UNITS` parts
     charge_units: int
+    #: the first and last time billed within the range
+    billed_from: datetime | None = None
+    billed_until: datetime | None = None
+    volume: str | None = None
+    kind: str | None = None
+    price_per_gb_month: Decimal | None = None
 
     @property
     def gb_hours(self) -> Decimal:

@@ -875,11 +875,14 @@ class Ledger:
         user: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        by_volume: bool = False,
     ) -> list[StorageSum]:
         """Storage per user and currency over [since, until): byte-hours and charge units.
 
-        Periods wholly inside the range are added up by the database; the
-        few crossing an edge (or too large for 64 bits) are clipped here.
+        `by_volume`: per user, volume and price instead (invoice lines), with
+        the first and last time billed. Periods wholly inside the range are
+        added up by the database; the few crossing an edge (or too large for
+        64 bits) are clipped here.
         """
         c = _storage.c
         since = None if since is None else _aware("since", since)
@@ -893,26 +896,46 @@ class Ledger:
         if until is not None:
             inside.append(c.ended_at <= until)
             pieces.append([*mine, c.ended_at > until, c.started_at < until])
+        keys = [c.username, c.currency]
+        if by_volume:
+            keys += [c.volume, c.kind, c.price_per_gb_month]
         summed = (
-            select(c.username, c.currency, func.sum(c.byte_hours), func.sum(c.charge_units))
+            select(
+                *keys,
+                func.sum(c.byte_hours),
+                func.sum(c.charge_units),
+                func.min(c.started_at),
+                func.max(c.ended_at),
+            )
             .where(*inside)
-            .group_by(c.username, c.currency)
+            .group_by(*keys)
         )
-        totals: dict[tuple[str, str], list[int]] = {}
+        totals: dict[tuple, list] = {}
+
+        def add(key, byte_hours, units, first, last):
+            entry = totals.setdefault(key, [0, 0, first, last])
+            entry[0] += byte_hours
+            entry[1] += units
+            entry[2], entry[3] = min(entry[2], first), max(entry[3], last)
+
         found: dict[int, StoragePeriod] = {}
         with self._snapshot() as connection:
-            for name, currency, byte_hours, units in connection.execute(summed):
-                totals[(name, currency)] = [int(byte_hours), int(units)]
+            for *key, byte_hours, units, first, last in connection.execute(summed):
+                add(tuple(key), int(byte_hours), int(units), first, last)
             for piece in pieces:
                 for row in connection.execute(select(_storage).where(*piece)):
                     found[row.id] = _storage_record(row)
         for period in found.values():
-            byte_hours, units = period.sums(since, until)
-            if period.part(since, until) is not None:
-                entry = totals.setdefault((period.user, period.currency), [0, 0])
-                entry[0] += byte_hours
-                entry[1] += units
-        return [StorageSum(name, cur, *sums) for (name, cur), sums in sorted(totals.items())]
+            span = period.part(since, until)
+            if span is not None:
+                key = (period.user, period.currency)
+                if by_volume:
+                    key += (period.volume, period.kind, period.price_per_gb_month)
+                add(key, *period.sums(since, until), *span)
+        return [
+            StorageSum(*key[:2], byte_hours, units, first, last, *key[2:])
+            for key, (byte_hours, units, first, last) in sorted(totals.items())
+        ]
 
     def storage_now(self, *, user: str | None = None) -> tuple[datetime | None, list]:
         """(when the last pass measured, the volumes it measured, by user and name).

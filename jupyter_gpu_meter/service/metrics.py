@@ -30,8 +30,9 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
 
     `tick`: the last sample (or None), `running`: container id -> running
     container, `health`: the meter's health dict, `per_user`: (GPU-seconds by
-    user, charges by (user, currency)), all time; None leaves out every
-    family that names users (for a scraper that may not see them).
+    user, charges by (user, currency)[, storage]), all time, with storage a
+    :class:`~jupyter_gpu_meter.service.reader.StorageMetrics`; None leaves out
+    every family that names users (for a scraper that may not see them).
     """
     gpu_labels = ["uuid", "index", "model"]
 
@@ -67,7 +68,7 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     for uuid, container in sorted(holders.items()):
         holder.add_metric([uuid, container.user, container.server], 1)
 
-    seconds, charges = per_user if per_user is not None else ({}, {})
+    seconds, charges, *storage = per_user if per_user is not None else ({}, {})
     gpu_seconds = CounterMetricFamily(
         PREFIX + "user_gpu_seconds",
         "GPU-seconds used per user, all time (running sessions up to the scrape).",
@@ -87,7 +88,7 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     sessions.add_metric([], len(running))
     families = [utilization, memory_used, memory_total, power, temperature, healthy, allocated]
     if per_user is not None:
-        families += [holder, gpu_seconds, charged]
+        families += [holder, gpu_seconds, charged, *storage_families(*storage)]
     families.append(sessions)
     tick_duration = GaugeMetricFamily(
         PREFIX + "sampler_tick_duration_seconds",
@@ -107,6 +108,42 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     )
     pending.add_metric([], health.get("pending_writes", 0))
     return [*families, tick_duration, last_tick, sampling, pending, *failure_families(health)]
+
+
+def storage_families(storage=None) -> list:
+    """Homes and snapshots: each volume's size at the last measurement, and per user
+    the GB-hours and charges of storage, all time (they name users)."""
+    size = GaugeMetricFamily(
+        PREFIX + "volume_size_bytes",
+        "Size of each home and snapshot volume at the last storage measurement (apparent).",
+        labels=["volume", "user", "kind"],
+    )
+    gb_hours = CounterMetricFamily(
+        PREFIX + "user_storage_gb_hours",
+        "GB-hours of storage (homes and snapshots) per user, all time, up to the last measurement.",
+        labels=["user"],
+    )
+    charged = CounterMetricFamily(
+        PREFIX + "user_storage_charges",
+        "Storage charges per user in the currency of the label, all time, unrounded.",
+        labels=["user", "currency"],
+    )
+    measured = GaugeMetricFamily(
+        PREFIX + "storage_last_measured_timestamp_seconds",
+        "When the volumes were last measured, seconds since the epoch (absent before).",
+    )
+    if storage is not None:
+        for period in storage.volumes:
+            size.add_metric([period.volume, period.user, period.kind], period.size_bytes)
+        hours: dict = {}
+        for part in storage.sums:
+            hours[part.user] = hours.get(part.user, 0) + part.gb_hours
+            charged.add_metric([part.user, part.currency], float(part.charge))
+        for user, value in sorted(hours.items()):
+            gb_hours.add_metric([user], float(value))
+        if storage.measured_at is not None:
+            measured.add_metric([], storage.measured_at.timestamp())
+    return [size, gb_hours, charged, measured]
 
 
 def failure_families(health: dict) -> list:

@@ -64,6 +64,7 @@ def make_templates(hub_template_paths=(), template_vars: dict | None = None) -> 
         utc=format_time,
         percent=format_percent,
         bytes=format_bytes,
+        gb=format_gb,
     )
     env.globals["template_vars"] = {
         key: value for key, value in (template_vars or {}).items() if not callable(value)
@@ -111,6 +112,13 @@ def format_time(at: datetime | None) -> str:
 
 def format_percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}%"
+
+
+def format_gb(value: int | None) -> str:
+    """Storage as it is priced: ``12.35 GB`` (10**9 bytes)."""
+    if value is None:
+        return "–"
+    return f"{Decimal(value).scaleb(-9).quantize(Decimal('0.01'), ROUND_HALF_UP):,} GB"
 
 
 def format_bytes(value: int | None) -> str:

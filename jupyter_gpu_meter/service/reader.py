@@ -98,6 +98,8 @@ class UserView:
     daily: list[tuple[date, Decimal]]
     #: remaining budget, None where there is none (budgets: a later release)
     budget: dict | None = None
+    #: the user's volumes at the last storage measurement (:func:`storage_now`)
+    storage_now: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -119,7 +121,32 @@ class UserView:
                 {"date": day.isoformat(), "gpu_hours": usage.decimal_string(hours)}
                 for day, hours in self.daily
             ],
+            "storage_now": self.storage_now,
         }
+
+
+def storage_now(measured_at, periods, size_warning: int | None) -> dict:
+    """The volumes of the last storage measurement, as the API gives them. Pure.
+
+    `periods`: their last periods (:meth:`~jupyter_gpu_meter.ledger.Ledger.storage_now`).
+    A home above `size_warning` bytes (None: no limit) is flagged.
+    """
+    return {
+        "measured_at": usage.isoformat(measured_at),
+        "size_warning_bytes": size_warning,
+        "bytes": sum(p.size_bytes for p in periods),
+        "volumes": [
+            {
+                "name": p.volume,
+                "kind": p.kind,
+                "size_bytes": p.size_bytes,
+                "over_size_warning": size_warning is not None
+                and p.kind == "home"
+                and p.size_bytes > size_warning,
+            }
+            for p in periods
+        ],
+    }
 
 
 @dataclass
@@ -136,6 +163,10 @@ class UsersView:
     users: usage.Page
     #: user -> their running sessions (for the stop buttons)
     running: dict[str, list] = field(default_factory=dict)
+    #: user -> bytes of their volumes at the last storage measurement
+    storage_bytes: dict[str, int] = field(default_factory=dict)
+    #: users with a home above ``c.HomeVolumes.size_warning``
+    storage_over: frozenset = frozenset()
 
     def to_json(self) -> dict:
         return {
@@ -152,6 +183,8 @@ class UsersView:
                     "last_active": usage.isoformat(row.last_active),
                     **row.totals.to_json(),
                     "running_servers": [s.server for s in self.running.get(row.user, [])],
+                    "storage_bytes": self.storage_bytes.get(row.user, 0),
+                    "storage_over_size_warning": row.user in self.storage_over,
                 }
             ),
         }
@@ -161,7 +194,8 @@ class UsageReader:
     """Reads usage from the ledger for one request at a time, in its own threads.
 
     `clock` gives `now` for running sessions; `budget` (user -> dict or None)
-    is where remaining budgets will come from (a later release).
+    is where remaining budgets come from; `size_warning` (bytes, or None) is
+    ``c.HomeVolumes.size_warning``, to flag large homes.
     """
 
     def __init__(
@@ -173,7 +207,9 @@ class UsageReader:
         clock: Callable[[], datetime] = utcnow,
         budget: Callable[[str], dict | None] | None = None,
         executor=None,
+        size_warning: int | None = None,
     ):
+        self.size_warning = size_warning
         self.ledger = ledger
         self.currency = currency
         self.settings = settings or UsagePages()
@@ -224,7 +260,10 @@ class UsageReader:
 
         def totals(since=None, until=None):
             sums, sessions = self.ledger.usage_sums(user=user, since=since, until=until)
-            return usage.totals(sessions, now=now, since=since, until=until, sums=sums)
+            storage = self.ledger.storage_sums(user=user, since=since, until=until)
+            return usage.totals(
+                sessions, now=now, since=since, until=until, sums=sums, storage=storage
+            )
 
         all_time = totals()
 
@@ -243,6 +282,7 @@ class UsageReader:
             history=usage.Page([with_usage(s) for s in page], total, limit, offset),
             daily=usage.daily_gpu_hours(recent, now=now, days=days),
             budget=self.budget(user),
+            storage_now=storage_now(*self.ledger.storage_now(user=user), self.size_warning),
         )
 
     def users_view(
@@ -259,7 +299,10 @@ class UsageReader:
         now = self.clock()
         # the database adds up the closed sessions; only the others are read here
         sums, sessions = self.ledger.usage_sums(since=since, until=until)
-        in_range = usage.totals_by_user(sessions, now=now, since=since, until=until, sums=sums)
+        storage = self.ledger.storage_sums(since=since, until=until)
+        in_range = usage.totals_by_user(
+            sessions, now=now, since=since, until=until, sums=sums, storage=storage
+        )
         rows = usage.user_table(in_range, self.ledger.last_active(now))
         rows = usage.sort_users(rows, sort, descending=order == "desc", currency=self.currency)
         limit = self.settings.users_page_size if limit is None else limit
@@ -272,7 +315,26 @@ class UsageReader:
         for session in self.ledger.open_sessions():
             if session.user in shown:
                 running.setdefault(session.user, []).append(session)
-        return UsersView(now, since, until, self.currency, sort, order, grand, page, running)
+        sizes: dict[str, int] = {}
+        over = set()
+        for period in self.ledger.storage_now()[1]:
+            sizes[period.user] = sizes.get(period.user, 0) + period.size_bytes
+            limit = self.size_warning
+            if limit is not None and period.kind == "home" and period.size_bytes > limit:
+                over.add(period.user)
+        return UsersView(
+            now,
+            since,
+            until,
+            self.currency,
+            sort,
+            order,
+            grand,
+            page,
+            running,
+            sizes,
+            frozenset(over),
+        )
 
     def export(
         self,
@@ -283,14 +345,19 @@ class UsageReader:
         limit: int | None = None,
         offset: int = 0,
     ) -> usage.Page:
-        """Invoice lines (see :func:`jupyter_gpu_meter.usage.export_row`), oldest first."""
+        """Invoice lines: sessions' (see :func:`jupyter_gpu_meter.usage.export_row`),
+        oldest first, then one per volume and storage price
+        (:func:`~jupyter_gpu_meter.usage.storage_row`), by user and volume."""
         now = self.clock()
         sessions = self.ledger.sessions(user=user, since=since, until=until)
         rows = usage.export_rows(sessions, now=now, since=since, until=until)
+        lines = self.ledger.storage_sums(user=user, since=since, until=until, by_volume=True)
+        rows += [usage.storage_row(line) for line in lines]
         return usage.paginate(rows, limit=len(rows) if limit is None else limit, offset=offset)
 
-    def metrics_totals(self) -> tuple[dict[str, Decimal], dict[tuple[str, str], Decimal]]:
-        """All-time (GPU-seconds per user, charges per user and currency), cached briefly."""
+    def metrics_totals(self) -> tuple:
+        """All-time (GPU-seconds per user, charges per user and currency, storage), cached
+        briefly; storage is :class:`StorageMetrics`."""
         with self._metrics_lock:
             cached = self._metrics_cache
             if cached and time.monotonic() - cached[0] < self.settings.metrics_cache_seconds:
@@ -302,9 +369,25 @@ class UsageReader:
             for row in usage_by_user(sessions, now=now, sums=sums):
                 seconds[row.user] = seconds.get(row.user, Decimal(0)) + row.gpu_hours * 3600
                 charges[(row.user, row.currency)] = row.charges
-            result = (seconds, charges)
+            measured_at, volumes = self.ledger.storage_now()
+            result = (
+                seconds,
+                charges,
+                StorageMetrics(measured_at, volumes, self.ledger.storage_sums()),
+            )
             self._metrics_cache = (time.monotonic(), result)
             return result
+
+
+@dataclass(frozen=True)
+class StorageMetrics:
+    """Storage for /metrics: the last measurement and all-time sums per user."""
+
+    measured_at: datetime | None
+    #: the last measurement's periods (:meth:`~jupyter_gpu_meter.ledger.Ledger.storage_now`)
+    volumes: list
+    #: :class:`~jupyter_gpu_meter.ledger.StorageSum` per user and currency, all time
+    sums: list
 
 
 class LiveState:

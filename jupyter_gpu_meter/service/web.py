@@ -16,6 +16,7 @@ import jinja2
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
 
+from ..homes import HomeVolumes
 from ..pricing import Pricing
 from .api import (
     ExportHandler,
@@ -90,7 +91,14 @@ def make_context(
         extra = {"clock": clock} if clock is not None else {}
         if hasattr(meter, "budget_view"):
             extra["budget"] = meter.budget_view
-        reader = UsageReader(meter.ledger, currency=pricing.currency, settings=settings, **extra)
+        homes = getattr(meter, "homes", None) or HomeVolumes(parent=parent)
+        reader = UsageReader(
+            meter.ledger,
+            currency=pricing.currency,
+            settings=settings,
+            size_warning=homes.size_warning,
+            **extra,
+        )
     if hub_auth is None:
         hub_auth = HubOAuth(parent=parent, base_url=prefix, cache_max_age=60)
     if hub_api is None:
