@@ -33,7 +33,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from jupyter_gpu_meter import homes
-from jupyter_gpu_meter.ledger import Ledger
+from jupyter_gpu_meter.ledger import Ledger, StoragePeriod
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.home_api import HomeService
@@ -132,6 +132,15 @@ def base_url(tmp_path_factory, home_service):
     pricing = Pricing(prices={"NVIDIA H100 80GB HBM3": "2.49"}, currency="EUR")
     for user in ("ada", "花子", HOSTILE, "=cmd|' /C calc'!A0"):
         add_session(ledger, pricing, user, NOW - timedelta(days=2), NOW - timedelta(days=1))
+    # homes and a snapshot, so storage fields are in the answers the schema is checked on
+    volumes = [("ada", "home"), ("ada", "snapshot"), ("花子", "home")]
+    ledger.add_storage_periods(
+        [
+            StoragePeriod(user, f"v{i}", kind, NOW - timedelta(days=2), NOW, 10**9, 1, "EUR")
+            for i, (user, kind) in enumerate(volumes)
+        ],
+        NOW,
+    )
     state = MeterState()
     meter = SimpleNamespace(
         ledger=ledger,
