@@ -86,6 +86,12 @@ def ledger_sessions(hub, user=None):
         return ledger.sessions(user=user)
 
 
+def ledger_storage(hub, user=None, since=None):
+    """Homes the meter measured (once at start, then every 10 minutes): in every total."""
+    with Ledger(hub.ledger_url) as ledger:
+        return ledger.storage_sums(user=user, since=since)
+
+
 def meter(hub, user) -> Meter:
     return Meter(hub, hub.tokens[user])
 
@@ -97,8 +103,15 @@ def expected_usage(hub, user, as_of: str):
         now,
         sessions,
         {
-            "all_time": usage.totals(sessions, now=now).to_json(),
-            "this_month": usage.totals(sessions, now=now, since=usage.month_start(now)).to_json(),
+            "all_time": usage.totals(
+                sessions, now=now, storage=ledger_storage(hub, user)
+            ).to_json(),
+            "this_month": usage.totals(
+                sessions,
+                now=now,
+                since=usage.month_start(now),
+                storage=ledger_storage(hub, user, usage.month_start(now)),
+            ).to_json(),
         },
     )
 
@@ -140,10 +153,13 @@ def test_a_user_cannot_see_another_but_admins_and_read_all_holders_can(hub):
         assert set(rows) == {"ada", "bob"}
         now = datetime.fromisoformat(users["as_of"].replace("Z", "+00:00"))
         for user in ("ada", "bob"):
-            total = usage.totals(ledger_sessions(hub, user), now=now).to_json()
+            storage = ledger_storage(hub, user)
+            total = usage.totals(ledger_sessions(hub, user), now=now, storage=storage).to_json()
             assert {k: rows[user][k] for k in total} == total
         assert rows["ada"]["running_servers"] == [""]
-        everyone = usage.totals(ledger_sessions(hub), now=now).to_json()
+        everyone = usage.totals(
+            ledger_sessions(hub), now=now, storage=ledger_storage(hub)
+        ).to_json()
         assert users["totals"] == {"users": 2, **everyone}
 
 
