@@ -24,6 +24,8 @@ from jupyter_gpu_meter.service.app import MeterService
 from jupyter_gpu_meter.storage import Measured, plan_periods, volume_sizes
 from tests.hub import IMAGE
 
+pytestmark = pytest.mark.docker
+
 GB = 10**9
 HOUR = timedelta(hours=1)
 
@@ -226,6 +228,7 @@ def test_unknown_sizes_are_logged_and_not_billed_and_big_homes_warned(
 ):
     meter = make_meter(HomeVolumes={"size_warning": "1M"})
     remote, big = volumes.make("hal"), volumes.make("ivy")
+    nobody = volumes.make("")  # labelled by hand, without a user: billed to no one
     volumes.run(big, "head -c 2000000 /dev/zero > /v/a")
     meter.docker_api = UnknownSizes(docker_client.api, remote)
     meter.log.addHandler(caplog.handler)  # the application's logger does not propagate
@@ -234,9 +237,11 @@ def test_unknown_sizes_are_logged_and_not_billed_and_big_homes_warned(
         asyncio.run(meter._measure_storage())  # warned once, not at every pass
     assert "cannot tell the size of 1 volume(s), not billed" in caplog.text
     assert remote in caplog.text
+    assert f"volume {nobody} is not billed: its user label: no user label" in caplog.text
     assert caplog.text.count(f"the home {big} of ivy holds 2000000 bytes") == 1
     assert meter.oversized == {big}
     assert meter.ledger.storage_periods(user="hal") == []
+    assert {p.volume for p in meter.ledger.storage_periods()} == {big}  # the others still are
     meter.storage_executor.shutdown()
     meter.log.removeHandler(caplog.handler)
 

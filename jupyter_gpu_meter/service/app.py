@@ -47,6 +47,7 @@ from ..gpus import GPUInventory
 from ..homes import HomeVolumes
 from ..identity import HubIdentity
 from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
+from ..ledger.models import name_problem
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
 from ..sessions import EVENTS_SINCE_KEY, Opening, SessionChanges, SessionTracker
@@ -94,6 +95,8 @@ class StoragePass:
     sizes: dict
     #: volumes whose size Docker could not tell (not billed)
     unknown: list
+    #: volumes whose user label the ledger cannot store, with why (not billed)
+    unbillable: dict
     #: periods recorded
     periods: int
     #: how long it took, seconds
@@ -406,7 +409,13 @@ class MeterService(Application):
         thread; tests call it with the clock they choose.
         """
         started = time.monotonic()
-        measured = measure_volumes(self.docker_api, hub_id=self.hub_id)
+        measured, unbillable = [], {}
+        for item in measure_volumes(self.docker_api, hub_id=self.hub_id):
+            problem = name_problem(item.volume.user) if item.volume.user else "no user label"
+            if problem:  # one bad label must not stop everyone else's billing
+                unbillable[item.volume.name] = problem
+            else:
+                measured.append(item)
         ends = self.ledger.storage_ends(item.volume.name for item in measured)
         periods = plan_periods(
             measured,
@@ -425,6 +434,7 @@ class MeterService(Application):
                 if item.size_bytes is not None
             },
             unknown=sorted(item.volume.name for item in measured if item.size_bytes is None),
+            unbillable=unbillable,
             periods=recorded,
             duration_s=time.monotonic() - started,
         )
@@ -446,6 +456,8 @@ class MeterService(Application):
                 len(result.unknown),
                 ", ".join(result.unknown[:10]),
             )
+        for name, problem in sorted(result.unbillable.items()):
+            self.log.warning("Storage: volume %s is not billed: its user label: %s", name, problem)
         limit = self.homes.size_warning
         oversized = frozenset(
             name
