@@ -10,8 +10,9 @@ not counted). Apparent, not allocated: a sparse 10 GB file is billed as 10 GB.
 It is the size the user sees (``ls -l``, ``du --apparent-size``), the same on
 every filesystem whatever its block size, and what a snapshot, a backup or a
 move to another disk or S3 costs (copies often fill sparse files in). Docker
-reports -1 where it cannot tell (volumes of other drivers, e.g. NFS through a
-plugin): those are logged and not billed.
+measures only volumes of the ``local`` driver without options: it reports -1
+for other drivers (a volume plugin) and leaves out local volumes with
+options (NFS through ``driver_opts``, tmpfs). Those are logged and not billed.
 
 A period runs from the volume's previous measurement to this one and is
 billed at the size measured now. A volume's first period starts when Docker
@@ -57,14 +58,15 @@ def measure_volumes(api, *, hub_id: str) -> list[Measured]:
     """This hub's homes and snapshots and their sizes now, by name. Blocking.
 
     One ``volumes`` list and one ``df`` call (which measures every volume on
-    the engine; only when this hub has any). A volume deleted between the two
-    calls is left out.
+    the engine; only when this hub has any). A volume ``df`` does not list
+    (a local volume with options, e.g. NFS; or one deleted between the two
+    calls) has an unknown size, like one Docker reports as -1.
     """
     volumes = [v for v in labelled_volumes(api, hub_id=hub_id) if v.kind in KINDS]
     if not volumes:
         return []
     sizes = volume_sizes(api.df())
-    return [Measured(v, sizes[v.name]) for v in volumes if v.name in sizes]
+    return [Measured(v, sizes.get(v.name)) for v in volumes]
 
 
 def plan_periods(

@@ -99,6 +99,12 @@ def make_meter(tmp_path, volumes, docker_client):
         meter.ledger.close()
 
 
+def soon():
+    """A first pass's time: after the volumes' creation by Docker's clock, which
+    gives whole seconds and can be up to one ahead of ours."""
+    return utcnow() + timedelta(seconds=2)
+
+
 def gb_hours(meter, user, **kwargs):
     return sum((s.gb_hours for s in meter.ledger.storage_sums(user=user, **kwargs)), Decimal(0))
 
@@ -113,7 +119,7 @@ def test_gb_hours_over_several_passes_match_size_times_time(make_meter, volumes)
     snapshot = volumes.make("ada", SNAPSHOT, **{SNAPSHOT_OF: home})
     volumes.run(home, "head -c 50000000 /dev/urandom > /v/data; mkdir /v/d; echo hi > /v/d/x")
     volumes.run(snapshot, "head -c 20000000 /dev/urandom > /v/copy")
-    t0 = utcnow()
+    t0 = soon()
     first = meter.storage_pass(t0)
     assert first.sizes == {home: ("ada", HOME, 50_000_003), snapshot: ("ada", SNAPSHOT, 20_000_000)}
     for hours in (1, 2, 3):
@@ -129,7 +135,7 @@ def test_gb_hours_over_several_passes_match_size_times_time(make_meter, volumes)
 def test_a_period_is_billed_at_the_size_measured_at_its_end(make_meter, volumes):
     meter = make_meter()
     home = volumes.make("bob")
-    t0 = utcnow()
+    t0 = soon()
     meter.storage_pass(t0)
     volumes.run(home, "head -c 1000000 /dev/zero > /v/a")
     meter.storage_pass(t0 + HOUR)
@@ -144,7 +150,7 @@ def test_no_server_ten_sparse_gb_at_ten_cents_the_charge_grows(make_meter, volum
     meter = make_meter()
     home = volumes.make("cy")
     volumes.run(home, "truncate -s 10000000000 /v/big")  # 10 GB, apparent: no disk used
-    t0 = utcnow()
+    t0 = soon()
     meter.storage_pass(t0)  # no container runs: storage is billed anyway
     seen = []
     for hours in (73, 146):
@@ -157,7 +163,7 @@ def test_deleting_a_volume_stops_its_charge(make_meter, volumes):
     meter = make_meter()
     home = volumes.make("dee")
     volumes.run(home, "head -c 5000000 /dev/zero > /v/a")
-    t0 = utcnow()
+    t0 = soon()
     meter.storage_pass(t0)
     meter.storage_pass(t0 + HOUR)
     before = charge(meter, "dee")
@@ -173,7 +179,7 @@ def test_deleting_a_volume_stops_its_charge(make_meter, volumes):
 def test_a_restarted_meter_goes_on_from_the_ledger(make_meter, volumes):
     home = volumes.make("eve")
     volumes.run(home, "head -c 3000000 /dev/zero > /v/a")
-    t0 = utcnow()
+    t0 = soon()
     make_meter().storage_pass(t0)
     again = make_meter()  # same ledger, a new process
     again.storage_pass(t0 + 5 * HOUR)
@@ -202,7 +208,7 @@ def test_other_hubs_and_unlabelled_volumes_are_not_measured(make_meter, volumes,
     plain = volumes.make("x", name=f"{volumes.hub_id}-plain")
     docker_client.api.remove_volume(plain)
     docker_client.api.create_volume(name=plain)
-    assert set(meter.storage_pass(utcnow()).sizes) == {mine}
+    assert set(meter.storage_pass(soon()).sizes) == {mine}
 
 
 class UnknownSizes:
@@ -244,6 +250,31 @@ def test_unknown_sizes_are_logged_and_not_billed_and_big_homes_warned(
     assert {p.volume for p in meter.ledger.storage_periods()} == {big}  # the others still are
     meter.storage_executor.shutdown()
     meter.log.removeHandler(caplog.handler)
+
+
+def test_a_local_volume_with_options_like_nfs_is_logged_and_not_billed(
+    make_meter, volumes, docker_client, caplog
+):
+    """Docker's df measures no local volume with options (NFS, tmpfs): a tmpfs one here."""
+    meter = make_meter()
+    name = f"{volumes.hub_id}-home-tmpfs"
+    docker_client.api.create_volume(
+        name=name,
+        driver="local",
+        driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=10m"},
+        labels=volume_labels(HOME, user="jo", hub_id=volumes.hub_id),
+    )
+    volumes.names.append(name)
+    result = meter.storage_pass(soon())
+    assert (result.sizes, result.unknown, result.periods) == ({}, [name], 0)
+    meter.log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            asyncio.run(meter._measure_storage())
+    finally:
+        meter.log.removeHandler(caplog.handler)
+        meter.storage_executor.shutdown()
+    assert "NFS or other options of the local driver" in caplog.text and name in caplog.text
 
 
 def test_plan_periods_skips_what_cannot_be_billed():

@@ -452,7 +452,7 @@ class MeterService(Application):
         if result.unknown:
             self.log.warning(
                 "Storage: Docker cannot tell the size of %d volume(s), not billed "
-                "(a volume driver other than 'local'?): %s",
+                "(a volume plugin, or NFS or other options of the local driver?): %s",
                 len(result.unknown),
                 ", ".join(result.unknown[:10]),
             )
