@@ -15,9 +15,10 @@ The ledger stores budgets and every change to them
 take those records, or any objects with the same attributes, plus the user's
 sessions, and compute what is left. Nothing here touches a database.
 
-Storage (homes and snapshots, :class:`~jupyter_gpu_meter.ledger.StoragePeriod`)
-counts against money budgets, charged at the storage price of each measured
-period; GPU-hour budgets count GPU time only.
+Storage (homes and snapshots) counts against money budgets: the ledger adds
+up its charge over the period (:meth:`~jupyter_gpu_meter.ledger.Ledger.storage_sums`,
+each measured period at its own storage price) and the functions here add
+that in. GPU-hour budgets count GPU time only.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from .pricing import (
     charge,
     gpu_seconds,
     parse_currency,
-    storage_charge,
 )
 
 USER = "user"
@@ -97,14 +97,13 @@ class Session(Protocol):
 
 
 class Storage(Protocol):
-    """What the functions here read of a storage period (the ledger's ``StoragePeriod``)."""
+    """What the functions here read of a user's storage over the budget's period so far
+    (the ledger's ``StorageSum``)."""
 
     user: str
-    size_bytes: int
-    price_per_gb_month: Decimal
     currency: str
-    started_at: datetime
-    ended_at: datetime
+    #: exact amount
+    charge: Decimal
 
 
 # --- validation ------------------------------------------------------------------
@@ -267,8 +266,8 @@ def spent(
     price snapshot it started with (like ``jupyter-gpu-meter report --since``);
     running sessions count up to `now`. A money budget counts only sessions
     charged in its currency: amounts in another currency cannot be converted.
-    Storage periods count for money budgets only (the part inside the
-    window, at their own price); a GPU-hour budget counts GPU time alone.
+    `storage` (already over [since, now]) counts for money budgets only, in
+    their currency; a GPU-hour budget counts GPU time alone.
     """
     total = Decimal(0)
     for session in sessions:
@@ -282,10 +281,7 @@ def spent(
         else:
             total += gpu_seconds(session.price, start, end) / _HOUR
     if unit == MONEY:
-        for period in storage:
-            start, end = max(period.started_at, since), min(period.ended_at, now)
-            if end > start and period.currency == currency:
-                total += storage_charge(period.size_bytes, start, end, period.price_per_gb_month)
+        total += sum((part.charge for part in storage if part.currency == currency), Decimal(0))
     return total
 
 
@@ -339,7 +335,7 @@ def budget_status(
 
     `user` defaults to the budget's name for a user budget; a group budget
     applies to each member, so say which. Only that user's sessions and
-    `storage` periods count (others' are ignored; storage only for money).
+    `storage` count (others' are ignored; storage only for money).
     The limit is the budget's amount plus the grants made in the current
     period to the budget's owner and, for a group budget, to the user
     themself (in the budget's unit and currency).
@@ -359,7 +355,7 @@ def budget_status(
         currency=budget.currency,
         since=start,
         now=now,
-        storage=(period for period in storage if period.user == user),
+        storage=(part for part in storage if part.user == user),
     )
     return BudgetStatus(
         user=user,

@@ -154,6 +154,13 @@ def test_money_budgets_count_storage(ledger):
     ledger.add_storage_periods([period("ada", "home-ada", 0, 73 * 3600, size=10 * GB)], at(0))
     status = ledger.user_budget_status("ada", [], T0 + timedelta(hours=75))  # still November
     assert status.spent == Decimal("0.1")
+    # the budget's period clips storage: in December, November's home counts nothing
+    assert ledger.user_budget_status("ada", [], T0 + timedelta(hours=100)).spent == 0
+    gpu_hours = "gpu-hours"
+    ledger.set_budget(
+        scope="user", name="ada", amount="1", unit=gpu_hours, period="month", by="a", at=T0
+    )
+    assert ledger.user_budget_status("ada", [], T0 + timedelta(hours=75)).spent == 0
 
 
 def test_invoice_lines_are_per_volume_and_price_clipped_to_the_range(stored):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from jupyter_gpu_meter import pricing
 from jupyter_gpu_meter.budgets import budget_status
-from jupyter_gpu_meter.ledger import BudgetRecord, StoragePeriod
+from jupyter_gpu_meter.ledger import BudgetRecord, StorageSum
 from jupyter_gpu_meter.pricing import (
     Pricing,
     round_money,
@@ -97,19 +97,6 @@ def test_storage_price_is_validated_like_the_gpu_prices():
             Pricing(storage_price=bad)
 
 
-def period(user, start_h, end_h, size=10 * GB, price="0.10", currency="USD"):
-    return StoragePeriod(
-        user=user,
-        volume=f"home-{user}",
-        kind="home",
-        started_at=T0 + timedelta(hours=start_h),
-        ended_at=T0 + timedelta(hours=end_h),
-        size_bytes=size,
-        price_per_gb_month=Decimal(price),
-        currency=currency,
-    )
-
-
 def budget(unit, amount="1", currency="USD"):
     return BudgetRecord(
         scope="user",
@@ -125,10 +112,10 @@ def budget(unit, amount="1", currency="USD"):
 
 def test_storage_counts_against_money_budgets_only():
     now = T0 + timedelta(hours=100)
-    storage = [
-        period("ada", -5, 73),  # 73 h of it in this month: 10 GB x 73 h = 0.10 USD
-        period("ada", 73, 80, currency="EUR"),  # another currency: not counted
-        period("bob", 0, 80),  # someone else's
+    storage = [  # what the ledger adds up over the month so far
+        StorageSum("ada", "USD", 730 * 10**9, 10**11),  # 10 GB for 73 hours: 0.10 USD
+        StorageSum("ada", "EUR", 1, 10**12),  # another currency: not counted
+        StorageSum("bob", "USD", 1, 10**12),  # someone else's
     ]
     money = budget_status(budget("money"), [], [], now=now, storage=storage)
     assert money.spent == Decimal("0.1")

@@ -975,7 +975,7 @@ class Ledger:
             self.sessions(user=user, since=since),
             now=now,
             user=user,
-            storage=self.storage_periods(user=user, since=since),
+            storage=self.storage_sums(user=user, since=since, until=now),
         )
 
     def record_decision(
