@@ -10,6 +10,7 @@ here but is billed as 10 GB (see jupyter_gpu_meter.storage).
 import asyncio
 import logging
 import secrets
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -181,11 +182,36 @@ def test_a_restarted_meter_goes_on_from_the_ledger(make_meter, volumes):
     volumes.run(home, "head -c 3000000 /dev/zero > /v/a")
     t0 = soon()
     make_meter().storage_pass(t0)
+    volumes.run(home, "head -c 1000000 /dev/zero > /v/b")  # a new size: a new period
     again = make_meter()  # same ledger, a new process
     again.storage_pass(t0 + 5 * HOUR)
     periods = again.ledger.storage_periods(user="eve")
+    assert [(p.ended_at, p.size_bytes) for p in periods] == [
+        (t0, 3_000_000),
+        (t0 + 5 * HOUR, 4_000_000),  # from where the ledger left off
+    ]
     assert periods[-1].started_at == t0
-    assert periods[-1].ended_at == t0 + 5 * HOUR
+
+
+def test_measurements_of_an_unchanged_volume_extend_one_row(make_meter, volumes):
+    home = volumes.make("kim")
+    volumes.run(home, "head -c 2000000 /dev/zero > /v/a")
+    meter = make_meter()
+    t0 = soon()
+    for hours in range(4):
+        meter.storage_pass(t0 + hours * HOUR)
+    [period] = meter.ledger.storage_periods(user="kim")
+    assert (period.ended_at, period.size_bytes) == (t0 + 3 * HOUR, 2_000_000)
+    [total] = meter.ledger.storage_sums(user="kim", since=t0)
+    assert total.gb_hours == Decimal("0.006")  # 2 MB x 3 h, exactly
+    # a retried pass, or one that overlaps what is billed, adds nothing
+    assert (
+        meter.ledger.add_storage_periods(
+            [replace(period, started_at=t0 + HOUR, ended_at=t0 + 2 * HOUR)], t0 + 3 * HOUR
+        )
+        == 0
+    )
+    assert meter.ledger.storage_sums(user="kim", since=t0) == [total]
 
 
 def test_a_first_measurement_bills_at_most_one_interval_back(make_meter, volumes):
