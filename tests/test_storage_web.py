@@ -50,7 +50,8 @@ def stored(meter):
 
 @pytest.fixture
 async def app(stored):
-    stored.homes = type("Homes", (), {"size_warning": 8 * GB})()  # as MeterService.homes
+    # as MeterService.home_volumes
+    stored.home_volumes = type("HomeVolumes", (), {"size_warning": 8 * GB})()
     server, app = serve_app(stored)
     yield app
     server.stop()

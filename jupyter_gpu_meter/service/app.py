@@ -213,7 +213,8 @@ class MeterService(Application):
         #: what the meter knows now; only the event loop changes it
         self.state = MeterState()
         self.hub_id = HubIdentity(parent=self).hub_id
-        self.homes = HomeVolumes(parent=self)
+        #: the homes' settings (size_warning); the web app's HomeService is separate
+        self.home_volumes = HomeVolumes(parent=self)
         self.tracker = SessionTracker(
             self.ledger, self.docker_api, self.pricing, hub_id=self.hub_id
         )
@@ -458,7 +459,7 @@ class MeterService(Application):
             )
         for name, problem in sorted(result.unbillable.items()):
             self.log.warning("Storage: volume %s is not billed: its user label: %s", name, problem)
-        limit = self.homes.size_warning
+        limit = self.home_volumes.size_warning
         oversized = frozenset(
             name
             for name, (_, kind, size) in result.sizes.items()

@@ -91,12 +91,12 @@ def make_context(
         extra = {"clock": clock} if clock is not None else {}
         if hasattr(meter, "budget_view"):
             extra["budget"] = meter.budget_view
-        homes = getattr(meter, "homes", None) or HomeVolumes(parent=parent)
+        volumes = getattr(meter, "home_volumes", None) or HomeVolumes(parent=parent)
         reader = UsageReader(
             meter.ledger,
             currency=pricing.currency,
             settings=settings,
-            size_warning=homes.size_warning,
+            size_warning=volumes.size_warning,
             **extra,
         )
     if hub_auth is None:
