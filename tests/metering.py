@@ -5,6 +5,7 @@ import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 from jupyter_gpu_meter import labels
@@ -120,3 +121,20 @@ def assert_matches_docker(session, docker, test):
     assert abs(row["start_diff_s"]) <= 1, row
     assert abs(row["end_diff_s"]) <= 1, row
     assert abs(row["ledger_duration_s"] - row["docker_duration_s"]) <= 1, row
+
+
+def give_money_budget(hub, user: str, amount: str, currency: str = "USD") -> None:
+    """Give `user` a monthly money budget in the hub's ledger, once its meter has made it."""
+    path = hub.ledger_url.removeprefix("sqlite:///")
+    wait_until(lambda: os.path.exists(path), 30, "the meter to create its ledger")
+    with Ledger(hub.ledger_url) as ledger:
+        ledger.set_budget(
+            scope="user",
+            name=user,
+            amount=Decimal(amount),
+            unit="money",
+            period="month",
+            currency=currency,
+            by="test-admin",
+            at=datetime.now(timezone.utc),
+        )

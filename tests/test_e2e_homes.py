@@ -9,16 +9,13 @@ files in the next server.
 import io
 import os
 import tarfile
-from datetime import datetime, timezone
-from decimal import Decimal
 
 import pytest
 
 import docker
 from jupyter_gpu_meter import homes, labels
-from jupyter_gpu_meter.ledger import Ledger
 from tests.hub import IMAGE
-from tests.metering import closed_session, wait_until
+from tests.metering import closed_session, give_money_budget, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -102,20 +99,10 @@ def test_work_survives_a_budget_stop(make_hub):
             "Policies.budget_minimum_start": 1,
         },
     )
-    hub.start_server("ada", {"gpus": 0})  # the meter runs (and made its ledger) by now
+    hub.start_server("ada", {"gpus": 0})
     write_work(hub.container_of("ada"), "before the budget")
     hub.stop_server("ada")
-    with Ledger(hub.ledger_url) as ledger:
-        ledger.set_budget(
-            scope="user",
-            name="ada",
-            amount=Decimal("6"),
-            unit="money",
-            period="month",
-            currency="USD",
-            by="test-admin",
-            at=datetime.now(timezone.utc),
-        )
+    give_money_budget(hub, "ada", "6")
     hub.start_server("ada", {"gpus": 1})
     gpu_server = hub.container_of("ada")
     wait_until(lambda: hub.server_model("ada") is None, 60, "the budget policy to stop ada")

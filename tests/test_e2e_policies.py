@@ -4,15 +4,13 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
-from decimal import Decimal
 
 import pytest
 import requests
 
 from jupyter_gpu_meter.ledger import Ledger
 from tests.hub import login
-from tests.metering import closed_session, session_of, wait_until
+from tests.metering import closed_session, give_money_budget, session_of, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -102,19 +100,7 @@ def test_a_budget_used_up_mid_session_stops_the_server_and_refuses_the_next(make
             "Policies.budget_minimum_start": 5,
         },
     )
-    path = hub.ledger_url.removeprefix("sqlite:///")
-    wait_until(lambda: os.path.exists(path), 30, "the meter to create its ledger")
-    with Ledger(hub.ledger_url) as ledger:
-        ledger.set_budget(
-            scope="user",
-            name="ada",
-            amount=Decimal("15"),
-            unit="money",
-            period="month",
-            currency="USD",
-            by="test-admin",
-            at=datetime.now(timezone.utc),
-        )
+    give_money_budget(hub, "ada", "15")
     hub.start_server("ada", {"gpus": 1})
     container = hub.container_of("ada")
     # about 15 s later the budget is used up; 2 s after that the server stops
