@@ -12,7 +12,10 @@ every filesystem whatever its block size, and what a snapshot, a backup or a
 move to another disk or S3 costs (copies often fill sparse files in). Docker
 measures only volumes of the ``local`` driver without options: it reports -1
 for other drivers (a volume plugin) and leaves out local volumes with
-options (NFS through ``driver_opts``, tmpfs). Those are logged and not billed.
+options (NFS through ``driver_opts``). Those are measured the same way by a
+helper container (:func:`measure_with_helper`: the volumes mounted read-only,
+no network, ``HomeVolumes.helper_image``); one it cannot measure either is
+logged and not billed.
 
 A period runs from the volume's previous measurement to this one and is
 billed at the size measured now. A volume's first period starts when Docker
@@ -30,7 +33,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from .homes import HOME, SNAPSHOT, Volume, labelled_volumes
+import docker.errors
+
+from .homes import HOME, SNAPSHOT, HomeError, Volume, labelled_volumes, run_helper
 from .ledger.records import StoragePeriod
 
 #: the volume kinds that are measured and billed
@@ -54,19 +59,73 @@ def volume_sizes(df: Mapping) -> dict[str, int | None]:
     return sizes
 
 
-def measure_volumes(api, *, hub_id: str) -> list[Measured]:
+def measure_volumes(
+    api, *, hub_id: str, helper_image: str | None = None, log=None
+) -> list[Measured]:
     """This hub's homes and snapshots and their sizes now, by name. Blocking.
 
     One ``volumes`` list and one ``df`` call (which measures every volume on
-    the engine; only when this hub has any). A volume ``df`` does not list
-    (a local volume with options, e.g. NFS; or one deleted between the two
-    calls) has an unknown size, like one Docker reports as -1.
+    the engine; only when this hub has any). A volume ``df`` cannot size (a
+    local volume with options, e.g. NFS; a volume plugin's) is measured by
+    :func:`measure_with_helper` when `helper_image` is given; where that
+    fails too (the error goes to `log`), or for a volume deleted between the
+    calls, the size is unknown (None).
     """
     volumes = [v for v in labelled_volumes(api, hub_id=hub_id) if v.kind in KINDS]
     if not volumes:
         return []
     sizes = volume_sizes(api.df())
+    unknown = [v.name for v in volumes if sizes.get(v.name) is None]
+    if unknown and helper_image:
+        try:
+            sizes.update(measure_with_helper(api, unknown, image=helper_image))
+        except (HomeError, docker.errors.APIError) as e:
+            if log is not None:
+                log.error(
+                    "Measuring %d volume(s) with a helper container failed: %s", len(unknown), e
+                )
     return [Measured(v, sizes.get(v.name)) for v in volumes]
+
+
+#: the most volumes one measuring helper container mounts
+HELPER_BATCH = 50
+
+#: per mounted volume: "<index> <bytes>", as Docker's df counts them (every
+#: entry but folders, by its apparent size, each inode once)
+_MEASURE_SCRIPT = """\
+for dir in /volumes/*; do
+  size=$(find "$dir" ! -type d -printf '%i %s\\n' | sort -u -k1,1 | awk '{s+=$2} END {print s+0}')
+  echo "${dir#/volumes/} $size"
+done
+"""
+
+
+def measure_with_helper(api, names: list[str], *, image: str) -> dict[str, int]:
+    """Volume name -> apparent size, measured inside helper containers. Blocking.
+
+    For volumes Docker's ``df`` cannot size. Each container mounts up to
+    :data:`HELPER_BATCH` of them read-only, with no network and only the
+    capability to read every file; :class:`~jupyter_gpu_meter.homes.HomeError`
+    if one fails.
+    """
+    sizes = {}
+    for start in range(0, len(names), HELPER_BATCH):
+        batch = names[start : start + HELPER_BATCH]
+        output = run_helper(
+            api,
+            image=image,
+            purpose="measure",
+            volume=batch[0],
+            script=_MEASURE_SCRIPT,
+            mounts={name: f"/volumes/{index}:ro" for index, name in enumerate(batch)},
+            cap_add=("DAC_READ_SEARCH",),
+            timeout=600,
+        )
+        for line in output.splitlines():
+            index, _, size = line.partition(" ")
+            if index.isdigit() and size.isdigit() and int(index) < len(batch):
+                sizes[batch[int(index)]] = int(size)
+    return sizes
 
 
 def plan_periods(

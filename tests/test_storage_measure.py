@@ -85,6 +85,7 @@ def make_meter(tmp_path, volumes, docker_client):
             "HubIdentity": {"hub_id": volumes.hub_id},
             "Pricing": {"storage_price": "0.10", "currency": "USD"},
             **config,
+            "HomeVolumes": {"helper_image": IMAGE, **config.get("HomeVolumes", {})},
         }
         meter = MeterService(
             db_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}", config=Config(settings)
@@ -258,7 +259,8 @@ class UnknownSizes:
 def test_unknown_sizes_are_logged_and_not_billed_and_big_homes_warned(
     make_meter, volumes, docker_client, caplog
 ):
-    meter = make_meter(HomeVolumes={"size_warning": "1M"})
+    # neither Docker's df nor a helper container can measure `remote`
+    meter = make_meter(HomeVolumes={"size_warning": "1M", "helper_image": "jgm-test/none:0"})
     remote, big = volumes.make("hal"), volumes.make("ivy")
     nobody = volumes.make("")  # labelled by hand, without a user: billed to no one
     volumes.run(big, "head -c 2000000 /dev/zero > /v/a")
@@ -267,6 +269,10 @@ def test_unknown_sizes_are_logged_and_not_billed_and_big_homes_warned(
     with caplog.at_level(logging.WARNING):
         asyncio.run(meter._measure_storage())
         asyncio.run(meter._measure_storage())  # warned once, not at every pass
+    assert (
+        "Measuring 1 volume(s) with a helper container failed: helper image 'jgm-test/none:0' "
+        "not found" in caplog.text
+    )
     assert "cannot tell the size of 1 volume(s), not billed" in caplog.text
     assert remote in caplog.text
     assert f"volume {nobody} is not billed: its user label: no user label" in caplog.text
@@ -278,29 +284,47 @@ def test_unknown_sizes_are_logged_and_not_billed_and_big_homes_warned(
     meter.log.removeHandler(caplog.handler)
 
 
-def test_a_local_volume_with_options_like_nfs_is_logged_and_not_billed(
-    make_meter, volumes, docker_client, caplog
+def test_a_volume_df_cannot_size_is_measured_by_a_helper_as_df_would(
+    make_meter, volumes, docker_client
 ):
-    """Docker's df measures no local volume with options (NFS, tmpfs): a tmpfs one here."""
+    """A volume plugin's (df says -1): measured in a helper container, counted as df counts."""
     meter = make_meter()
-    name = f"{volumes.hub_id}-home-tmpfs"
+    remote, plain = volumes.make("hal"), volumes.make("ivy")
+    script = (
+        "head -c 1000 /dev/zero > /v/a && mkdir -p /v/d/e && head -c 2345 /dev/zero > /v/d/e/b "
+        "&& ln /v/a /v/d/hard && ln -s ../a /v/d/soft && touch /v/empty"
+    )
+    volumes.run(remote, script)
+    volumes.run(plain, script)
+    meter.docker_api = UnknownSizes(docker_client.api, remote)
+    result = meter.storage_pass(soon())
+    by_df = volume_sizes(docker_client.api.df())[plain]
+    assert by_df == 1000 + 2345 + len("../a")  # folders not counted, the hard link once
+    assert result.sizes[remote] == ("hal", HOME, by_df)
+    assert result.unknown == []
+    assert [p.volume for p in meter.ledger.storage_periods(user="hal")] == [remote]
+
+
+def test_a_local_volume_with_options_like_nfs_is_measured_by_a_helper(
+    make_meter, volumes, docker_client, tmp_path
+):
+    """Docker's df leaves out every local volume with options (NFS): a bind of a folder here."""
+    meter = make_meter()
+    folder = tmp_path / "nfs-like"
+    folder.mkdir()
+    (folder / "data.bin").write_bytes(b"x" * 4321)
+    name = f"{volumes.hub_id}-home-bound"
     docker_client.api.create_volume(
         name=name,
         driver="local",
-        driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=10m"},
+        driver_opts={"type": "none", "o": "bind", "device": str(folder)},
         labels=volume_labels(HOME, user="jo", hub_id=volumes.hub_id),
     )
     volumes.names.append(name)
+    assert name not in volume_sizes(docker_client.api.df())
     result = meter.storage_pass(soon())
-    assert (result.sizes, result.unknown, result.periods) == ({}, [name], 0)
-    meter.log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING):
-            asyncio.run(meter._measure_storage())
-    finally:
-        meter.log.removeHandler(caplog.handler)
-        meter.storage_executor.shutdown()
-    assert "NFS or other options of the local driver" in caplog.text and name in caplog.text
+    assert (result.sizes, result.unknown) == ({name: ("jo", HOME, 4321)}, [])
+    assert [p.size_bytes for p in meter.ledger.storage_periods(user="jo")] == [4321]
 
 
 def test_plan_periods_skips_what_cannot_be_billed():

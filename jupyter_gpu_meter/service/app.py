@@ -411,7 +411,13 @@ class MeterService(Application):
         """
         started = time.monotonic()
         measured, unbillable = [], {}
-        for item in measure_volumes(self.docker_api, hub_id=self.hub_id):
+        found = measure_volumes(
+            self.docker_api,
+            hub_id=self.hub_id,
+            helper_image=self.home_volumes.helper_image,
+            log=self.log,
+        )
+        for item in found:
             problem = name_problem(item.volume.user) if item.volume.user else "no user label"
             if problem:  # one bad label must not stop everyone else's billing
                 unbillable[item.volume.name] = problem
