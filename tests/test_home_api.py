@@ -8,6 +8,8 @@ import asyncio
 import json
 import re
 import secrets
+from datetime import timedelta
+from decimal import Decimal
 from types import SimpleNamespace
 from urllib.parse import quote, urlencode
 
@@ -17,6 +19,7 @@ from tornado.testing import bind_unused_port
 
 from jupyter_gpu_meter import homes, snapshots
 from jupyter_gpu_meter.ledger import Ledger
+from jupyter_gpu_meter.ledger.records import StoragePeriod
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.home_api import HomeService
@@ -128,7 +131,10 @@ async def app(tmp_path, service):
     server = HTTPServer(application)
     server.add_sockets([sock])
     yield SimpleNamespace(
-        url=f"http://127.0.0.1:{port}{PREFIX}", hub_auth=hub_auth, application=application
+        url=f"http://127.0.0.1:{port}{PREFIX}",
+        hub_auth=hub_auth,
+        application=application,
+        ledger=ledger,
     )
     server.stop()
     ledger.close()
@@ -167,6 +173,31 @@ async def test_a_user_takes_lists_and_restores_their_own_snapshots(app, service,
     deleted = await call(app, f"api/snapshots/{snapshot['id']}", "ada-token", "DELETE")
     assert as_json(deleted)["deleted"]["id"] == snapshot["id"]
     assert as_json(await call(app, "api/snapshots", "ada-token"))["snapshots"] == []
+
+
+async def test_listed_snapshots_show_the_size_the_storage_pass_measured(app, service, ada_home):
+    snapshot = as_json(await call(app, "api/snapshots", "ada-token", "POST", {}))["snapshot"]
+    listed = as_json(await call(app, "api/snapshots", "ada-token"))["snapshots"]
+    assert [s["size_bytes"] for s in listed] == [None]  # not measured yet
+    app.ledger.add_storage_periods(
+        [
+            StoragePeriod(
+                user="ada",
+                volume=snapshot["volume"],
+                kind=homes.SNAPSHOT,
+                started_at=NOW - timedelta(minutes=10),
+                ended_at=NOW,
+                size_bytes=123_456_789,
+                price_per_gb_month=Decimal("0.10"),
+                currency="EUR",
+            )
+        ],
+        NOW,
+    )
+    listed = as_json(await call(app, "api/snapshots", "ada-token"))["snapshots"]
+    assert [s["size_bytes"] for s in listed] == [123_456_789]
+    page = (await fetch(app, "", "ada-token")).body.decode()
+    assert re.search(r'<td data-label="Size">\s*0.12 GB\s*</td>', page), page
 
 
 async def test_nobody_reaches_another_users_snapshots(app, service, ada_home):
@@ -364,7 +395,10 @@ async def serve(tmp_path, service):
     server = HTTPServer(application)
     server.add_sockets([sock])
     app = SimpleNamespace(
-        url=f"http://127.0.0.1:{port}{PREFIX}", hub_auth=hub_auth, application=application
+        url=f"http://127.0.0.1:{port}{PREFIX}",
+        hub_auth=hub_auth,
+        application=application,
+        ledger=ledger,
     )
     return server, app
 

@@ -21,6 +21,7 @@ per home keep other processes out too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -240,6 +241,7 @@ class SnapshotsHandler(HomeAPIHandler):
         service = self.homes_service()
         user = self.subject()
         found = await self.run(service.list(user))
+        found = await with_measured_sizes(self.context.reader, user, found)
         self.write_json(
             {
                 "user": user,
@@ -316,6 +318,24 @@ class HomeHandler(HomeAPIHandler):
         self.write_json({"removed": removed})
 
 
+async def with_measured_sizes(reader, user: str, found: list) -> list:
+    """`found` snapshots, each without a size given the size the storage pass last measured."""
+    if reader is None or all(snapshot.size_bytes is not None for snapshot in found):
+        return found
+    try:
+        _, periods = await reader.call(reader.ledger.storage_now, user=user)
+    except Exception as e:  # the list still shows, without sizes
+        log.warning("Reading the measured sizes of %s's snapshots failed: %s", user, e)
+        return found
+    sizes = {period.volume: period.size_bytes for period in periods}
+    return [
+        snapshot
+        if snapshot.size_bytes is not None
+        else dataclasses.replace(snapshot, size_bytes=sizes.get(snapshot.volume))
+        for snapshot in found
+    ]
+
+
 # --- the pages' forms --------------------------------------------------------------------
 
 
@@ -325,7 +345,7 @@ async def home_section(context, viewer, subject: str) -> dict | None:
     if service is None or not service.enabled:
         return None
     try:
-        found = await service.list(subject)
+        found = await with_measured_sizes(context.reader, subject, await service.list(subject))
         problem = ""
     except Exception as e:  # the page still shows, with the problem instead of the list
         log.warning("Listing %s's snapshots failed: %s", subject, e)
