@@ -7,7 +7,9 @@ accepts their device requests through the stand-in NVIDIA runtime hook.
 
 from __future__ import annotations
 
+import contextlib
 import html
+import io
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +29,31 @@ import requests
 from jupyter_gpu_meter import labels
 
 IMAGE = os.environ.get("JGM_IMAGE", "jupyter-gpu-meter/notebook:test")
+
+
+@contextlib.contextmanager
+def derived_image(docker_client, tag: str, *instructions: str):
+    """An image built FROM the test image with `instructions` (Dockerfile lines), removed after.
+
+    No network, no intermediate containers left behind. It inherits the test
+    image's labels (its build hash too): scripts/build-images never mistakes it for ours.
+    """
+    dockerfile = "\n".join([f"FROM {IMAGE}", *instructions, ""]).encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    docker_client.images.build(
+        fileobj=context, custom_context=True, tag=tag, network_mode="none", rm=True, forcerm=True
+    )
+    try:
+        yield tag
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"ancestor": tag}):
+            container.remove(force=True)
+        docker_client.images.remove(tag, force=True)
 
 
 #: the notebooks' network of the test hubs: internal (nothing leaves the machine), ICC off
@@ -256,15 +284,19 @@ class Hub:
         )
 
     def containers(self, all=False):
+        """This hub's notebook containers (not the helpers that work on its homes)."""
         # ignore_removed: a container that goes away between the list and its
         # inspect (a stop racing this call) is simply not listed
         return self.docker.containers.list(
-            all=all, filters={"name": self.prefix}, ignore_removed=True
+            all=all, filters={"name": self.prefix, "label": labels.MANAGED}, ignore_removed=True
         )
 
     def cleanup(self):
         self.stop()
-        for container in self.containers(all=True):
+        # notebooks, and any helper container left on its homes
+        for container in self.docker.containers.list(
+            all=True, filters={"name": self.prefix}, ignore_removed=True
+        ):
             container.remove(force=True)
         for volume in self.volumes():
             volume.remove(force=True)

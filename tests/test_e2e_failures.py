@@ -1,14 +1,12 @@
 """Starts that go wrong: nothing is leaked and the user is told why."""
 
 import html
-import io
 import re
-import tarfile
 
 import pytest
 
 from tests.fakenvml import subprocess_env
-from tests.hub import IMAGE, login
+from tests.hub import derived_image, login
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -21,17 +19,9 @@ def device_ids(container):
 @pytest.fixture(scope="module")
 def cuda13_image(docker_client):
     """The test image, labelled as built for CUDA 13.0."""
-    dockerfile = f"FROM {IMAGE}\nLABEL jupyter-gpu-meter.cuda-version=13.0\n".encode()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
     tag = "jupyter-gpu-meter/notebook:test-cuda13"
-    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, network_mode="none")
-    yield tag
-    docker_client.images.remove(tag, force=True)
+    with derived_image(docker_client, tag, "LABEL jupyter-gpu-meter.cuda-version=13.0"):
+        yield tag
 
 
 def test_a_failed_start_frees_its_gpu(make_hub):

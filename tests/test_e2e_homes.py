@@ -6,15 +6,13 @@ stop, a budget stop, a hub restart, a new image or profile) and looks for the
 files in the next server.
 """
 
-import io
 import os
-import tarfile
 
 import pytest
 
 import docker
 from jupyter_gpu_meter import homes, labels
-from tests.hub import IMAGE
+from tests.hub import derived_image
 from tests.metering import closed_session, give_money_budget, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
@@ -71,20 +69,13 @@ def test_work_survives_an_idle_stop_a_new_profile_a_hub_restart_and_a_new_image(
     hub.stop_server("ada")
 
     # ...and a new image (the admin upgrades it) mounts the same home
-    newer = f"{hub.prefix}newer-image"
-    docker_client.images.build(
-        fileobj=io.BytesIO(f"FROM {IMAGE}\nLABEL upgraded=yes\n".encode()), tag=newer, rm=True
-    )
-    try:
+    with derived_image(docker_client, f"{hub.prefix}newer-image", "LABEL upgraded=yes") as newer:
         hub.restart(**{"GPUDockerSpawner.image": newer})
         hub.start_server("ada", {"gpus": 0})
         third = hub.container_of("ada")
         assert third.image.tags == [f"{newer}:latest"]
         assert run_as_user(third, f"cat {HOME}/work.txt") == "epoch 3 of 10\nepoch 4\n"
-        hub.stop_server("ada")
-    finally:
-        hub.cleanup()
-        docker_client.images.remove(newer, force=True)
+        hub.cleanup()  # its containers go before their image
 
 
 def test_work_survives_a_budget_stop(make_hub):
@@ -199,24 +190,11 @@ def test_the_first_start_gives_the_notebook_user_a_writable_home_in_any_image(
 ):
     # an image without the notebook user's home folder: Docker has nothing to copy in
     bare = f"jgm-test-{os.getpid()}-no-home"
-    dockerfile = f"FROM {IMAGE}\nUSER root\nRUN rm -rf {HOME}\n"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile.encode()))
-    context.seek(0)
-    docker_client.images.build(
-        fileobj=context, custom_context=True, tag=bare, rm=True, network_mode="none"
-    )
-    try:
+    with derived_image(docker_client, bare, "USER root", f"RUN rm -rf {HOME}", "USER 1000"):
         hub = make_hub("1", **{"GPUDockerSpawner.image": bare})
         hub.start_server("ada", {"gpus": 0})
         assert read_work_after_write(hub.container_of("ada")) == "1000\n"
-    finally:
-        for hub_container in docker_client.containers.list(all=True, filters={"ancestor": bare}):
-            hub_container.remove(force=True)
-        docker_client.images.remove(bare, force=True)
+        hub.cleanup()
 
 
 def read_work_after_write(container) -> str:
