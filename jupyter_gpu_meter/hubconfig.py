@@ -22,6 +22,8 @@ from .service.auth import (
 #: the service's name, and so its URL prefix: /services/gpu-meter/
 SERVICE_NAME = "gpu-meter"
 #: variables the hub passes on to the meter (a managed service gets a minimal environment)
+#: the prefix of this package's own environment variables, all passed to the meter
+ENV_PREFIX = "JUPYTER_GPU_METER_"
 PASS_ENV = (
     SIMULATED_ENV,
     SIMULATED_UTILIZATION_ENV,
@@ -67,11 +69,20 @@ def meter_service(
     the hub loads its config, so two hubs on one host never compete for one
     (the hub's proxy routes ``/services/gpu-meter/`` to wherever it is).
     It gets the hub's id (:class:`~jupyter_gpu_meter.identity.HubIdentity`)
-    in ``$JUPYTER_GPU_METER_HUB_ID``, so it meters this hub's servers only.
+    in ``$JUPYTER_GPU_METER_HUB_ID``, so it meters this hub's servers only,
+    and every other ``JUPYTER_GPU_METER_*`` variable of the hub's environment,
+    so the config file reads the same values in both (the hub passes its
+    services almost nothing of its own environment).
     """
     from jupyterhub.utils import random_port
 
-    env = {key: os.environ[key] for key in PASS_ENV if key in os.environ}
+    # and every JUPYTER_GPU_METER_* variable: the config file both read may read them
+    # (the shipped one takes the image, the network, the GPUs from them)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key in PASS_ENV or key.startswith(ENV_PREFIX)
+    }
     env[HUB_ID_ENV] = default_hub_id()
     env.update(environment or {})
     return {

@@ -15,6 +15,7 @@ from jupyterhub import orm
 from jupyterhub.scopes import expand_scopes, has_scope
 from tornado.httpclient import HTTPClientError
 
+from jupyter_gpu_meter import hubconfig
 from jupyter_gpu_meter.hubconfig import (
     BUDGETS_ROLE,
     METER_SCOPES,
@@ -22,6 +23,7 @@ from jupyter_gpu_meter.hubconfig import (
     meter_role,
     setup_meter,
 )
+from jupyter_gpu_meter.identity import default_hub_id
 from jupyter_gpu_meter.service.auth import BUDGETS_SCOPE, READ_ALL_SCOPE, Viewer
 from tests.test_usage_web import (  # noqa: F401 (meter is a fixture)
     ACCESS,
@@ -301,3 +303,18 @@ async def test_no_page_of_the_service_may_be_framed(app, path, token):
     assert response.code in (200, 302, 403)
     assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
     assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_the_meter_reads_the_config_with_the_hubs_own_settings_from_the_environment(
+    monkeypatch,
+):
+    """The shipped config takes the image from $JUPYTER_GPU_METER_IMAGE: the meter (which
+    copies snapshots with that image) must see the value the hub's spawner sees."""
+    monkeypatch.setenv("JUPYTER_GPU_METER_IMAGE", "example/pytorch:2.9")
+    monkeypatch.setenv("JUPYTER_GPU_METER_DOCKER_NETWORK", "gpu-notebooks")
+    monkeypatch.setenv("UNRELATED_SECRET", "not for the meter")
+    env = hubconfig.meter_service("/srv/jupyterhub_config.py")["environment"]
+    assert env["JUPYTER_GPU_METER_IMAGE"] == "example/pytorch:2.9"
+    assert env["JUPYTER_GPU_METER_DOCKER_NETWORK"] == "gpu-notebooks"
+    assert "UNRELATED_SECRET" not in env
+    assert env["JUPYTER_GPU_METER_HUB_ID"] == default_hub_id()
