@@ -39,7 +39,7 @@ from traitlets.config import LoggingConfigurable
 
 from . import labels
 from .container import UNSAFE_SETTINGS, ContainerRefused, host_path_problems
-from .homes import HOME, SNAPSHOT, VOLUME_KIND
+from .homes import HOME, SNAPSHOT, VOLUME_KIND, inspect_volume
 
 #: the value of the volume-kind label on volumes the hub makes for datasets
 DATASET = "dataset"
@@ -390,10 +390,7 @@ def ensure_dataset_volume(api, dataset: Dataset) -> Mapping:
     (other options, or not by the hub) is refused with a message that says
     how to resolve it. Neither may be a home or snapshot volume.
     """
-    try:
-        info = api.inspect_volume(dataset.volume)
-    except docker.errors.NotFound:
-        info = None
+    info = inspect_volume(api, dataset.volume)
     if not dataset.create:
         if info is None:
             raise DatasetError(

@@ -154,6 +154,14 @@ def parse_docker_time(text: str | None) -> datetime | None:
     return as_utc(datetime.fromisoformat(f"{whole}{fraction}{zone}"))
 
 
+def inspect_volume(api, name: str) -> dict | None:
+    """Docker's description of the volume `name`, or None if there is none. Blocking."""
+    try:
+        return api.inspect_volume(name)
+    except docker.errors.NotFound:
+        return None
+
+
 def labelled_volumes(api, *, hub_id: str, kind: str | None = None, user: str | None = None):
     """This hub's volumes of `kind` (home, snapshot; None: both), of `user` (None: all)."""
     filters = [f"{VOLUME_KIND}={kind}" if kind else VOLUME_KIND, f"{labels.HUB}={hub_id}"]
@@ -420,10 +428,7 @@ def ensure_home(
     another user or hub (a template without ``{hub_id}`` shared by two hubs on
     one engine): never mount someone else's files.
     """
-    try:
-        info = api.inspect_volume(name)
-    except docker.errors.NotFound:
-        info = None
+    info = inspect_volume(api, name)
     if info is not None:
         check_owner(Volume.from_docker(info), user=user, hub_id=hub_id)
         return False

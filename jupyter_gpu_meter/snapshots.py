@@ -300,13 +300,6 @@ def _helper(api, *, image, purpose, volume, script, mounts, env=None, timeout=36
     )
 
 
-def _volume_exists(api, name: str) -> dict | None:
-    try:
-        return api.inspect_volume(name)
-    except docker.errors.NotFound:
-        return None
-
-
 # --- the helpers' scripts (sh -ec, GNU coreutils and findutils) ----------------------
 
 #: every top-level entry of "$dir", hidden ones too, as "$entry" (the loop's body follows)
@@ -420,7 +413,7 @@ def take_snapshot(
     died leaves a volume without ``complete``, which restore refuses.
     """
     label = check_label(label)
-    info = _volume_exists(api, home)
+    info = homes.inspect_volume(api, home)
     if info is None:
         raise NoHome(f"{user} has no home volume {home} yet: it is made when a server first starts")
     homes.check_owner(homes.Volume.from_docker(info), user=user, hub_id=hub_id)
@@ -428,7 +421,7 @@ def take_snapshot(
     now = as_utc(clock())
     snapshot_id = make_id(now)
     name = snapshot_volume_name(home, snapshot_id)
-    if _volume_exists(api, name) is not None:  # Docker would hand back the existing one
+    if homes.inspect_volume(api, name) is not None:  # Docker would hand back the existing one
         raise SnapshotError(f"a volume named {name} exists already; try again")
     volume_labels = homes.volume_labels(
         homes.SNAPSHOT,
@@ -499,7 +492,7 @@ def restore_snapshot(
     :class:`~homes.HelperFailed` if the copy fails, the home then unchanged;
     :class:`NoHome` without a home volume (the spawner makes it first).
     """
-    info = _volume_exists(api, home)
+    info = homes.inspect_volume(api, home)
     if info is None:
         raise NoHome(
             f"{user} has no home volume {home}: start a server from the snapshot instead "
@@ -562,13 +555,13 @@ def finish_interrupted_restore(api, home_volume: str, *, helper_image: str) -> s
     progress") while a restore's helper container is at work on the home.
     """
     marker = marker_volume_name(home_volume)
-    if _volume_exists(api, marker) is None:
+    if homes.inspect_volume(api, marker) is None:
         return None
     if _running_helpers(api, home_volume, RESTORE):
         raise homes.HomeBusy(
             f"a restore of the home {home_volume} is in progress: try again when it is done"
         )
-    if _volume_exists(api, home_volume) is None:
+    if homes.inspect_volume(api, home_volume) is None:
         _remove_volume_quietly(api, marker)
         return "marker removed (no home)"
     output = _helper(

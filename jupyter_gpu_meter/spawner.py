@@ -44,7 +44,16 @@ from .datasets import (
     ensure_dataset_volume,
 )
 from .gpus import GPUInventory, Inventory, cuda_driver_problem
-from .homes import HOME, SNAPSHOT, HomeBusy, HomeError, HomeVolumes, Volume, ensure_home
+from .homes import (
+    HOME,
+    SNAPSHOT,
+    HomeBusy,
+    HomeError,
+    HomeVolumes,
+    Volume,
+    ensure_home,
+    inspect_volume,
+)
 from .identity import HubIdentity
 from .ledger import DEFAULT_URL, Ledger
 from .ledger.models import NAME_RULE, name_problem
@@ -446,10 +455,10 @@ class GPUDockerSpawner(DockerSpawner):
             if isinstance(mount, dict) and str(mount.get("Type", "volume")).lower() == "volume"
         ]
         for name in filter(None, names):
-            try:
-                volume = Volume.from_docker(self.client.inspect_volume(name))
-            except docker.errors.NotFound:
+            info = inspect_volume(self.client, name)
+            if info is None:
                 continue  # Docker makes it, empty and unlabelled
+            volume = Volume.from_docker(info)
             if volume.kind in (HOME, SNAPSHOT) and (
                 volume.user != self.user.name or volume.hub_id != self.hub_id
             ):
