@@ -97,6 +97,11 @@ c.Pricing.cpu_price = "0"  # per hour, CPU-only servers
 c.Pricing.billing_increment = 1  # seconds
 c.Pricing.storage_price = "0.10"  # per GB-month (10**9 bytes, 730 hours): homes and snapshots
 
+# --- homes: each user's /home/jovyan is a Docker volume of their own, kept across
+# stops, culls and restarts (docs: "Keep users' work"). On by default; e.g.:
+# c.HomeVolumes.size_warning = "50G"  # flag bigger homes on the usage pages
+# c.HomeVolumes.name_template = "{hub_id}-home-{username}"  # two hubs on one engine
+
 # --- datasets: read-only data users tick on the spawn page (docs: "Give users datasets") ---
 # c.Datasets.definitions = {
 #     "demo": {"path": "/srv/datasets/demo", "description": "A folder on this host"},
