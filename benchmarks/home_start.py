@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -24,6 +26,31 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.hub import Hub  # noqa: E402
+
+_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+")
+
+
+def spawner_times(log: str) -> dict[str, list[float]]:
+    """From a hub's log: milliseconds from each start's request to "Starting container"
+    (the spawner's own work: home, checks, GPUs), by whether the home was made then."""
+    times = {"home made": [], "home kept or none": []}
+    began, made = {}, set()
+    for line in log.splitlines():
+        stamp = _TIME.search(line)
+        if not stamp:
+            continue
+        at = datetime.strptime(stamp.group(0), "%Y-%m-%d %H:%M:%S.%f")
+        if found := re.search(r"Creating oauth client jupyterhub-user-(\S+)$", line):
+            began[found.group(1)] = at
+        elif found := re.search(r"Made the home volume \S+ of (\S+)$", line):
+            made.add(found.group(1))
+        elif found := re.search(r"Starting container \S+?-(\w+)-- ", line):
+            user = found.group(1)
+            if user in began:
+                kind = "home made" if user in made else "home kept or none"
+                times[kind].append((at - began.pop(user)).total_seconds() * 1000)
+                made.discard(user)
+    return times
 
 
 def main():
@@ -35,6 +62,7 @@ def main():
     homes = Hub(work / "homes", client, "1")
     none = Hub(work / "none", client, "1", **{"HomeVolumes.enabled": False})
     times = {"first start (home made)": [], "later start (home kept)": [], "no homes": []}
+    logs = {}
     try:
         for hub in (homes, none):
             hub.start()
@@ -48,6 +76,7 @@ def main():
     finally:
         for hub in (homes, none):
             hub.cleanup()
+            logs[hub] = hub.logs()
 
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores")
     medians = {kind: statistics.median(values) for kind, values in times.items()}
@@ -56,6 +85,14 @@ def main():
             f"{kind:25s} start-to-ready: median {medians[kind]:.2f} s, "
             f"min {min(values):.2f} s, max {max(values):.2f} s ({len(values)} starts)"
         )
+    # the totals above are mostly the notebook's own boot and the hub's readiness polling
+    for label, hub in (("homes", homes), ("no homes", none)):
+        for kind, values in spawner_times(logs[hub]).items():
+            if values:
+                print(
+                    f"spawner's own time, {label}, {kind}: median "
+                    f"{statistics.median(values):.0f} ms ({len(values)} starts)"
+                )
     base = medians["no homes"]
     for kind, short in (("first start (home made)", "first"), ("later start (home kept)", "later")):
         print(f"ratio {short} start / no homes (medians): {medians[kind] / base:.3f}")
