@@ -14,27 +14,22 @@ from types import SimpleNamespace
 from urllib.parse import quote, urlencode
 
 import pytest
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
 from jupyter_gpu_meter import homes, snapshots
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.ledger.records import StoragePeriod
 from jupyter_gpu_meter.pricing import Pricing
-from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.home_api import HomeService
-from jupyter_gpu_meter.service.reader import LiveState
 from jupyter_gpu_meter.service.state import MeterState
 from tests.hub import IMAGE
 from tests.test_snapshots import CHANGE, POPULATE, manifest, run
 from tests.test_usage_web import (
     ACCESS,
     NOW,
-    PREFIX,
-    FakeHubAPI,
     KnownTokens,
     fetch,
     logged_in_browser,
+    serve_app,
 )
 
 pytestmark = pytest.mark.slow
@@ -108,36 +103,10 @@ def ada_home(service):
 
 @pytest.fixture
 async def app(tmp_path, service):
-    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.sqlite")
-    ledger.upgrade()
-    state = MeterState()
-    meter = SimpleNamespace(
-        ledger=ledger,
-        pricing=Pricing(currency="EUR"),
-        state=state,
-        health=lambda: {"gpu_sampling": "off", "pending_writes": 0, **state.health()},
-    )
-    hub_auth = Tokens.for_tests(access_scopes={ACCESS})
-    application = create_application(
-        meter,
-        PREFIX,
-        hub_auth=hub_auth,
-        hub_api=FakeHubAPI(),
-        clock=lambda: NOW,
-        live=LiveState(state, health=meter.health),
-        homes=service,
-    )
-    sock, port = bind_unused_port()
-    server = HTTPServer(application)
-    server.add_sockets([sock])
-    yield SimpleNamespace(
-        url=f"http://127.0.0.1:{port}{PREFIX}",
-        hub_auth=hub_auth,
-        application=application,
-        ledger=ledger,
-    )
+    server, app = serve(tmp_path, service)
+    yield app
     server.stop()
-    ledger.close()
+    app.ledger.close()
 
 
 def as_json(response):
@@ -370,8 +339,9 @@ def test_the_openapi_document_describes_the_home_routes():
     }
 
 
-async def serve(tmp_path, service):
-    """The web app with `service` for its homes: (its server, what tests use)."""
+def serve(tmp_path, service):
+    """The web app with `service` for its homes and a ledger of its own: (its server, what
+    tests use, with ``ledger``)."""
     ledger = Ledger(f"sqlite:///{tmp_path}/ledger-{secrets.token_hex(3)}.sqlite")
     ledger.upgrade()
     state = MeterState()
@@ -381,25 +351,8 @@ async def serve(tmp_path, service):
         state=state,
         health=lambda: {"gpu_sampling": "off", "pending_writes": 0, **state.health()},
     )
-    hub_auth = Tokens.for_tests(access_scopes={ACCESS})
-    application = create_application(
-        meter,
-        PREFIX,
-        hub_auth=hub_auth,
-        hub_api=FakeHubAPI(),
-        clock=lambda: NOW,
-        live=LiveState(state, health=meter.health),
-        homes=service,
-    )
-    sock, port = bind_unused_port()
-    server = HTTPServer(application)
-    server.add_sockets([sock])
-    app = SimpleNamespace(
-        url=f"http://127.0.0.1:{port}{PREFIX}",
-        hub_auth=hub_auth,
-        application=application,
-        ledger=ledger,
-    )
+    server, app = serve_app(meter, hub_auth=Tokens.for_tests(access_scopes={ACCESS}), homes=service)
+    app.ledger = ledger
     return server, app
 
 
@@ -411,7 +364,7 @@ async def test_homes_off_or_docker_away_are_said_so(tmp_path, prefix):
         homes.HomeVolumes(enabled=False),
         HUB,
     )
-    server, app = await serve(tmp_path, off)
+    server, app = serve(tmp_path, off)
     response = await call(app, "api/snapshots", "ada-token", ok=False)
     assert response.code == 404 and "c.HomeVolumes.enabled = False" in as_json(response)["message"]
     page = (await fetch(app, "", "ada-token")).body.decode()
@@ -423,7 +376,7 @@ async def test_homes_off_or_docker_away_are_said_so(tmp_path, prefix):
         homes.HomeVolumes(name_template=prefix + "-{username}"),
         HUB,
     )
-    server, app = await serve(tmp_path, away)
+    server, app = serve(tmp_path, away)
     response = await call(app, "api/snapshots", "ada-token", ok=False)
     assert response.code == 503
     assert "the Docker engine did not answer as expected" in as_json(response)["message"]
@@ -481,7 +434,7 @@ async def test_a_broken_helper_image_is_the_hubs_500(tmp_path, prefix, docker_cl
         image=IMAGE,
         mount_path="/home/jovyan",
     )
-    server, app = await serve(tmp_path, broken)
+    server, app = serve(tmp_path, broken)
     response = await call(app, "api/snapshots", "ada-token", "POST", {}, ok=False)
     assert response.code == 500
     assert as_json(response)["message"].startswith(

@@ -163,17 +163,24 @@ async def meter(tmp_path):
     ledger.close()
 
 
-def serve_app(meter, *, hub_auth=None, hub_api=None):
+def serve_app(meter, *, hub_auth=None, hub_api=None, **pieces):
     """The real web app of `meter` on a free port, at NOW: (its server, what tests use).
 
     `hub_auth` answers "whose token is this?" (default: :data:`MODELS`, with the
-    access scope), `hub_api` takes the stops (default: a :class:`FakeHubAPI`).
+    access scope), `hub_api` takes the stops (default: a :class:`FakeHubAPI`);
+    `pieces` go to ``create_application`` as they are (e.g. ``homes=``).
     """
     hub_api = hub_api or FakeHubAPI()
     hub_auth = hub_auth or KnownTokens.for_tests(access_scopes={ACCESS})
     live = LiveState(meter.state, health=meter.health)
     application = create_application(
-        meter, PREFIX, hub_auth=hub_auth, hub_api=hub_api, clock=lambda: NOW, live=live
+        meter,
+        PREFIX,
+        hub_auth=hub_auth,
+        hub_api=hub_api,
+        clock=lambda: NOW,
+        live=live,
+        **pieces,
     )
     sock, port = bind_unused_port()
     server = HTTPServer(application)
