@@ -643,7 +643,6 @@ class GPUDockerSpawner(DockerSpawner):
         if choice.gpus:
             await self._check_driver(inventory)
         self.home_volume = await self._prepare_home()
-        await self._restore_home(choice.snapshot)
         await self._prepare_datasets(choice.datasets)
         gpus = await self._allocate(choice, inventory)
         try:
@@ -661,6 +660,8 @@ class GPUDockerSpawner(DockerSpawner):
                 self.port = random_port()
             else:
                 await self._ensure_network()
+            # last, when nothing else can refuse the start: a refused one leaves the home alone
+            await self._restore_home(choice.snapshot)
             if not self.remove:
                 await self._remove_kept_container()
             return await super().start()

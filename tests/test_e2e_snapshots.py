@@ -2,8 +2,8 @@
 
 A user takes a snapshot through the meter, changes a file in the notebook,
 stops, restores, starts: the file is back. Starting from a snapshot restores
-it first; another user's snapshot, or one that does not exist, is a 400; a
-start waits for a restore at work.
+it first, and only once nothing else refuses the start; another user's
+snapshot, or one that does not exist, is a 400; a start waits for a restore at work.
 """
 
 import pytest
@@ -67,6 +67,13 @@ def test_a_snapshot_taken_through_the_meter_brings_the_files_back(make_hub, dock
     assert run_as_user(hub.container_of("ada"), f"cat {HOME}/work.txt") == "epoch 6\n"
     assert hub.server_model("ada")["user_options"] == {"gpus": "0"}
     hub.stop_server("ada")
+
+    # a start from the snapshot that the hub refuses (no free GPU) restores nothing:
+    # the home is still at epoch 6 at the end
+    hub.start_server("carl", {"gpus": 1})
+    no_gpu = hub.start_server("ada", {"gpus": 1, "snapshot": snapshot["id"]})
+    assert no_gpu.status_code == 503, no_gpu.text
+    hub.stop_server("carl")
 
     # bob cannot start from ada's snapshot, nor reach it through the meter
     refused = hub.start_server("bob", {"gpus": 0, "snapshot": snapshot["id"]})
