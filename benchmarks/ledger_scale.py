@@ -13,7 +13,7 @@ on each database:
    (all of the user's sessions, totals, 30 days, the rollups of the 25 sessions
    shown); p50 and p95 over --user-samples users picked at random;
 2. everyone's month: ``Ledger.usage_sums(since=<month start>)`` plus
-   ``report.usage_by_user`` (the database adds up the closed sessions, Python
+   ``usage.usage_by_user`` (the database adds up the closed sessions, Python
    the running ones and those crossing the month's start), against reading
    every session of the month (the same totals, checked);
    ``UsageReader.users_view`` this month and all time, what the admin page
@@ -85,8 +85,8 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from jupyter_gpu_meter import usage  # noqa: E402
 from jupyter_gpu_meter.ledger import Ledger, RollupRow  # noqa: E402
 from jupyter_gpu_meter.pricing import Pricing, session_sums  # noqa: E402
-from jupyter_gpu_meter.report import usage_by_user  # noqa: E402
 from jupyter_gpu_meter.service.reader import UsageReader  # noqa: E402
+from jupyter_gpu_meter.usage import usage_by_user  # noqa: E402
 
 UTC = timezone.utc
 H100 = "NVIDIA H100 80GB HBM3"

@@ -28,17 +28,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Protocol
 
-from .pricing import (
-    MONEY_LIMIT,
-    MONEY_PLACES,
-    PriceSnapshot,
-    charge,
-    gpu_seconds,
-    parse_currency,
-)
+from .pricing import PriceSnapshot, charge, gpu_seconds, parse_currency
+from .usage import clip, decimal_string, format_amount, month_start, parse_money
 
 USER = "user"
 GROUP = "group"
@@ -142,29 +136,9 @@ def parse_period(value) -> str:
     )
 
 
-def parse_amount(value, what: str = "amount", *, positive: bool = False) -> Decimal:
-    """A budget or grant amount as ``Decimal``: not negative (with `positive`, above 0).
-
-    At most 6 decimal places. Floats are read through ``str``. Raises
-    ValueError naming `what` and what is allowed.
-    """
-    least = "a positive" if positive else "a non-negative"
-    example = f"use {least} number with at most {MONEY_PLACES} decimal places, e.g. 50 or 12.5"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ValueError(f"{what} {value!r} is not a number: {example}")
-    try:
-        amount = Decimal(str(value).strip()) if isinstance(value, (str, float)) else Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{what} {value!r} is not a number: {example}") from None
-    if not amount.is_finite():
-        raise ValueError(f"{what} {value!r} is not a number: {example}")
-    if amount < 0 or (positive and amount == 0):
-        raise ValueError(f"{what} {value!r} is not allowed: {example}")
-    if amount >= MONEY_LIMIT:
-        raise ValueError(f"{what} {value!r} is too large: it must be below {MONEY_LIMIT:,}")
-    if amount != amount.quantize(Decimal(1).scaleb(-MONEY_PLACES)):
-        raise ValueError(f"{what} {value!r} has more than {MONEY_PLACES} decimal places: {example}")
-    return abs(amount)  # -0 -> 0
+#: a budget's or grant's amount: the usage core's one money parser (``positive=True``
+#: for grants)
+parse_amount = parse_money
 
 
 def parse_currency_for(unit: str, currency) -> str | None:
@@ -204,11 +178,10 @@ def period_start(period: str, now: datetime) -> datetime:
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now {now!r} is naive: pass a timezone-aware UTC time")
-    now = now.astimezone(timezone.utc)
     period = parse_period(period)
     if period == MONTH:
-        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return now - timedelta(days=int(period[len(ROLLING) :]))
+        return month_start(now)
+    return now.astimezone(timezone.utc) - timedelta(days=int(period[len(ROLLING) :]))
 
 
 def unit_label(unit: str, currency: str | None) -> str:
@@ -271,15 +244,14 @@ def spent(
     """
     total = Decimal(0)
     for session in sessions:
-        start = max(session.started_at, since)
-        end = min(session.ended_at or now, now)
-        if end <= start:
+        span = clip(session, now=now, since=since, until=now)
+        if span is None:
             continue
         if unit == MONEY:
             if session.price.currency == currency:
-                total += charge(session.price, start, end)
+                total += charge(session.price, *span)
         else:
-            total += gpu_seconds(session.price, start, end) / _HOUR
+            total += gpu_seconds(session.price, *span) / _HOUR
     if unit == MONEY:
         total += sum((part.charge for part in storage if part.currency == currency), Decimal(0))
     return total
@@ -448,16 +420,27 @@ def affordable_seconds(status: BudgetStatus, hourly_rate) -> int | None:
 
 
 def budget_view(status: BudgetStatus | None, warn_fraction) -> dict | None:
-    """What a page shows of a budget: left, of, period, and a warning near or past the end."""
+    """What a page shows of a budget: left, of, period, and a warning near or past the end.
+
+    ``left`` and ``of`` are money objects of the API (exact ``amount``, its
+    ``currency`` or "GPU-hours", the ``text`` people see).
+    """
     if status is None:
         return None
     unit = status.unit_label
-    places = Decimal("0.01")
+
+    def amount(value):
+        return {
+            "amount": decimal_string(value),
+            "currency": unit,
+            "text": format_amount(value, unit),
+        }
+
     view = {
-        "left": {"amount": str(status.remaining.quantize(places)), "currency": unit},
-        "of": {"amount": str(status.limit.quantize(places)), "currency": unit},
+        "left": amount(status.remaining),
+        "of": amount(status.limit),
         "period": f"since {status.period_start:%b %-d}, UTC",
-        "fraction": str(status.fraction.quantize(places)),
+        "fraction": decimal_string(status.fraction, 2),
         "warning": "",
     }
     if status.exhausted:

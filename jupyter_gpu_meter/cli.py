@@ -15,21 +15,21 @@ import io
 import json
 import os
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 from traitlets import CaselessStrEnum, Unicode, default
 from traitlets.config import Application
 
 from . import budgets
-from .clock import as_utc, utcnow
+from .clock import utcnow
 from .homes_cli import HomesCommand, SnapshotsCommand
 from .ledger import DEFAULT_URL, Ledger, LedgerSchemaError
-from .pricing import round_money
-from .report import usage_by_user
 from .service.app import DB_URL_ENV, MeterService
+from .usage import decimal_string, format_amount, format_money, parse_time, usage_by_user
 
-_GPU_HOURS = Decimal("0.0001")
+#: decimal places of GPU-hours and GB-hours in the commands' output
+_HOURS_PLACES = 4
 
 
 class _LedgerCommand(Application):
@@ -57,17 +57,6 @@ class _LedgerCommand(Application):
             self.update_config(self.cli_config)
 
 
-def _parse_date(text: str) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return as_utc(datetime.fromisoformat(text))
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a date: use ISO 8601, e.g. 2026-11-01 or 2026-11-01T12:00:00+00:00"
-        ) from None
-
-
 class ReportCommand(_LedgerCommand):
     """Per user: sessions, GPU-hours and charges, and storage (GB-hours and charges),
     from the ledger. ``charges`` is GPU and CPU time; ``storage_charges`` comes on top."""
@@ -92,7 +81,7 @@ class ReportCommand(_LedgerCommand):
 
     def start(self):
         try:
-            since, until = _parse_date(self.since), _parse_date(self.until)
+            since, until = parse_time(self.since), parse_time(self.until)
             with Ledger(self.db_url) as ledger:
                 ledger.check_revision()
                 user = self.user or None
@@ -108,15 +97,20 @@ class ReportCommand(_LedgerCommand):
 
 
 def render_report(rows, fmt: str) -> str:
+    """:func:`~jupyter_gpu_meter.usage.usage_by_user`'s rows as a table, CSV or JSON."""
+
+    def money(amount, currency):
+        return format_money(amount, currency, code=False, grouping=False)
+
     records = [
         {
             "user": row.user,
             "sessions": row.sessions,
             "running": row.running,
-            "gpu_hours": str(row.gpu_hours.quantize(_GPU_HOURS)),
-            "charges": str(round_money(row.charges, row.currency)),
-            "storage_gb_hours": str(row.storage_gb_hours.quantize(_GPU_HOURS)),
-            "storage_charges": str(round_money(row.storage_charges, row.currency)),
+            "gpu_hours": decimal_string(row.gpu_hours, _HOURS_PLACES),
+            "charges": money(row.charges, row.currency),
+            "storage_gb_hours": decimal_string(row.storage_gb_hours, _HOURS_PLACES),
+            "storage_charges": money(row.storage_charges, row.currency),
             "currency": row.currency,
         }
         for row in rows
@@ -222,9 +216,8 @@ def _describe(amount: Decimal, unit: str, currency: str | None, period: str | No
 def _show_amount(amount: Decimal | None, unit: str, currency: str | None) -> str:
     if amount is None:
         return ""
-    if unit == budgets.MONEY and currency:
-        return str(round_money(amount, currency))
-    return str(amount.quantize(_GPU_HOURS))
+    label = budgets.unit_label(unit, currency)
+    return format_amount(amount, label, code=False, places=_HOURS_PLACES, grouping=False)
 
 
 class BudgetSetCommand(_BudgetCommand):
@@ -476,7 +469,7 @@ def _status_row(status: budgets.BudgetStatus) -> dict:
         "limit": show(status.limit),
         "spent": show(status.spent),
         "remaining": show(remaining),
-        "fraction": str(status.fraction.quantize(Decimal("0.0001"))),
+        "fraction": decimal_string(status.fraction, 4),
         "unit": status.unit_label,
         "currency": status.currency,
     }

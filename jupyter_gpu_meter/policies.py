@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from .usage import format_amount, format_duration
+
 STOP = "stop"
 WARN = "warn"
 
@@ -42,17 +44,6 @@ class Decision:
     policy: str
     action: str
     reason: str
-
-
-def format_duration(duration: timedelta) -> str:
-    """``timedelta(minutes=90)`` -> "1 h 30 min"; whole minutes, seconds under a minute."""
-    seconds = int(duration.total_seconds())
-    if seconds < 60:
-        return f"{seconds} s"
-    hours, minutes = divmod(seconds // 60, 60)
-    days, hours = divmod(hours, 24)
-    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min"]
-    return " ".join(part for part in parts if part and not (part == "0 min" and (days or hours)))
 
 
 def track_idle(
@@ -140,7 +131,7 @@ def budget(
         used_up = True
     else:
         used_up = spent >= limit
-    used = f"{spent.quantize(Decimal('0.01'))} of {limit.quantize(Decimal('0.01'))} {unit}"
+    used = f"{format_amount(spent, unit, code=False)} of {format_amount(limit, unit)}"
     if used_up:
         if exhausted_since is not None and now - exhausted_since >= grace:
             return Decision("budget", STOP, f"budget used up ({used})")

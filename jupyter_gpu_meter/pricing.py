@@ -3,7 +3,8 @@
 A session is charged from the :class:`PriceSnapshot` taken when it started
 (the spawner puts it on the container as labels, the ledger stores it with
 the session), so a price change never rewrites history. Money is ``Decimal``
-everywhere; :func:`charge` never rounds, :func:`round_money` rounds for display.
+everywhere; :func:`charge` never rounds; amounts are parsed, rounded and written
+for people by the usage core (:mod:`jupyter_gpu_meter.usage.money`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from decimal import Context, Decimal
 
 from traitlets import Any, Dict, Int, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from . import labels
 
-#: decimal places a price may have; the ledger stores prices with exactly this many
-MONEY_PLACES = 6
-#: prices must be below this (the ledger stores them as NUMERIC(18, 6))
-MONEY_LIMIT = Decimal(10) ** (18 - MONEY_PLACES)
+# the money words live in the usage core; these names stay importable from here
+from .usage.money import (  # noqa: F401
+    MONEY_LIMIT,
+    MONEY_PLACES,
+    minor_unit,
+    parse_money,
+    round_money,
+)
 
 #: prefix of the container labels that carry the price in force when a server started
 LABEL_PREFIX = labels.PREFIX + "price."
@@ -29,37 +34,8 @@ LABEL_PREFIX = labels.PREFIX + "price."
 #: arithmetic for charges: the precision of Python's default context, whatever the caller's is
 _CONTEXT = Context(prec=28)
 _MICROSECONDS = 1_000_000
-
-#: ISO 4217 currencies whose minor unit is not 1/100
-_MINOR_UNITS = {
-    **dict.fromkeys(
-        "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(), 0
-    ),
-    **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
-    **dict.fromkeys("CLF UYW".split(), 4),
-}
-
-
-def parse_money(value, what: str = "amount") -> Decimal:
-    """A non-negative amount as ``Decimal``, from a str, int, Decimal or float.
-
-    Floats go through ``str`` (``2.49`` is ``Decimal('2.49')``, not the binary
-    approximation). Raises ValueError naming `what` and an accepted example.
-    """
-    example = f"use a non-negative decimal amount with at most {MONEY_PLACES} places, e.g. '2.49'"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ValueError(f"{what} {value!r} is not an amount: {example}")
-    try:
-        amount = Decimal(str(value).strip()) if isinstance(value, (str, float)) else Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{what} {value!r} is not an amount: {example}") from None
-    if not amount.is_finite() or amount < 0 or amount >= MONEY_LIMIT:
-        raise ValueError(f"{what} {value!r} is not a valid price: {example}")
-    if amount.as_tuple().exponent < -MONEY_PLACES and amount != amount.quantize(
-        Decimal(1).scaleb(-MONEY_PLACES)
-    ):
-        raise ValueError(f"{what} {value!r} has more than {MONEY_PLACES} decimal places: {example}")
-    return abs(amount)  # -0 -> 0
+#: microseconds in an hour: GPU-microseconds / this = GPU-hours
+MICROSECONDS_PER_HOUR = 3600 * _MICROSECONDS
 
 
 def parse_currency(value) -> str:
@@ -267,8 +243,8 @@ def billable_seconds(started_at: datetime, ended_at: datetime, increment_s: int 
 
 #: a charge is an exact whole number of these parts of the currency's unit: prices
 #: have 6 places and time is billed in whole seconds, so price per hour x 10**6 x
-#: billed seconds is a whole number, the charge x 3,600,000,000
-CHARGE_UNITS = 3600 * _MICROSECONDS
+#: billed seconds is a whole number, the charge x 3,600 x 10**6
+CHARGE_UNITS = 3600 * 10**MONEY_PLACES
 _CHARGE_UNITS = Decimal(CHARGE_UNITS)
 
 
@@ -323,22 +299,12 @@ def from_charge_units(units: int) -> Decimal:
 
 def from_gpu_microseconds(microseconds: int) -> Decimal:
     """GPU-microseconds as GPU-hours, to 28 significant digits."""
-    return _CONTEXT.divide(Decimal(microseconds), _CHARGE_UNITS)
+    return _CONTEXT.divide(Decimal(microseconds), Decimal(MICROSECONDS_PER_HOUR))
 
 
 def charge(snapshot: PriceSnapshot, started_at: datetime, ended_at: datetime) -> Decimal:
     """What [started_at, ended_at] costs at `snapshot`'s prices (see :func:`charge_units`)."""
     return from_charge_units(charge_units(snapshot, started_at, ended_at))
-
-
-def minor_unit(currency: str) -> int:
-    """Decimal places of `currency`'s minor unit: 2 for USD, 0 for JPY, 3 for KWD."""
-    return _MINOR_UNITS.get(currency.upper(), 2)
-
-
-def round_money(amount: Decimal, currency: str) -> Decimal:
-    """`amount` rounded half up to `currency`'s minor unit, for display and invoices."""
-    return Decimal(amount).quantize(Decimal(1).scaleb(-minor_unit(currency)), ROUND_HALF_UP)
 
 
 # --- storage -------------------------------------------------------------------------
@@ -350,9 +316,9 @@ HOURS_PER_MONTH = 730
 #: a storage charge is kept as a whole number of these parts of the currency's unit
 STORAGE_CHARGE_UNITS = 10**12
 #: GB-hours are kept as a whole number of byte-hours (10**-9 GB-hours)
-_BYTE_US_PER_BYTE_HOUR = 3600 * _MICROSECONDS
+_BYTE_US_PER_BYTE_HOUR = MICROSECONDS_PER_HOUR
 #: byte-microseconds x price in millionths that make one STORAGE_CHARGE_UNIT
-_STORAGE_DIVISOR = BYTES_PER_GB * HOURS_PER_MONTH * 3600 * _MICROSECONDS * 10**MONEY_PLACES
+_STORAGE_DIVISOR = BYTES_PER_GB * HOURS_PER_MONTH * MICROSECONDS_PER_HOUR * 10**MONEY_PLACES
 
 
 def _check_size(size_bytes) -> int:
@@ -368,7 +334,7 @@ def storage_charge(
 
     bytes / 10**9 × hours / 730 × price, to 28 significant digits (the 730
     makes most amounts recurring decimals: no finite decimal is exact).
-    Not rounded: round with :func:`round_money` where it is shown.
+    Not rounded: people see it through :func:`~jupyter_gpu_meter.usage.format_money`.
     """
     price = parse_money(price_per_gb_month, "price_per_gb_month")
     byte_us = _check_size(size_bytes) * _microseconds(started_at, ended_at)

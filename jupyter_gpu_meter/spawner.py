@@ -60,7 +60,7 @@ from .ledger.models import NAME_RULE, name_problem
 from .network import DEFAULT_NETWORK, NetworkError, NotebookNetwork, ensure_network
 from .policies import format_duration
 from .pricing import Pricing
-from .usage import spawn_prices
+from .spawn_form import spawn_prices
 
 #: container states in which a container holds its GPUs
 HOLDING_STATES = ("running", "paused", "restarting")

@@ -12,8 +12,7 @@ from jupyter_gpu_meter.ledger import Ledger, RollupRow, truncate_to_minute
 from jupyter_gpu_meter.ledger import schema as ledger_schema
 from jupyter_gpu_meter.ledger.models import SessionModel
 from jupyter_gpu_meter.pricing import Pricing
-from jupyter_gpu_meter.report import usage_by_user
-from jupyter_gpu_meter.usage import clipped
+from jupyter_gpu_meter.usage import clip, usage_by_user
 from tests import test_ledger
 from tests.test_ledger import H100, T0, at
 
@@ -237,7 +236,7 @@ def test_history_is_the_sessions_with_a_part_in_the_range_newest_first(history, 
     now = at(8000)
     for user in ("ada", "bob", "cy", "nobody"):
         every = [
-            s for s in history.sessions(user=user) if clipped(s, now=now, since=since, until=until)
+            s for s in history.sessions(user=user) if clip(s, now=now, since=since, until=until)
         ][::-1]
         total, page = history.history(user=user, now=now, since=since, until=until, limit=100)
         assert (total, page) == (len(every), every)

@@ -4,11 +4,11 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from jupyter_gpu_meter.report import usage_by_user
 
 from jupyter_gpu_meter import usage
 from jupyter_gpu_meter.ledger import MinuteUtilization, SessionRecord
 from jupyter_gpu_meter.pricing import PriceSnapshot, Pricing
-from jupyter_gpu_meter.report import usage_by_user
 
 H100 = "NVIDIA H100 80GB HBM3"
 UTC = timezone.utc

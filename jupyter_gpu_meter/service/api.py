@@ -16,8 +16,9 @@ from tornado import web
 
 from .. import usage
 from .auth import Authenticated
+from .gpus import gpu_list
 from .handlers import JSONHandler
-from .pages import gpu_list
+from .query import UsageArgumentError, parse_choice, parse_count, parse_range
 from .reader import MAX_LIMIT
 
 OPENAPI = Path(__file__).parent / "openapi.yaml"
@@ -32,12 +33,12 @@ class APIHandler(Authenticated, JSONHandler):
     def arguments(self, *, default_limit: int | None = None) -> dict:
         """since, until, limit, offset from the query; a 400 that says what is allowed."""
         try:
-            since, until = usage.parse_range(self.query("since"), self.query("until"))
-            limit = usage.parse_count(
+            since, until = parse_range(self.query("since"), self.query("until"))
+            limit = parse_count(
                 self.query("limit"), "limit", default=default_limit, maximum=MAX_LIMIT
             )
-            offset = usage.parse_count(self.query("offset"), "offset", default=0)
-        except usage.UsageArgumentError as e:
+            offset = parse_count(self.query("offset"), "offset", default=0)
+        except UsageArgumentError as e:
             raise web.HTTPError(400, "%s", str(e)) from None
         return {"since": since, "until": until, "limit": limit, "offset": offset}
 
@@ -67,9 +68,9 @@ class UsersAPIHandler(APIHandler):
         reader = self.context.reader
         args = self.arguments(default_limit=reader.settings.users_page_size)
         try:
-            sort = usage.parse_choice(self.query("sort"), "sort", usage.USER_SORT_KEYS, "gpu_hours")
-            order = usage.parse_choice(self.query("order"), "order", ("asc", "desc"), "desc")
-        except usage.UsageArgumentError as e:
+            sort = parse_choice(self.query("sort"), "sort", usage.USER_SORT_KEYS, "gpu_hours")
+            order = parse_choice(self.query("order"), "order", ("asc", "desc"), "desc")
+        except UsageArgumentError as e:
             raise web.HTTPError(400, "%s", str(e)) from None
         view = await reader.call(reader.users_view, sort=sort, order=order, **args)
         self.write_json(view.to_json())

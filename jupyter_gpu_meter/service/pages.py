@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -22,10 +21,10 @@ from tornado.httpclient import HTTPClientError
 
 from .. import usage
 from .._version import __version__
-from ..pricing import minor_unit, round_money
 from .auth import READ_ALL_SCOPE, Authenticated, PageUser, Viewer
 from .charts import bar_chart_svg, sparkline_svg
-from .reader import gpu_rows
+from .gpus import gpu_list
+from .query import UsageArgumentError, parse_choice, parse_count, parse_range
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +56,12 @@ def make_templates(hub_template_paths=(), template_vars: dict | None = None) -> 
     )
     env = jinja2.Environment(loader=loader, autoescape=True)
     env.filters.update(
-        money=format_money,
-        charges=format_charges,
-        hours=format_hours,
-        duration=format_duration,
-        utc=format_time,
-        percent=format_percent,
-        bytes=format_bytes,
+        money=usage.format_money,
+        charges=usage.format_charges,
+        hours=usage.format_quantity,
+        duration=usage.format_duration,
+        utc=usage.format_time,
+        percent=usage.format_percent,
         gb=format_gb,
     )
     env.globals["template_vars"] = {
@@ -72,59 +70,12 @@ def make_templates(hub_template_paths=(), template_vars: dict | None = None) -> 
     return env
 
 
-# --- formatting (for people; the API gives exact decimals) ------------------------
-
-
-def format_money(amount: Decimal, currency: str) -> str:
-    """``12.35 USD``: rounded half up to the currency's minor unit."""
-    return f"{round_money(Decimal(amount), currency):,} {currency}"
-
-
-def format_charges(charges: dict, currency: str = "") -> str:
-    """Charges in several currencies, ``12.35 USD + 1.00 EUR``; ``0.00 <currency>`` if none."""
-    if not charges:
-        return format_money(Decimal(0), currency or "USD")
-    return " + ".join(format_money(amount, cur) for cur, amount in sorted(charges.items()))
-
-
-def format_hours(hours: Decimal) -> str:
-    return f"{Decimal(hours).quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
-
-
-def format_duration(seconds: float) -> str:
-    """``2 d 03 h``, ``1 h 02 min``, ``5 min 03 s``, ``42 s``."""
-    seconds = int(max(seconds, 0))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours:02d} h"
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min {secs:02d} s"
-    return f"{secs} s"
-
-
-def format_time(at: datetime | None) -> str:
-    return "" if at is None else usage.isoformat(at)[:16].replace("T", " ") + " UTC"
-
-
-def format_percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f}%"
+# --- words (for people; the API gives exact decimals): the usage core's, and sizes ------
 
 
 def format_gb(value: int | None) -> str:
-    """Storage as it is priced: ``12.35 GB`` (10**9 bytes)."""
-    if value is None:
-        return "–"
-    return f"{Decimal(value).scaleb(-9).quantize(Decimal('0.01'), ROUND_HALF_UP):,} GB"
-
-
-def format_bytes(value: int | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value / 1024**3:.1f} GiB"
+    """Storage as it is priced: ``12.35 GB`` (10**9 bytes); "–" when unknown."""
+    return "–" if value is None else f"{usage.format_quantity(Decimal(value).scaleb(-9))} GB"
 
 
 # --- handlers ------------------------------------------------------------------------
@@ -204,7 +155,7 @@ class PageHandler(Authenticated, web.RequestHandler):
     def query(self, name: str) -> str | None:
         return self.get_query_argument(name, None)
 
-    def bad_request(self, error: usage.UsageArgumentError):
+    def bad_request(self, error: UsageArgumentError):
         raise web.HTTPError(400, "%s", str(error))
 
 
@@ -213,8 +164,8 @@ def _live_running(view) -> dict:
     return {
         "as_of": usage.isoformat(view.now),
         "running": [item.to_json() for item in view.running],
-        "this_month": view.this_month.to_json(),
-        "all_time": view.all_time.to_json(),
+        "this_month": view.this_month.to_json(view.currency),
+        "all_time": view.all_time.to_json(view.currency),
     }
 
 
@@ -226,17 +177,15 @@ class UserPageHandler(PageHandler):
         subject = self.query("user") or viewer.name
         viewer.check_read(subject)
         try:
-            since, until = usage.parse_range(self.query("since"), self.query("until"))
-            offset = usage.parse_count(self.query("offset"), "offset", default=0)
-        except usage.UsageArgumentError as e:
+            since, until = parse_range(self.query("since"), self.query("until"))
+            offset = parse_count(self.query("offset"), "offset", default=0)
+        except UsageArgumentError as e:
             self.bad_request(e)
         reader = self.context.reader
         view = await reader.call(reader.user_view, subject, since=since, until=until, offset=offset)
-        currencies = {view.currency, *view.all_time.charges}
         live = {
             "url": self.context.prefix + "api/usage?" + urlencode({"user": subject, "limit": 0}),
             "refresh_s": self.context.settings.refresh_interval,
-            "minor_units": {currency: minor_unit(currency) for currency in currencies},
             "data": _live_running(view),
         }
 
@@ -286,11 +235,11 @@ class AdminPageHandler(PageHandler):
         else:
             since_text, until_text = self.query("since") or "", self.query("until") or ""
         try:
-            since, until = usage.parse_range(since_text, until_text)
-            sort = usage.parse_choice(self.query("sort"), "sort", usage.USER_SORT_KEYS, "gpu_hours")
-            order = usage.parse_choice(self.query("order"), "order", ("asc", "desc"), "desc")
-            offset = usage.parse_count(self.query("offset"), "offset", default=0)
-        except usage.UsageArgumentError as e:
+            since, until = parse_range(since_text, until_text)
+            sort = parse_choice(self.query("sort"), "sort", usage.USER_SORT_KEYS, "gpu_hours")
+            order = parse_choice(self.query("order"), "order", ("asc", "desc"), "desc")
+            offset = parse_count(self.query("offset"), "offset", default=0)
+        except UsageArgumentError as e:
             self.bad_request(e)
         reader = self.context.reader
         view = await reader.call(
@@ -343,20 +292,6 @@ class AdminPageHandler(PageHandler):
                 "refresh_s": self.context.settings.refresh_interval,
             },
         )
-
-
-async def gpu_list(context, viewer) -> list[dict]:
-    """The GPUs as ``api/gpus`` gives them to `viewer` (inventory read off the loop)."""
-    live = context.live
-    tick = live.tick()
-    inventory = None if tick is not None else await context.reader.call(live.inventory)
-    return gpu_rows(
-        tick,
-        inventory,
-        live.running(),
-        viewer=viewer.name,
-        sees_everyone=viewer.sees_everyone,
-    )
 
 
 async def groups_of(context, user: str) -> list[str]:

@@ -26,8 +26,8 @@ from traitlets.config import Configurable
 
 from .. import usage
 from ..clock import utcnow
-from ..report import usage_by_user
 from ..sessions import ManagedContainer
+from .query import Page, paginate
 from .state import MeterState, MeterView
 
 #: the most items one page of the API may hold
@@ -94,9 +94,9 @@ class UserView:
     this_month: usage.Totals
     all_time: usage.Totals
     running: list[usage.SessionUsage]
-    history: usage.Page
+    history: Page
     daily: list[tuple[date, Decimal]]
-    #: remaining budget, None where there is none (budgets: a later release)
+    #: the budget that applies (:func:`~jupyter_gpu_meter.budgets.budget_view`), None: no limit
     budget: dict | None = None
     #: the user's volumes at the last storage measurement (:func:`storage_now`)
     storage_now: dict = field(default_factory=dict)
@@ -108,12 +108,12 @@ class UserView:
             "since": usage.isoformat(self.since),
             "until": usage.isoformat(self.until),
             "currency": self.currency,
-            "totals": self.in_range.to_json(),
+            "totals": self.in_range.to_json(self.currency),
             "this_month": {
                 "since": usage.isoformat(usage.month_start(self.now)),
-                **self.this_month.to_json(),
+                **self.this_month.to_json(self.currency),
             },
-            "all_time": self.all_time.to_json(),
+            "all_time": self.all_time.to_json(self.currency),
             "budget": self.budget,
             "running": [item.to_json() for item in self.running],
             "sessions": self.history.to_json(lambda item: item.to_json()),
@@ -133,6 +133,7 @@ def storage_now(measured_at, periods, size_warning: int | None) -> dict:
     """
     return {
         "measured_at": usage.isoformat(measured_at),
+        "measured_at_text": usage.format_time(measured_at),
         "size_warning_bytes": size_warning,
         "bytes": sum(p.size_bytes for p in periods),
         "volumes": [
@@ -160,7 +161,7 @@ class UsersView:
     sort: str
     order: str
     totals: usage.Totals
-    users: usage.Page
+    users: Page
     #: user -> their running sessions (for the stop buttons)
     running: dict[str, list] = field(default_factory=dict)
     #: user -> bytes of their volumes at the last storage measurement
@@ -176,12 +177,12 @@ class UsersView:
             "currency": self.currency,
             "sort": self.sort,
             "order": self.order,
-            "totals": {"users": self.users.total, **self.totals.to_json()},
+            "totals": {"users": self.users.total, **self.totals.to_json(self.currency)},
             "users": self.users.to_json(
                 lambda row: {
                     "user": row.user,
                     "last_active": usage.isoformat(row.last_active),
-                    **row.totals.to_json(),
+                    **row.totals.to_json(self.currency),
                     "running_servers": [s.server for s in self.running.get(row.user, [])],
                     "storage_bytes": self.storage_bytes.get(row.user, 0),
                     "storage_over_size_warning": row.user in self.storage_over,
@@ -279,7 +280,7 @@ class UsageReader:
             this_month=totals(usage.month_start(now)),
             all_time=all_time,
             running=[with_usage(s) for s in running],
-            history=usage.Page([with_usage(s) for s in page], total, limit, offset),
+            history=Page([with_usage(s) for s in page], total, limit, offset),
             daily=usage.daily_gpu_hours(recent, now=now, days=days),
             budget=self.budget(user),
             storage_now=storage_now(*self.ledger.storage_now(user=user), self.size_warning),
@@ -306,7 +307,7 @@ class UsageReader:
         rows = usage.user_table(in_range, self.ledger.last_active(now))
         rows = usage.sort_users(rows, sort, descending=order == "desc", currency=self.currency)
         limit = self.settings.users_page_size if limit is None else limit
-        page = usage.paginate(rows, limit=limit, offset=offset)
+        page = paginate(rows, limit=limit, offset=offset)
         grand = usage.Totals()
         for row in rows:
             grand = grand + row.totals
@@ -344,7 +345,7 @@ class UsageReader:
         until: datetime | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> usage.Page:
+    ) -> Page:
         """Invoice lines: sessions' (see :func:`jupyter_gpu_meter.usage.export_row`),
         oldest first, then one per volume and storage price
         (:func:`~jupyter_gpu_meter.usage.storage_row`), by user and volume."""
@@ -353,7 +354,7 @@ class UsageReader:
         rows = usage.export_rows(sessions, now=now, since=since, until=until)
         lines = self.ledger.storage_sums(user=user, since=since, until=until, by_volume=True)
         rows += [usage.storage_row(line) for line in lines]
-        return usage.paginate(rows, limit=len(rows) if limit is None else limit, offset=offset)
+        return paginate(rows, limit=len(rows) if limit is None else limit, offset=offset)
 
     def metrics_totals(self) -> tuple:
         """All-time (GPU-seconds per user, charges per user and currency, storage), cached
@@ -366,7 +367,7 @@ class UsageReader:
             seconds: dict[str, Decimal] = {}
             charges: dict[tuple[str, str], Decimal] = {}
             sums, sessions = self.ledger.usage_sums()
-            for row in usage_by_user(sessions, now=now, sums=sums):
+            for row in usage.usage_by_user(sessions, now=now, sums=sums):
                 seconds[row.user] = seconds.get(row.user, Decimal(0)) + row.gpu_hours * 3600
                 charges[(row.user, row.currency)] = row.charges
             measured_at, volumes = self.ledger.storage_now()
@@ -436,72 +437,3 @@ class LiveState:
             self._inventory = self._source.discover()
             self._inventory_at = time.monotonic()
         return self._inventory
-
-
-def gpu_rows(tick, inventory, running: dict, *, viewer: str, sees_everyone: bool) -> list[dict]:
-    """Each GPU now: model, memory, utilization, power, health and who holds it. Pure.
-
-    From the last sample (`tick`) when there is one, else from `inventory`
-    (GPU sampling off: no readings). `running` maps container ids to the
-    running containers. A viewer who does not see everyone sees the readings
-    and the holder of their own GPUs only; of the others, whether they are
-    allocated.
-    """
-    holders = {
-        uuid: container
-        for container in running.values()
-        for uuid in getattr(container, "gpu_uuids", ())
-    }
-    if tick is not None:
-        readings = [
-            {
-                "uuid": gpu.uuid,
-                "index": gpu.index,
-                "model": gpu.model,
-                "utilization": gpu.utilization,
-                "memory_used_bytes": gpu.memory_used_bytes,
-                "memory_total_bytes": gpu.memory_total_bytes,
-                "power_watts": gpu.power_watts,
-                "temperature_c": gpu.temperature_c,
-                "healthy": gpu.healthy,
-                "problem": gpu.problem,
-            }
-            for gpu in tick.gpus
-        ]
-        sampled_at = usage.isoformat(tick.at)
-    else:
-        readings = [
-            {
-                "uuid": gpu.uuid,
-                "index": gpu.index,
-                "model": gpu.model,
-                "utilization": None,
-                "memory_used_bytes": None,
-                "memory_total_bytes": gpu.memory_total_bytes,
-                "power_watts": None,
-                "temperature_c": None,
-                "healthy": gpu.healthy,
-                "problem": gpu.problem,
-            }
-            for gpu in (inventory.gpus if inventory is not None else ())
-        ]
-        sampled_at = None
-    rows = []
-    for reading in readings:
-        holder = holders.get(reading["uuid"])
-        mine = holder is not None and holder.user == viewer
-        row = {**reading, "sampled_at": sampled_at, "allocated": holder is not None}
-        if holder is not None and (sees_everyone or mine):
-            row["holder"] = {
-                "user": holder.user,
-                "server": holder.server,
-                "since": usage.isoformat(holder.started_at),
-            }
-        else:
-            row["holder"] = None
-        if holder is not None and not (sees_everyone or mine):
-            # another user's GPU: its readings are their usage
-            for key in ("utilization", "memory_used_bytes", "power_watts", "temperature_c"):
-                row[key] = None
-        rows.append(row)
-    return rows

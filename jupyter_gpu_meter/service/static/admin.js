@@ -1,12 +1,9 @@
-/* jupyter_gpu_meter: the admin page. The GPU table comes from api/gpus every refresh. */
+/* jupyter_gpu_meter: the admin page. The GPU table comes from api/gpus every refresh,
+   its readings as the server wrote them (`*_text`). */
 (function () {
   "use strict";
   var m = window.gpuMeter;
   var config = m.config();
-
-  function gib(bytes) {
-    return bytes === null || bytes === undefined ? "–" : (bytes / Math.pow(1024, 3)).toFixed(1) + " GiB";
-  }
 
   function rowFor(gpu) {
     var row = document.createElement("tr");
@@ -18,9 +15,9 @@
     uuid.className = "gpu-meter-uuid";
     uuid.textContent = gpu.uuid;
     model.appendChild(uuid);
-    m.cell(row, gpu.utilization === null ? "–" : gpu.utilization + "%");
-    m.cell(row, gib(gpu.memory_used_bytes) + " / " + gib(gpu.memory_total_bytes));
-    m.cell(row, gpu.power_watts === null ? "–" : Math.round(gpu.power_watts) + " W");
+    m.cell(row, gpu.utilization_text);
+    m.cell(row, gpu.memory_text);
+    m.cell(row, gpu.power_text);
     var holder = gpu.holder
       ? gpu.holder.user + (gpu.holder.server ? "/" + gpu.holder.server : "")
       : (gpu.allocated ? "allocated" : "free");

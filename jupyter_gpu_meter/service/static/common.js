@@ -1,5 +1,7 @@
 /* jupyter_gpu_meter: what the usage pages' scripts share. No library, nothing fetched
-   but the meter's own API. Every value goes into the page as text (textContent). */
+   but the meter's own API. Every value goes into the page as text (textContent), and
+   as the server wrote it: money, durations, times and sizes come finished (the API's
+   `text` and `*_text` fields); nothing here formats a number. */
 window.gpuMeter = (function () {
   "use strict";
 
@@ -24,40 +26,6 @@ window.gpuMeter = (function () {
       }
       return response.json();
     });
-  }
-
-  function money(item, minorUnits) {
-    var digits = minorUnits && minorUnits[item.currency];
-    if (digits === undefined) digits = 2;
-    return Number(item.amount).toLocaleString("en-US", {
-      minimumFractionDigits: digits,
-      maximumFractionDigits: digits,
-    }) + " " + item.currency;
-  }
-
-  function charges(list, currency, minorUnits) {
-    if (!list.length) return money({ amount: "0", currency: currency || "USD" }, minorUnits);
-    return list.map(function (item) { return money(item, minorUnits); }).join(" + ");
-  }
-
-  function hours(text) {
-    return Number(text).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-  }
-
-  function pad(n) { return (n < 10 ? "0" : "") + n; }
-
-  function duration(seconds) {
-    seconds = Math.max(0, Math.floor(seconds));
-    var days = Math.floor(seconds / 86400), rest = seconds % 86400;
-    var h = Math.floor(rest / 3600), m = Math.floor((rest % 3600) / 60), s = rest % 60;
-    if (days) return days + " d " + pad(h) + " h";
-    if (h) return h + " h " + pad(m) + " min";
-    if (m) return m + " min " + pad(s) + " s";
-    return s + " s";
-  }
-
-  function utc(iso) {
-    return iso ? iso.slice(0, 16).replace("T", " ") + " UTC" : "";
   }
 
   function setText(id, text) {
@@ -101,7 +69,7 @@ window.gpuMeter = (function () {
   }
 
   return {
-    config: config, getJSON: getJSON, money: money, charges: charges, hours: hours,
-    duration: duration, utc: utc, setText: setText, cell: cell, setRows: setRows, every: every,
+    config: config, getJSON: getJSON, setText: setText, cell: cell, setRows: setRows,
+    every: every,
   };
 })();

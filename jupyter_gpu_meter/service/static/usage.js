@@ -1,12 +1,9 @@
-/* jupyter_gpu_meter: the user page. Running sessions' elapsed time ticks every
-   second; their cost and the totals come from api/usage every refresh. */
+/* jupyter_gpu_meter: the user page. Running sessions' elapsed time, their cost and the
+   totals come from api/usage every refresh, as the server wrote them. */
 (function () {
   "use strict";
   var m = window.gpuMeter;
   var config = m.config();
-  var data = config.data;
-  // the server's clock minus ours, so elapsed times follow the server
-  var skew = Date.parse(data.as_of) - Date.now();
 
   function runningBody() {
     return document.querySelector("#running-sessions tbody");
@@ -17,18 +14,15 @@
     row.dataset.sessionId = String(item.id);
     m.cell(row, (item.server || "default") + (item.profile ? " (" + item.profile + ")" : ""));
     m.cell(row, item.gpus ? item.gpus + " × " + item.gpu_model : "CPU only");
-    m.cell(row, m.utc(item.started_at));
-    m.cell(row, m.duration(item.duration_s), "gpu-meter-elapsed");
+    m.cell(row, item.started_at_text);
+    m.cell(row, "", "gpu-meter-elapsed");
     m.cell(row, "", "gpu-meter-cost");
-    m.cell(row, m.money(item.price_per_hour, config.minor_units) + "/h");
-    m.cell(row, item.utilization_avg === null ? "–" : Math.round(item.utilization_avg) + "%",
-           "gpu-meter-spark");
+    m.cell(row, item.price_per_hour.text + "/h");
+    m.cell(row, item.utilization_avg_text, "gpu-meter-spark");
     return row;
   }
 
-  function show(next) {
-    data = next;
-    skew = Date.parse(data.as_of) - Date.now();
+  function show(data) {
     var body = runningBody();
     var shown = Array.prototype.map.call(body.rows, function (r) { return r.dataset.sessionId; });
     var wanted = data.running.map(function (item) { return String(item.id); });
@@ -38,27 +32,15 @@
     }
     data.running.forEach(function (item) {
       var row = body.querySelector('tr[data-session-id="' + item.id + '"]');
-      row.querySelector(".gpu-meter-cost").textContent = m.money(item.charge, config.minor_units);
+      row.querySelector(".gpu-meter-elapsed").textContent = item.duration_text;
+      row.querySelector(".gpu-meter-cost").textContent = item.charge.text;
     });
     document.getElementById("no-running").hidden = data.running.length > 0;
-    m.setText("month-gpu-hours", m.hours(data.this_month.gpu_hours));
-    m.setText("month-charges", m.charges(data.this_month.charges, data.currency, config.minor_units));
-    m.setText("all-gpu-hours", m.hours(data.all_time.gpu_hours));
-    m.setText("all-charges", m.charges(data.all_time.charges, data.currency, config.minor_units));
-    tick();
+    m.setText("month-gpu-hours", data.this_month.gpu_hours_text);
+    m.setText("month-charges", data.this_month.charges_text);
+    m.setText("all-gpu-hours", data.all_time.gpu_hours_text);
+    m.setText("all-charges", data.all_time.charges_text);
   }
 
-  function tick() {
-    var now = Date.now() + skew;
-    data.running.forEach(function (item) {
-      var row = runningBody().querySelector('tr[data-session-id="' + item.id + '"]');
-      if (row) {
-        var seconds = (now - Date.parse(item.started_at)) / 1000;
-        row.querySelector(".gpu-meter-elapsed").textContent = m.duration(seconds);
-      }
-    });
-  }
-
-  window.setInterval(tick, 1000);
   m.every(config.refresh_s, function () { return m.getJSON(config.url).then(show); });
 })();

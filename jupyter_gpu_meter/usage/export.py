@@ -1,0 +1,113 @@
+"""The CSV export's invoice lines: one per session (part) in a range, one per volume. Pure.
+
+The columns are documented in ``docs/reference/api.md`` (``GET api/export.csv``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+
+from .. import pricing
+from .dates import isoformat
+from .money import decimal_string
+from .totals import clip
+
+_HOUR = Decimal(3600)
+
+#: the columns of the CSV export, in order
+EXPORT_COLUMNS = (
+    "session_id",
+    "user",
+    "server",
+    "profile",
+    "gpu_model",
+    "gpus",
+    "started_at",
+    "ended_at",
+    "end_reason",
+    "billed_from",
+    "billed_until",
+    "billed_seconds",
+    "gpu_hours",
+    "price_per_gpu_hour",
+    "cpu_price_per_hour",
+    "billing_increment_s",
+    "minimum_charge",
+    "charge",
+    "currency",
+    # added with storage billing; sessions' lines leave them empty but kind
+    "kind",
+    "volume",
+    "volume_kind",
+    "storage_gb_hours",
+    "price_per_gb_month",
+)
+#: ``kind`` of a server session's line and of a volume's storage line
+SESSION_LINE, STORAGE_LINE = "session", "storage"
+
+
+def export_row(session, *, now: datetime, since=None, until=None) -> dict | None:
+    """One invoice line: the part of `session` inside [since, until), at its own prices.
+
+    ``billed_from``/``billed_until`` are that part; a running session is billed up
+    to `now` and has no ``ended_at``. ``billed_seconds`` is what is charged for:
+    that part's length rounded up to the billing increment (a whole number).
+    ``gpu_hours`` is exact GPU time, not rounded. None when no part is inside the range.
+    """
+    span = clip(session, now=now, since=since, until=until)
+    if span is None:
+        return None
+    start, end = span
+    price = session.price
+    return {
+        "session_id": session.id,
+        "user": session.user,
+        "server": session.server,
+        "profile": session.profile,
+        "gpu_model": session.gpu_model,
+        "gpus": session.gpu_count,
+        "started_at": isoformat(session.started_at),
+        "ended_at": isoformat(session.ended_at) or "",
+        "end_reason": session.end_reason or "",
+        "billed_from": isoformat(start),
+        "billed_until": isoformat(end),
+        "billed_seconds": pricing.billable_seconds(start, end, price.billing_increment_s),
+        "gpu_hours": decimal_string(pricing.gpu_seconds(price, start, end) / _HOUR),
+        "price_per_gpu_hour": decimal_string(price.price_per_gpu_hour),
+        "cpu_price_per_hour": decimal_string(price.cpu_price_per_hour),
+        "billing_increment_s": price.billing_increment_s,
+        "minimum_charge": decimal_string(price.minimum_charge),
+        "charge": decimal_string(pricing.charge(price, start, end)),
+        "currency": price.currency,
+        "kind": SESSION_LINE,
+        "volume": "",
+        "volume_kind": "",
+        "storage_gb_hours": "",
+        "price_per_gb_month": "",
+    }
+
+
+def storage_row(line) -> dict:
+    """One invoice line for a volume kept over the range at one price (a per-volume
+    :class:`~jupyter_gpu_meter.ledger.StorageSum`): the session columns stay empty."""
+    return {
+        **dict.fromkeys(EXPORT_COLUMNS, ""),
+        "user": line.user,
+        "billed_from": isoformat(line.billed_from),
+        "billed_until": isoformat(line.billed_until),
+        "charge": decimal_string(line.charge),
+        "currency": line.currency,
+        "kind": STORAGE_LINE,
+        "volume": line.volume,
+        "volume_kind": line.kind,
+        "storage_gb_hours": decimal_string(line.gb_hours),
+        "price_per_gb_month": decimal_string(line.price_per_gb_month),
+    }
+
+
+def export_rows(sessions: Iterable, *, now: datetime, since=None, until=None) -> list[dict]:
+    """:func:`export_row` of every session with a part in the range, oldest first."""
+    rows = (export_row(s, now=now, since=since, until=until) for s in sessions)
+    return [row for row in rows if row is not None]
