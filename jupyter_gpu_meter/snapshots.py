@@ -55,6 +55,7 @@ import docker.errors
 
 from . import homes, labels
 from .clock import as_utc, utcnow
+from .usage import isoformat
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,6 @@ class Snapshot:
         )
 
     def to_json(self) -> dict:
-        from .usage import isoformat
-
         return {
             "id": self.id,
             "user": self.user,
@@ -430,7 +429,7 @@ def take_snapshot(
         **{
             homes.SNAPSHOT_OF: home,
             SNAPSHOT_ID: snapshot_id,
-            SNAPSHOT_CREATED: now.isoformat().replace("+00:00", "Z"),
+            SNAPSHOT_CREATED: isoformat(now),
             SNAPSHOT_LABEL: label,
         },
     )
@@ -591,8 +590,6 @@ class Home:
     in_use: bool
 
     def to_json(self) -> dict:
-        from .usage import isoformat
-
         return {
             "user": self.user,
             "volume": self.volume,

@@ -58,9 +58,9 @@ from .identity import HubIdentity
 from .ledger import DEFAULT_URL, Ledger
 from .ledger.models import NAME_RULE, name_problem
 from .network import DEFAULT_NETWORK, NetworkError, NotebookNetwork, ensure_network
-from .policies import format_duration
 from .pricing import Pricing
 from .spawn_form import spawn_prices
+from .usage import format_duration
 
 #: container states in which a container holds its GPUs
 HOLDING_STATES = ("running", "paused", "restarting")

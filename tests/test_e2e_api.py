@@ -103,15 +103,15 @@ def expected_usage(hub, user, as_of: str):
         now,
         sessions,
         {
-            "all_time": usage.totals(
-                sessions, now=now, storage=ledger_storage(hub, user)
-            ).to_json(),
+            "all_time": usage.totals(sessions, now=now, storage=ledger_storage(hub, user)).to_json(
+                "EUR"
+            ),
             "this_month": usage.totals(
                 sessions,
                 now=now,
                 since=usage.month_start(now),
                 storage=ledger_storage(hub, user, usage.month_start(now)),
-            ).to_json(),
+            ).to_json("EUR"),
         },
     )
 
@@ -132,10 +132,10 @@ def test_each_user_sees_exactly_their_own_usage_as_the_ledger_has_it(hub):
     session = next(s for s in ledger_sessions(hub, "ada") if s.running)
     now = datetime.fromisoformat(ada["as_of"].replace("Z", "+00:00"))
     assert running["charge"] == usage.money(session.charge(now), "EUR")
-    assert running["price_per_hour"] == {"amount": "36.000000", "currency": "EUR"}
+    assert running["price_per_hour"] == usage.money(Decimal(36), "EUR")
     assert running["gpu_uuids"] == list(session.gpu_uuids)
     finished = ada["sessions"]["items"][-1]
-    assert finished["charge"] == {"amount": "72.000000", "currency": "EUR"}  # 2 h at 36
+    assert finished["charge"] == {"amount": "72.000000", "currency": "EUR", "text": "72.00 EUR"}
     assert finished["gpu_hours"] == "2.000000"
 
 
@@ -154,12 +154,13 @@ def test_a_user_cannot_see_another_but_admins_and_read_all_holders_can(hub):
         now = datetime.fromisoformat(users["as_of"].replace("Z", "+00:00"))
         for user in ("ada", "bob"):
             storage = ledger_storage(hub, user)
-            total = usage.totals(ledger_sessions(hub, user), now=now, storage=storage).to_json()
+            total = usage.totals(ledger_sessions(hub, user), now=now, storage=storage)
+            total = total.to_json("EUR")
             assert {k: rows[user][k] for k in total} == total
         assert rows["ada"]["running_servers"] == [""]
-        everyone = usage.totals(
-            ledger_sessions(hub), now=now, storage=ledger_storage(hub)
-        ).to_json()
+        everyone = usage.totals(ledger_sessions(hub), now=now, storage=ledger_storage(hub)).to_json(
+            "EUR"
+        )
         assert users["totals"] == {"users": 2, **everyone}
 
 

@@ -19,7 +19,7 @@ import requests
 
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import Pricing
-from jupyter_gpu_meter.service.pages import format_charges, format_money
+from jupyter_gpu_meter.usage import format_charges, format_money
 from tests.hub import Hub
 from tests.metering import add_closed_session, wait_until
 
@@ -272,7 +272,7 @@ def test_the_admin_sees_everyone_and_every_gpu_and_can_stop_a_server(hub, person
     assert hostile_row.locator(".gpu-meter-user").inner_text() == HOSTILE
     bob_row = page.locator('#users-table tr[data-user="bob"]')
     assert bob_row.locator(".gpu-meter-charges").inner_text() == format_charges(
-        {"EUR": Decimal("108")}
+        {"EUR": Decimal("108")}, "EUR"
     )  # 1.5 h x 2 GPUs x 36
     (uuid,) = hub.gpus_held()["ada/"]
     gpu = page.locator(f'#gpus-table tr[data-uuid="{uuid}"]')

@@ -181,15 +181,15 @@ def test_floats_are_read_through_their_repr():
 @pytest.mark.parametrize(
     "trait, value, message",
     [
-        ("default_price", "-1", r"Pricing.default_price '-1' is not a valid price: use a non-neg"),
-        ("cpu_price", float("nan"), r"Pricing.cpu_price nan is not a valid price.*e.g. '2.49'"),
-        ("minimum_charge", "Infinity", r"is not a valid price.*e.g. '2.49'"),
-        ("default_price", "two", r"Pricing.default_price 'two' is not an amount.*e.g. '2.49'"),
-        ("default_price", True, r"True is not an amount"),
-        ("default_price", [1], r"\[1\] is not an amount"),
+        ("default_price", "-1", r"Pricing.default_price '-1' is not allowed: use a non-neg"),
+        ("cpu_price", float("nan"), r"Pricing.cpu_price nan is not a number.*e.g. 2.49"),
+        ("minimum_charge", "Infinity", r"is not a number.*e.g. 2.49"),
+        ("default_price", "two", r"Pricing.default_price 'two' is not a number.*e.g. 2.49"),
+        ("default_price", True, r"True is not a number"),
+        ("default_price", [1], r"\[1\] is not a number"),
         ("default_price", "0.0000001", r"has more than 6 decimal places"),
-        ("default_price", "1e12", r"is not a valid price"),
-        ("prices", {H100: "-2"}, r"Pricing.prices\['NVIDIA H100 80GB HBM3'\] '-2' is not a valid"),
+        ("default_price", "1e12", r"is too large: it must be below 1,000,000,000,000"),
+        ("prices", {H100: "-2"}, r"Pricing.prices\['NVIDIA H100 80GB HBM3'\] '-2' is not allowed"),
         ("prices", {" ": "2"}, r"a GPU model name is empty.*e.g. 'NVIDIA H100 80GB HBM3'"),
         ("currency", "dollars", r"Pricing.currency 'dollars' is not an ISO 4217 code.*'USD'"),
         ("currency", "US1", r"not an ISO 4217 code: use e.g. 'USD' or 'EUR'"),
@@ -231,7 +231,7 @@ def test_labels_missing_or_malformed_are_named():
     with pytest.raises(ValueError, match=r"'jupyter-gpu-meter.price.gpus' is 'two', not a whole"):
         PriceSnapshot.from_labels(labels)
     labels = {**snapshot().to_labels(), LABEL_PREFIX + "price-per-gpu-hour": "-1"}
-    with pytest.raises(ValueError, match=r"price_per_gpu_hour '-1' is not a valid price"):
+    with pytest.raises(ValueError, match=r"price_per_gpu_hour '-1' is not allowed"):
         PriceSnapshot.from_labels(labels)
 
 

@@ -77,6 +77,7 @@ async def test_api_usage_gives_storage_beside_gpu_charges_and_the_volumes_now(ap
     assert total == pytest.approx(gpu + Decimal(charge["amount"]), abs=Decimal("0.000001"))
     assert data["storage_now"] == {
         "measured_at": "2026-11-20T12:00:00Z",
+        "measured_at_text": "2026-11-20 12:00 UTC",
         "size_warning_bytes": 8 * GB,
         "bytes": 15 * GB,
         "volumes": [

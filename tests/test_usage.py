@@ -1,14 +1,17 @@
-"""The pure aggregation behind the usage pages and API: days, months, totals, pages."""
+"""The usage core's aggregation behind the pages and API (days, months, totals, export),
+the API's query arguments and pages, and the spawn form's prices."""
 
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from jupyter_gpu_meter.report import usage_by_user
 
 from jupyter_gpu_meter import usage
 from jupyter_gpu_meter.ledger import MinuteUtilization, SessionRecord
 from jupyter_gpu_meter.pricing import PriceSnapshot, Pricing
+from jupyter_gpu_meter.service import query
+from jupyter_gpu_meter.spawn_form import spawn_prices
+from jupyter_gpu_meter.usage import usage_by_user
 
 H100 = "NVIDIA H100 80GB HBM3"
 UTC = timezone.utc
@@ -183,7 +186,10 @@ def test_session_usage_is_the_whole_session_and_json_has_iso_times_and_money():
     data = item.to_json()
     assert data["started_at"] == "2026-11-20T10:00:00Z"
     assert data["ended_at"] == "2026-11-20T10:00:07Z"
-    assert data["charge"] == {"amount": "0.004842", "currency": "USD"}  # 2.49 * 7 / 3600
+    # 2.49 * 7 / 3600: exact to 6 places, and as the pages show it
+    assert data["charge"] == {"amount": "0.004842", "currency": "USD", "text": "0.00 USD"}
+    assert data["duration_text"] == "7 s" and data["started_at_text"] == "2026-11-20 10:00 UTC"
+    assert data["utilization_avg_text"] == "73%"
     assert s.charge(now) == Decimal("2.49") * 7 / 3600
     assert data["gpu_hours"] == "0.001944"
     assert data["utilization_avg"] == 73.0
@@ -202,7 +208,17 @@ def test_export_rows_bill_the_part_inside_the_range_at_the_sessions_price():
     assert row["billed_until"] == "2026-12-01T00:00:00Z"
     assert row["ended_at"] == "2026-12-01T01:00:00Z"
     assert row["charge"] == "3.600000" and row["gpu_hours"] == "1.000000"
+    assert row["billed_seconds"] == 3600
     assert usage.export_rows([across], now=now, since=at("2026-12-02T00:00:00")) == []
+
+
+def test_billed_seconds_are_what_is_charged_for_rounded_up_to_the_increment():
+    now = at("2026-12-05T00:00:00")
+    short = session("ada", "2026-12-01T00:00:00", "2026-12-01T00:01:01.5", increment=60)
+    (row,) = usage.export_rows([short], now=now)
+    assert row["billed_seconds"] == 120  # 61.5 s, billed per started minute
+    assert row["gpu_hours"] == usage.decimal_string(Decimal("61.5") / 3600)  # GPU time: exact
+    assert Decimal(row["charge"]) == (Decimal("2.49") * 120 / 3600).quantize(Decimal("1e-6"))
 
 
 # --- arguments and pages --------------------------------------------------------------
@@ -210,20 +226,20 @@ def test_export_rows_bill_the_part_inside_the_range_at_the_sessions_price():
 
 def test_paginate_gives_the_slice_the_total_and_where_the_next_page_starts():
     items = list(range(7))
-    first = usage.paginate(items, limit=3, offset=0)
+    first = query.paginate(items, limit=3, offset=0)
     assert (first.items, first.total, first.next_offset) == ([0, 1, 2], 7, 3)
-    last = usage.paginate(items, limit=3, offset=6)
+    last = query.paginate(items, limit=3, offset=6)
     assert (last.items, last.next_offset) == ([6], None)
-    beyond = usage.paginate(items, limit=3, offset=10)
+    beyond = query.paginate(items, limit=3, offset=10)
     assert (beyond.items, beyond.total, beyond.next_offset) == ([], 7, None)
-    assert usage.paginate(items, limit=0, offset=0).to_json()["next_offset"] == 0
+    assert query.paginate(items, limit=0, offset=0).to_json()["next_offset"] == 0
     everything = []
-    page = usage.paginate(items, limit=2, offset=0)
+    page = query.paginate(items, limit=2, offset=0)
     while True:
         everything += page.items
         if page.next_offset is None:
             break
-        page = usage.paginate(items, limit=2, offset=page.next_offset)
+        page = query.paginate(items, limit=2, offset=page.next_offset)
     assert everything == items
 
 
@@ -239,43 +255,43 @@ def test_paginate_gives_the_slice_the_total_and_where_the_next_page_starts():
     ],
 )
 def test_times_parse_as_iso_8601_utc(text, expected):
-    assert usage.parse_time(text, "since") == expected
+    assert query.parse_time(text, "since") == expected
 
 
 def test_bad_arguments_say_what_is_allowed():
-    with pytest.raises(usage.UsageArgumentError, match="since='yesterday' is not an ISO 8601"):
-        usage.parse_time("yesterday", "since")
-    with pytest.raises(usage.UsageArgumentError, match="is not before until"):
-        usage.parse_range("2026-11-02", "2026-11-01")
-    with pytest.raises(usage.UsageArgumentError, match="limit='-1' is not a whole number from 0"):
-        usage.parse_count("-1", "limit", default=25, maximum=1000)
-    with pytest.raises(usage.UsageArgumentError, match="limit='5000'"):
-        usage.parse_count("5000", "limit", default=25, maximum=1000)
-    with pytest.raises(usage.UsageArgumentError, match="offset='x' is not a whole number from 0"):
-        usage.parse_count("x", "offset", default=0)
-    with pytest.raises(usage.UsageArgumentError, match="sort='cost' is not one of: a, b"):
-        usage.parse_choice("cost", "sort", ("a", "b"), "a")
-    assert usage.parse_count(None, "limit", default=25, maximum=1000) == 25
+    with pytest.raises(query.UsageArgumentError, match="since='yesterday' is not an ISO 8601"):
+        query.parse_time("yesterday", "since")
+    with pytest.raises(query.UsageArgumentError, match="is not before until"):
+        query.parse_range("2026-11-02", "2026-11-01")
+    with pytest.raises(query.UsageArgumentError, match="limit='-1' is not a whole number from 0"):
+        query.parse_count("-1", "limit", default=25, maximum=1000)
+    with pytest.raises(query.UsageArgumentError, match="limit='5000'"):
+        query.parse_count("5000", "limit", default=25, maximum=1000)
+    with pytest.raises(query.UsageArgumentError, match="offset='x' is not a whole number from 0"):
+        query.parse_count("x", "offset", default=0)
+    with pytest.raises(query.UsageArgumentError, match="sort='cost' is not one of: a, b"):
+        query.parse_choice("cost", "sort", ("a", "b"), "a")
+    assert query.parse_count(None, "limit", default=25, maximum=1000) == 25
 
 
 def test_times_and_counts_beyond_what_datetime_and_databases_hold_are_refused():
-    assert usage.parse_time("0001-01-01", "since") == datetime(1, 1, 1, tzinfo=timezone.utc)
-    assert usage.parse_time("9999-12-31T23:59:59.999999Z", "until") == datetime.max.replace(
+    assert query.parse_time("0001-01-01", "since") == datetime(1, 1, 1, tzinfo=timezone.utc)
+    assert query.parse_time("9999-12-31T23:59:59.999999Z", "until") == datetime.max.replace(
         tzinfo=timezone.utc
     )
     for text in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-00:01"):
         with pytest.raises(
-            usage.UsageArgumentError,
+            query.UsageArgumentError,
             match=r"is not a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z",
         ):
-            usage.parse_time(text, "since")
+            query.parse_time(text, "since")
     for text in ("0000-01-01", "10000-01-01", "99999-01-01T00:00:00Z"):
-        with pytest.raises(usage.UsageArgumentError, match="is not an ISO 8601 date or time"):
-            usage.parse_time(text, "since")
-    assert usage.parse_count("2147483647", "offset", default=0) == usage.MAX_COUNT
+        with pytest.raises(query.UsageArgumentError, match="is not an ISO 8601 date or time"):
+            query.parse_time(text, "since")
+    assert query.parse_count("2147483647", "offset", default=0) == query.MAX_COUNT
     for text in ("2147483648", str(10**30), "9" * 5000):
-        with pytest.raises(usage.UsageArgumentError, match="is not a whole number from 0 to 2147"):
-            usage.parse_count(text, "offset", default=0)
+        with pytest.raises(query.UsageArgumentError, match="is not a whole number from 0 to 2147"):
+            query.parse_count(text, "offset", default=0)
 
 
 def test_spawn_form_prices_per_profile_model_and_cpu():
@@ -289,12 +305,12 @@ def test_spawn_form_prices_per_profile_model_and_cpu():
             {"display_name": "any", "slug": "any", "gpus": 1},
         ]
     )
-    prices = usage.spawn_prices(profiles, [H100, "NVIDIA L4"], pricing)
+    prices = spawn_prices(profiles, [H100, "NVIDIA L4"], pricing)
     assert prices["profiles"] == {
         "cpu": "0.0125 EUR/hour",
         "h2": "4.98 EUR/hour",
         "any": "from 0.80 EUR/hour",
     }
     assert prices["models"] == {H100: "2.49 EUR/GPU-hour", "NVIDIA L4": "0.80 EUR/GPU-hour"}
-    free = usage.spawn_prices(profiles[:1], [], Pricing())
+    free = spawn_prices(profiles[:1], [], Pricing())
     assert free["profiles"] == {"cpu": "no charge"}

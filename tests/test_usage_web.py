@@ -224,7 +224,8 @@ def body(response):
 def expected_totals(ledger, user, *, since=None, until=None):
     sessions = ledger.sessions(user=user)
     storage = ledger.storage_sums(user=user, since=since, until=until)
-    return usage.totals(sessions, now=NOW, since=since, until=until, storage=storage).to_json()
+    totals = usage.totals(sessions, now=NOW, since=since, until=until, storage=storage)
+    return totals.to_json("EUR")
 
 
 # --- api/usage ---------------------------------------------------------------------------
@@ -241,11 +242,16 @@ async def test_a_user_gets_their_own_usage_as_the_ledger_has_it(app):
         **expected_totals(ledger, "ada", since=month),
     }
     # 2 h and 1 h so far of 1 GPU at 2.49 EUR, 30 min CPU at 0.10 EUR
-    assert data["all_time"]["charges"] == [{"amount": "7.520000", "currency": "EUR"}]
+    assert data["all_time"]["charges"] == [
+        {"amount": "7.520000", "currency": "EUR", "text": "7.52 EUR"}
+    ]
+    assert data["all_time"]["charges_text"] == "7.52 EUR"
     assert data["all_time"]["gpu_hours"] == "3.000000"
+    assert data["all_time"]["gpu_hours_text"] == "3.00"
     (running,) = data["running"]
     assert running["server"] == "train" and running["running"] is True
-    assert running["charge"] == {"amount": "2.490000", "currency": "EUR"}
+    assert running["charge"] == {"amount": "2.490000", "currency": "EUR", "text": "2.49 EUR"}
+    assert running["duration_text"] == "1 h"
     sessions = data["sessions"]
     assert sessions["total"] == 3 and [s["running"] for s in sessions["items"]] == [
         True,
@@ -275,9 +281,7 @@ async def test_range_and_pages_of_the_history(app):
     data = body(await fetch(app, f"api/usage?since={since}&limit=1", "ada-token"))
     assert data["since"] == "2026-11-15T00:00:00Z" and data["until"] is None
     assert data["sessions"]["total"] == 2 and data["sessions"]["next_offset"] == 1
-    assert data["totals"] == expected_totals(
-        app.meter.ledger, "ada", since=usage.parse_time(since, "since")
-    )
+    assert data["totals"] == expected_totals(app.meter.ledger, "ada", since=usage.parse_time(since))
     second = body(await fetch(app, f"api/usage?since={since}&limit=1&offset=1", "ada-token"))
     assert second["sessions"]["next_offset"] is None
     assert second["sessions"]["items"][0]["gpus"] == 0
@@ -331,7 +335,7 @@ async def test_users_is_for_admins_sorted_and_paged_with_grand_totals(app):
     bob = users["items"][0]
     expected = expected_totals(ledger, "bob")
     assert {k: bob[k] for k in expected} == expected
-    everyone = usage.totals(ledger.sessions(), now=NOW).to_json()
+    everyone = usage.totals(ledger.sessions(), now=NOW).to_json("EUR")
     assert data["totals"] == {"users": 4, **everyone}
     by_name = body(await fetch(app, "api/users?sort=user&order=asc", "auditor-token"))
     assert [u["user"] for u in by_name["users"]["items"]] == sorted(
@@ -561,14 +565,13 @@ async def test_openapi_document_describes_every_api_route(app):
 
 
 def test_money_is_exact_until_rounded_for_people():
-    from jupyter_gpu_meter.service.pages import format_money
-
     assert usage.money(Decimal("2.49") * 7 / 3600, "USD") == {
         "amount": "0.004842",
         "currency": "USD",
+        "text": "0.00 USD",
     }
-    assert format_money(Decimal("1234.565"), "USD") == "1,234.57 USD"
-    assert format_money(Decimal("1234.5"), "JPY") == "1,235 JPY"
+    assert usage.format_money(Decimal("1234.565"), "USD") == "1,234.57 USD"
+    assert usage.format_money(Decimal("1234.5"), "JPY") == "1,235 JPY"
 
 
 # --- api/budgets -------------------------------------------------------------------------
@@ -604,7 +607,7 @@ async def test_admins_set_grant_show_and_remove_budgets_and_each_change_is_recor
     assert [(b["scope"], b["name"]) for b in listed] == [("user", "ada")]
     # ada sees her balance in api/usage: 50 + 10 granted this month, less this month's spend
     balance = body(await fetch(app, "api/usage", "ada-token"))["budget"]
-    assert balance["of"] == {"amount": "60.00", "currency": "EUR"}
+    assert balance["of"] == {"amount": "60.000000", "currency": "EUR", "text": "60.00 EUR"}
 
     removed = await fetch(app, "api/budgets/user/ada", "admin-token", method="DELETE")
     assert body(removed)["removed"] == {"scope": "user", "name": "ada"}

@@ -14,6 +14,8 @@ from decimal import Decimal
 
 from markupsafe import Markup
 
+from ..usage import format_percent, format_quantity
+
 
 def _number(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
@@ -38,7 +40,10 @@ def sparkline_svg(
     line = " ".join(f"{_number(x)},{_number(yy)}" for x, yy in points)
     area = f"{_number(pad)},{height - pad} {line} {_number(points[-1][0])},{height - pad}"
     low, high, mean = min(values), max(values), sum(values) / len(values)
-    label = f"GPU utilization per minute: mean {mean:.0f}%, from {low:.0f}% to {high:.0f}%"
+    label = (
+        f"GPU utilization per minute: mean {format_percent(mean)}, "
+        f"from {format_percent(low)} to {format_percent(high)}"
+    )
     return Markup(
         '<svg class="gpu-meter-sparkline" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
         'role="img" aria-label="{label}" preserveAspectRatio="none">'
@@ -107,7 +112,7 @@ def bar_chart_svg(
                 bh=_number(bar_h),
                 day=day.isoformat(),
                 raw=str(value),
-                value=f"{float(value):.2f}",
+                value=format_quantity(value),
                 unit=unit,
             )
         )

@@ -9,6 +9,8 @@ from urllib.parse import quote
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from ..usage import isoformat
+
 log = logging.getLogger(__name__)
 
 #: the hub scope stopping a server needs (DELETE /users/:name/server and /servers/:name)
@@ -84,7 +86,7 @@ class HubAPI:
 
     async def report_activity(self, user: str, server: str, at) -> None:
         """Tell the hub `user`'s `server` was active at `at` (scope ``users:activity``)."""
-        stamp = at.isoformat().replace("+00:00", "Z")
+        stamp = isoformat(at)
         body = {"last_activity": stamp, "servers": {server: {"last_activity": stamp}}}
         await self._call("POST", f"/users/{quote(user, safe='')}/activity", body)
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 
 #: decimal places a price or amount may have; the ledger stores them with exactly this many
 MONEY_PLACES = 6
 #: amounts must be below this (the ledger stores them as NUMERIC(18, 6))
 MONEY_LIMIT = Decimal(10) ** (18 - MONEY_PLACES)
 _QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
+#: the precision of Python's default context, whatever the caller's is
+_CONTEXT = Context(prec=28, rounding=ROUND_HALF_UP)
 
 #: ISO 4217 currencies whose minor unit is not 1/100
 _MINOR_UNITS = {
@@ -50,7 +52,7 @@ def parse_money(value, what: str = "amount", *, positive: bool = False) -> Decim
         raise ValueError(f"{what} {value!r} is not allowed: {hint}")
     if amount >= MONEY_LIMIT:
         raise ValueError(f"{what} {value!r} is too large: it must be below {MONEY_LIMIT:,}")
-    if amount != amount.quantize(_QUANTUM):
+    if amount != amount.quantize(_QUANTUM, context=_CONTEXT):
         raise ValueError(f"{what} {value!r} has more than {MONEY_PLACES} decimal places: {hint}")
     return abs(amount)  # -0 -> 0
 
@@ -61,7 +63,7 @@ def minor_unit(currency: str) -> int:
 
 
 def _half_up(value: Decimal, places: int) -> Decimal:
-    return Decimal(value).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
+    return Decimal(value).quantize(Decimal(1).scaleb(-places), context=_CONTEXT)
 
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
@@ -86,8 +88,8 @@ def format_money(
     """
     amount = Decimal(amount)
     if exact:
-        places = max(minor_unit(currency), -amount.normalize().as_tuple().exponent)
-        shown = amount.quantize(Decimal(1).scaleb(-places))
+        places = max(minor_unit(currency), -amount.normalize(_CONTEXT).as_tuple().exponent)
+        shown = _half_up(amount, places)
     else:
         shown = round_money(amount, currency)
     text = f"{shown:,}" if grouping else str(shown)
