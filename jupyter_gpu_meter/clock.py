@@ -28,9 +28,6 @@ def parse_docker_time(text: str) -> datetime | None:
     """
     if not text or text.startswith("0001-01-01"):
         return None
-    date, _, rest = text.partition(".")
-    if not rest:  # no fraction
-        return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
-    zone = rest[len(digits) :].replace("Z", "+00:00") or "+00:00"
-    return as_utc(datetime.fromisoformat(f"{date}.{digits[:6].ljust(6, '0')}{zone}"))
+    from .usage.dates import parse_time  # (the usage core's one parser; it builds on this module)
+
+    return parse_time(text)

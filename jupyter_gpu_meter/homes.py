@@ -31,8 +31,8 @@ from traitlets import Bool, Dict, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from . import labels
-from .clock import as_utc
 from .container import host_path_problems
+from .usage import parse_time
 
 #: on every volume this package makes: "home" or "snapshot"
 VOLUME_KIND = labels.PREFIX + "volume"
@@ -141,17 +141,12 @@ class Volume:
 
 
 def parse_docker_time(text: str | None) -> datetime | None:
-    """A Docker timestamp ("2026-11-30T06:01:02Z", or with an offset) as aware UTC, or None."""
-    if not text:
+    """A Docker timestamp ("2026-11-30T06:01:02Z", or with an offset) as aware UTC, or None
+    (also for one that is not a time)."""
+    try:
+        return parse_time(text)
+    except ValueError:
         return None
-    # Docker writes nanoseconds and sometimes an offset: keep microseconds
-    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", text.strip())
-    if not match:
-        return None
-    whole, fraction, zone = match.groups()
-    fraction = (fraction or ".0")[:7]
-    zone = "+00:00" if zone in (None, "Z") else zone
-    return as_utc(datetime.fromisoformat(f"{whole}{fraction}{zone}"))
 
 
 def inspect_volume(api, name: str) -> dict | None:
