@@ -54,7 +54,7 @@ def parse_money(value, what: str = "amount", *, positive: bool = False) -> Decim
         raise ValueError(f"{what} {value!r} is too large: it must be below {MONEY_LIMIT:,}")
     if amount != amount.quantize(_QUANTUM, context=_CONTEXT):
         raise ValueError(f"{what} {value!r} has more than {MONEY_PLACES} decimal places: {hint}")
-    return abs(amount)  # -0 -> 0
+    return amount.copy_abs()  # -0 -> 0, exact whatever the context
 
 
 def minor_unit(currency: str) -> int:
