@@ -12,6 +12,7 @@ from decimal import Decimal
 from .. import pricing
 from .dates import isoformat
 from .money import decimal_string
+from .sessions import what_ran
 from .totals import clip
 
 _HOUR = Decimal(3600)
@@ -63,11 +64,7 @@ def export_row(session, *, now: datetime, since=None, until=None) -> dict | None
     price = session.price
     return {
         "session_id": session.id,
-        "user": session.user,
-        "server": session.server,
-        "profile": session.profile,
-        "gpu_model": session.gpu_model,
-        "gpus": session.gpu_count,
+        **what_ran(session),
         "started_at": isoformat(session.started_at),
         "ended_at": isoformat(session.ended_at) or "",
         "end_reason": session.end_reason or "",

@@ -82,6 +82,17 @@ def utilization_series(minutes: Iterable, *, points: int = 60) -> list[float]:
     return series
 
 
+def what_ran(session) -> dict:
+    """Whose server ran what: the fields the API's sessions and the CSV's lines share."""
+    return {
+        "user": session.user,
+        "server": session.server,
+        "profile": session.profile,
+        "gpu_model": session.gpu_model,
+        "gpus": session.gpu_count,
+    }
+
+
 @dataclass(frozen=True)
 class SessionUsage:
     """One session with what it used, for the history and the running list."""
@@ -97,11 +108,7 @@ class SessionUsage:
         s = self.session
         return {
             "id": s.id,
-            "user": s.user,
-            "server": s.server,
-            "profile": s.profile,
-            "gpu_model": s.gpu_model,
-            "gpus": s.gpu_count,
+            **what_ran(s),
             "gpu_uuids": list(s.gpu_uuids),
             "started_at": isoformat(s.started_at),
             "started_at_text": format_time(s.started_at),
