@@ -159,16 +159,6 @@ class PageHandler(Authenticated, web.RequestHandler):
         raise web.HTTPError(400, "%s", str(error))
 
 
-def _live_running(view) -> dict:
-    """The part of a user's view the page's script refreshes."""
-    return {
-        "as_of": usage.isoformat(view.now),
-        "running": [item.to_json() for item in view.running],
-        "this_month": view.this_month.to_json(view.currency),
-        "all_time": view.all_time.to_json(view.currency),
-    }
-
-
 class UserPageHandler(PageHandler):
     """``GET /services/gpu-meter/``: your GPU usage (admins: ``?user=`` anyone's)."""
 
@@ -186,7 +176,6 @@ class UserPageHandler(PageHandler):
         live = {
             "url": self.context.prefix + "api/usage?" + urlencode({"user": subject, "limit": 0}),
             "refresh_s": self.context.settings.refresh_interval,
-            "data": _live_running(view),
         }
 
         def page_url(new_offset):
