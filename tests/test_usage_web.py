@@ -608,6 +608,9 @@ async def test_admins_set_grant_show_and_remove_budgets_and_each_change_is_recor
     # ada sees her balance in api/usage: 50 + 10 granted this month, less this month's spend
     balance = body(await fetch(app, "api/usage", "ada-token"))["budget"]
     assert balance["of"] == {"amount": "60.000000", "currency": "EUR", "text": "60.00 EUR"}
+    page = (await fetch(app, "", "ada-token")).body.decode()
+    card = re.search(r'id="gpu-meter-budget".*?</div></div>', page, re.S).group(0)
+    assert balance["left"]["text"] in card and "of 60.00 EUR" in card  # the API's words
 
     removed = await fetch(app, "api/budgets/user/ada", "admin-token", method="DELETE")
     assert body(removed)["removed"] == {"scope": "user", "name": "ada"}
