@@ -103,7 +103,7 @@ class BudgetCommand(Application):
     warns users near their budget and stops their servers after it runs out;
     the spawner refuses a start the remaining budget cannot pay for.
     """
-    # declared by name, imported when run; each help is its command's docstring
+    # declared by name, imported when run; each help is its command's docstring (tested)
     subcommands = {
         "set": (
             "jupyter_gpu_meter.cli.budget_change.BudgetSetCommand",

@@ -116,7 +116,7 @@ class MeterService(Application):
         "log-level": "Application.log_level",
     }
     # the commands on the ledger and homes (jupyter_gpu_meter.cli), imported when run;
-    # each help is its command's docstring
+    # each help is its command's docstring (tests/test_cli_commands.py checks)
     subcommands = {
         "report": (
             "jupyter_gpu_meter.cli.report.ReportCommand",
