@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from jupyter_gpu_meter import usage
 from jupyter_gpu_meter.budgets import budget_view
-from jupyter_gpu_meter.cli import ReportCommand
+from jupyter_gpu_meter.cli.report import ReportCommand
 from jupyter_gpu_meter.ledger import Ledger, SessionRecord
 from jupyter_gpu_meter.pricing import PriceSnapshot, Pricing
 from jupyter_gpu_meter.service.state import MeterState

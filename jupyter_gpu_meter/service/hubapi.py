@@ -9,12 +9,10 @@ from urllib.parse import quote
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from ..scopes import STOP_SCOPE
 from ..usage import isoformat
 
 log = logging.getLogger(__name__)
-
-#: the hub scope stopping a server needs (DELETE /users/:name/server and /servers/:name)
-STOP_SCOPE = "delete:servers"
 
 
 class HubAPI:
