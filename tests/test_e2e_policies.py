@@ -125,7 +125,7 @@ def test_a_budget_used_up_mid_session_stops_the_server_and_refuses_the_next(make
         hub.meter_url + "api/usage", headers={"Authorization": f"token {token}"}, timeout=30
     ).json()
     assert usage["budget"]["left"] == {"amount": "0.000000", "currency": "USD", "text": "0.00 USD"}
-    assert usage["budget"]["of"] == {"amount": "15.00", "currency": "USD"}
+    assert usage["budget"]["of"] == {"amount": "15.000000", "currency": "USD", "text": "15.00 USD"}
     assert "used up" in usage["budget"]["warning"]
     form = login(hub, "ada").get(hub.url + "/hub/spawn", timeout=30).text
     assert "Budget left: 0.00 of 15.00 USD" in form
