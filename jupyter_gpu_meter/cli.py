@@ -13,7 +13,6 @@ import csv
 import getpass
 import io
 import json
-import os
 import sys
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,10 +23,10 @@ from traitlets.config import Application
 from . import budgets
 from .clock import as_utc, utcnow
 from .homes_cli import HomesCommand, SnapshotsCommand
-from .ledger import DEFAULT_URL, Ledger, LedgerSchemaError
+from .ledger import DEFAULT_URL, Ledger, LedgerSchemaError, default_url
 from .pricing import round_money
 from .report import usage_by_user
-from .service.app import DB_URL_ENV, MeterService
+from .service.app import MeterService
 
 _GPU_HOURS = Decimal("0.0001")
 
@@ -46,9 +45,7 @@ class _LedgerCommand(Application):
 
     @default("db_url")
     def _db_url_default(self):
-        # the service's setting, when the config file gives one
-        configured = self.config.get("MeterService", {}).get("db_url")
-        return configured or os.environ.get(DB_URL_ENV, DEFAULT_URL)
+        return default_url(self.config)  # the service's setting, when the config gives one
 
     def initialize(self, argv=None):
         super().initialize(argv)
