@@ -14,7 +14,7 @@ import getpass
 import io
 import json
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from traitlets import CaselessStrEnum, Unicode, default
@@ -24,7 +24,7 @@ from . import budgets
 from .clock import as_utc, utcnow
 from .homes_cli import HomesCommand, SnapshotsCommand
 from .ledger import DEFAULT_URL, Ledger, LedgerSchemaError, default_url
-from .pricing import round_money
+from .pricing import Pricing, round_money
 from .report import usage_by_user
 from .service.app import MeterService
 
@@ -257,8 +257,7 @@ class BudgetSetCommand(_BudgetCommand):
         "",
         help="""
         ISO 4217 code of a money budget, e.g. USD. Default: the budget's current
-        one, else Pricing.currency from --config, else the currency of the latest
-        session of the last 31 days in the ledger, else USD.
+        one, else the hub's currency, c.Pricing.currency (read from --config).
         """,
     ).tag(config=True)
 
@@ -269,9 +268,9 @@ class BudgetSetCommand(_BudgetCommand):
         current = ledger.get_budget(scope, name)
         unit = budgets.parse_unit(self.unit or (current.unit if current else budgets.MONEY))
         period = self.period or (current.period if current else budgets.MONTH)
-        currency = self.currency or None
-        if unit == budgets.MONEY and currency is None:
-            currency = self._default_currency(ledger, current)
+        kept = current.currency if current is not None and unit == budgets.MONEY else None
+        hub_currency = Pricing(config=self.config).currency
+        currency = budgets.budget_currency(unit, self.currency or kept, hub_currency)
         changed = ledger.set_budget(
             scope=scope,
             name=name,
@@ -290,16 +289,6 @@ class BudgetSetCommand(_BudgetCommand):
             return f"{scope} {name}: budget set to {text}\n"
         was = _describe(current.amount, current.unit, current.currency, current.period)
         return f"{scope} {name}: budget set to {text} (was {was})\n"
-
-    def _default_currency(self, ledger, current) -> str:
-        if current is not None and current.currency:
-            return current.currency
-        configured = self.config.get("Pricing", {}).get("currency")
-        if configured:
-            return configured
-        # what the meter charges in lately, else Pricing's default
-        recent = ledger.sessions(since=utcnow() - timedelta(days=31))
-        return recent[-1].price.currency if recent else "USD"
 
 
 class BudgetGrantCommand(_BudgetCommand):
@@ -409,28 +398,21 @@ class BudgetShowCommand(_BudgetCommand):
 
     def run(self, ledger):
         now = utcnow()
-        everything = ledger.budgets()
-        changes = ledger.budget_changes()
         rows = []
         if self.user:
-            budget = budgets.effective_budget(self.user, _split(self.groups), everything)
-            if budget is not None:
-                since = budgets.period_start(budget.period, now)
-                sessions = ledger.sessions(user=self.user, since=since)
-                status = budgets.budget_status(budget, changes, sessions, now=now, user=self.user)
+            status = ledger.user_budget_status(self.user, _split(self.groups), now)
+            if status is not None:
                 rows.append(_status_row(status))
             elif self.format == "table":
                 return f"user {self.user}: no budget applies (no limit)\n"
         else:
-            for budget in everything:
+            changes = ledger.budget_changes()
+            for budget in ledger.budgets():
                 if self.group and (budget.scope, budget.name) != self.owner:
                     continue
                 if budget.scope == budgets.USER:
-                    since = budgets.period_start(budget.period, now)
-                    sessions = ledger.sessions(user=budget.name, since=since)
-                    rows.append(
-                        _status_row(budgets.budget_status(budget, changes, sessions, now=now))
-                    )
+                    status = ledger.budget_status(budget, user=budget.name, now=now)
+                    rows.append(_status_row(status))
                 else:
                     rows.append(_group_row(budget, changes, now))
             if self.group and not rows and self.format == "table":

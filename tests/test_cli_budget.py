@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from jupyter_gpu_meter.ledger import Ledger
+from jupyter_gpu_meter.ledger import Ledger, StoragePeriod
 from tests import test_ledger
 from tests.test_cli import add, cli
 
@@ -165,17 +165,61 @@ def test_set_keeps_what_is_left_out_and_says_what_changed(url):
     assert len(history(url)) == 2
 
 
-def test_the_currency_comes_from_the_config_then_the_ledger(url, tmp_path):
+def test_a_new_budget_is_in_the_hubs_currency(url, tmp_path):
     config = tmp_path / "jupyterhub_config.py"
     config.write_text(
-        f"c = get_config()\nc.MeterService.db_url = {url!r}\nc.Pricing.currency = 'CHF'\n"
+        f"c = get_config()\nc.MeterService.db_url = {url!r}\nc.Pricing.currency = 'JPY'\n"
     )
-    out = cli("budget", "set", "--config", str(config), "--group", "a", "--amount", "1").stdout
-    assert "1.00 CHF" in out
-    assert "1.00 USD" in budget(url, "set", "--group", "b", "--amount", "1").stdout  # nothing else
+    out = cli("budget", "set", "--config", str(config), "--group", "a", "--amount", "5000").stdout
+    assert out == "group a: budget set to 5000 JPY per calendar month\n"
+    # the hub's setting alone decides: not the currency of sessions in the ledger
     with Ledger(url) as ledger:
-        add(ledger, "j1", "ada", 1, NOW - timedelta(hours=1), 10, currency="JPY")
-    assert "1 JPY per calendar month" in budget(url, "set", "--group", "c", "--amount", "1").stdout
+        add(ledger, "e1", "ada", 1, NOW - timedelta(hours=1), 10, currency="EUR")
+    out = budget(url, "set", "--group", "b", "--amount", "1").stdout
+    assert out == "group b: budget set to 1.00 USD per calendar month\n"
+    gpu_hours = cli(
+        "budget",
+        "set",
+        "--config",
+        str(config),
+        "--group",
+        "c",
+        "--amount",
+        "3",
+        "--unit",
+        "gpu-hours",
+    ).stdout
+    assert gpu_hours == "group c: budget set to 3.0000 GPU-hours per calendar month\n"
+
+
+def test_show_counts_storage_as_the_meter_does(url):
+    with Ledger(url) as ledger:
+        add(ledger, "a1", "ada", 1, NOW - timedelta(hours=3), 60)  # 2.49
+        # 100 GB for an hour at 7.30 per GB-month: 1.00
+        ledger.add_storage_periods(
+            [
+                StoragePeriod(
+                    "ada",
+                    "jgm-home-ada",
+                    "home",
+                    NOW - timedelta(hours=2),
+                    NOW - timedelta(hours=1),
+                    100 * 10**9,
+                    Decimal("7.30"),
+                    "USD",
+                )
+            ],
+            NOW - timedelta(hours=1),
+        )
+    budget(url, "set", "--user", "ada", "--amount", "50", "--period", "rolling:30")
+    (row,) = show(url, "--user", "ada")
+    assert (row["spent"], row["remaining"]) == ("3.49", "46.51")
+    (row,) = show(url)
+    assert (row["user"], row["spent"]) == ("ada", "3.49")
+    with Ledger(url) as ledger:
+        assert ledger.user_budget_status("ada", [], datetime.now(timezone.utc)).spent == Decimal(
+            "3.49"
+        )
 
 
 @pytest.mark.parametrize(
