@@ -76,10 +76,12 @@ class BudgetStore:
     def budget_status(
         self, budget: rules.Budget, *, user: str, now: datetime
     ) -> rules.BudgetStatus:
-        """Where `user` stands against `budget` at `now`: the grants, their sessions and
-        storage of the budget's current period, through :func:`..budgets.budget_status`.
+        """Where `user` stands against `budget` at `now`.
 
-        The meter's pages and policies, the spawner and ``budget show`` all come here.
+        Reads the grants, `user`'s sessions and storage of the budget's current
+        period, and composes them with
+        :func:`jupyter_gpu_meter.budgets.budget_status`: the one place that
+        does, for the meter's pages and policies, the spawner and ``budget show``.
         """
         since = rules.period_start(budget.period, now)
         return rules.budget_status(
