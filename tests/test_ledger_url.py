@@ -7,7 +7,8 @@ from jupyterhub import orm
 from traitlets.config import Config
 
 from jupyter_gpu_meter import GPUDockerSpawner
-from jupyter_gpu_meter.cli import BudgetShowCommand, ReportCommand
+from jupyter_gpu_meter.cli.budget_show import BudgetShowCommand
+from jupyter_gpu_meter.cli.report import ReportCommand
 from jupyter_gpu_meter.ledger import DB_URL_ENV, DEFAULT_URL, default_url
 from jupyter_gpu_meter.service import MeterService
 
