@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from traitlets import Unicode, default
 from traitlets.config import Application
 
-from ..ledger import DEFAULT_URL
-from ..service.app import DB_URL_ENV
+from ..ledger import DEFAULT_URL, default_url
 
 #: decimal places of GPU-hours (and GB-hours) in the commands' output
 HOURS_PLACES = 4
@@ -28,9 +25,7 @@ class _LedgerCommand(Application):
 
     @default("db_url")
     def _db_url_default(self):
-        # the service's setting, when the config file gives one
-        configured = self.config.get("MeterService", {}).get("db_url")
-        return configured or os.environ.get(DB_URL_ENV, DEFAULT_URL)
+        return default_url(self.config)  # the service's setting, when the config gives one
 
     def initialize(self, argv=None):
         super().initialize(argv)
