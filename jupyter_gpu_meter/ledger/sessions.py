@@ -287,7 +287,7 @@ class SessionStore:
         added up per user and currency by the database; and every other
         session that overlaps the range (running, crossing one of its edges,
         or without stored sums), oldest first. Together they are what
-        :func:`jupyter_gpu_meter.report.usage_by_user` totals, with ``sums=``.
+        :func:`jupyter_gpu_meter.usage.usage_by_user` totals, with ``sums=``.
         """
         c = _sessions.c
         since = None if since is None else aware("since", since)
