@@ -6,7 +6,7 @@ Code that needs the time takes a ``clock`` argument defaulting to
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 
 def utcnow() -> datetime:
@@ -34,3 +34,14 @@ def parse_docker_time(text: str) -> datetime | None:
     digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
     zone = rest[len(digits) :].replace("Z", "+00:00") or "+00:00"
     return as_utc(datetime.fromisoformat(f"{date}.{digits[:6].ljust(6, '0')}{zone}"))
+
+
+def check_clock(clock) -> datetime:
+    """`clock()`, refused with a ValueError unless it is a timezone-aware UTC datetime."""
+    now = clock()
+    if not isinstance(now, datetime) or now.utcoffset() != timedelta(0):
+        raise ValueError(
+            f"the clock {clock!r} returned {now!r}: a clock must return a timezone-aware "
+            "UTC datetime, as jupyter_gpu_meter.clock.utcnow() does"
+        )
+    return now
