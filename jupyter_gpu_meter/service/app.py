@@ -376,7 +376,7 @@ class MeterService(Application):
     # --- start and stop ----------------------------------------------------
 
     async def _open_sampler(self):
-        sampler = self.sampler_config.make_sampler(self.inventory_source)
+        sampler = self.sampler_config.make_sampler(self.inventory_source, clock=self.clock)
         try:
             await asyncio.get_running_loop().run_in_executor(self.sampler_executor, sampler.open)
         except SamplerUnavailable as e:
