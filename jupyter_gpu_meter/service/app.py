@@ -1,7 +1,8 @@
 """MeterService: the ``jupyter-gpu-meter`` process the hub runs as the service ``gpu-meter``.
 
-It is the only writer of usage. Three loops feed the ledger, each run once at
-start and then on its period, every blocking call off the event loop:
+It is the only writer of usage. Loops (:mod:`~jupyter_gpu_meter.service.loops`)
+feed the ledger through its write queue (:mod:`~jupyter_gpu_meter.service.writes`),
+each run once at start and then on its period, every blocking call off the event loop:
 
 - Docker events (a thread following Docker's event stream) and a periodic
   reconcile open and close sessions (:mod:`jupyter_gpu_meter.sessions`);
@@ -10,8 +11,11 @@ start and then on its period, every blocking call off the event loop:
   database is unavailable;
 - the storage measurement (every ``storage_interval``, 10 minutes by default)
   records the size of this hub's homes and snapshots
-  (:mod:`jupyter_gpu_meter.storage`), in a thread of its own so a slow
-  measurement delays neither the event loop nor session writes.
+  (:mod:`~jupyter_gpu_meter.service.storage_pass`), in a thread of its own so a
+  slow measurement delays neither the event loop nor session writes;
+- the policies check the running servers (:mod:`~jupyter_gpu_meter.service.policy_runner`).
+
+Every "now" the meter needs comes from one clock, ``MeterService.clock``.
 
 What the meter knows now (running containers, stop reasons, the last GPU
 sample, failure counts) is one :class:`~jupyter_gpu_meter.service.state.MeterState`
