@@ -46,12 +46,12 @@ class HomeService:
 
     `api` is a docker-py ``APIClient``; `settings` the hub's
     :class:`~jupyter_gpu_meter.homes.HomeVolumes`. Blocking work goes to
-    `threads` worker threads (copies of large homes take minutes).
+    `threads` worker threads (copies of large homes take minutes); `clock` dates snapshots.
     """
 
     def __init__(self, api, settings: homes.HomeVolumes, hub_id: str, *, threads=4, clock=utcnow):
         self.api = api
-        self.clock = clock  # the meter's (MeterService.clock): a snapshot's time
+        self.clock = clock
         self.settings = settings
         self.hub_id = hub_id
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="gpu-meter-homes")
@@ -65,8 +65,7 @@ class HomeService:
         if api is None:
             return None
         parent = meter if hasattr(meter, "config") else None
-        hub_id = HubIdentity(parent=parent).hub_id
-        clock = getattr(meter, "clock", utcnow)
+        hub_id, clock = HubIdentity(parent=parent).hub_id, getattr(meter, "clock", utcnow)
         return cls(api, homes.HomeVolumes(parent=parent), hub_id, clock=clock)
 
     @property
