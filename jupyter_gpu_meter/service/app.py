@@ -58,7 +58,7 @@ from .loops import DockerEvents, every, follow_the_hub, handle_events
 from .policy_runner import Policies, PolicyRunner
 from .state import LedgerWrites, MeterState, error_class, error_summary
 from .web import create_application
-from .writes import queue_session_writes, refused_openings, write_rollups
+from .writes import queue_decision, queue_session_writes, refused_openings, write_rollups
 
 DB_URL_ENV = "JUPYTER_GPU_METER_DB_URL"
 
@@ -173,14 +173,10 @@ class MeterService(Application):
         utcnow,
         help="""
         For tests only: the meter's "now", a function of no arguments that
-        returns a timezone-aware UTC ``datetime``, e.g. one that adds an
-        offset a test moves, so an end-to-end test shows a server is not
-        stopped before a policy's deadline and is stopped after it without
-        waiting for it. Everything the meter times uses it: policies,
-        samples, decisions, budgets, storage periods, pages. Docker's event
-        times stay Docker's, so sessions start and end at their real times.
-        The default, :func:`jupyter_gpu_meter.clock.utcnow`, is the system's
-        clock; the meter logs a warning at start when it is not.
+        returns a timezone-aware UTC ``datetime``, e.g. the system's clock plus
+        an offset a test moves. Policies, samples, decisions, budgets, storage
+        and pages use it; Docker's event times (sessions' bounds) stay Docker's.
+        Default: :func:`jupyter_gpu_meter.clock.utcnow`, the system's clock.
         """,
     ).tag(config=True)
 
@@ -332,18 +328,8 @@ class MeterService(Application):
         return await self._in_ledger_thread(self.ledger.user_budget_status, user, groups, now)
 
     async def _record_decision(self, *, server, decision, outcome):
-        self.buffer.add(
-            self.ledger.record_decision,
-            at=self.clock(),
-            user=server.user,
-            server=server.server,
-            container_id=server.container_id,
-            policy=decision.policy,
-            action=decision.action,
-            reason=decision.reason,
-            dry_run=self.policies.dry_run,
-            outcome=outcome,
-        )
+        at, dry_run = self.clock(), self.policies.dry_run
+        queue_decision(self.buffer, self.ledger, at, server, decision, outcome, dry_run)
         await self._write_ledger()
 
     async def _tick(self):

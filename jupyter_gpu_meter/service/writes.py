@@ -1,6 +1,6 @@
 """The meter's ledger writes, queued in a :class:`~jupyter_gpu_meter.ledger.WriteBuffer`.
 
-The event loop queues them (:func:`queue_session_writes`, rollups, decisions);
+The event loop queues them (:func:`queue_session_writes`, rollups, :func:`queue_decision`);
 the ledger thread runs them in order through the buffer, which keeps them
 while the database is unavailable. The functions queued here are what the
 buffer calls in that thread.
@@ -42,6 +42,13 @@ def queue_session_writes(buffer, ledger, writes: LedgerWrites) -> None:
         buffer.add(ledger.touch_sessions, *writes.touched)
     if writes.events_since_ns is not None:
         buffer.add(ledger.set_state, EVENTS_SINCE_KEY, writes.events_since_ns)
+
+
+def queue_decision(buffer, ledger, at, server, decision, outcome: str, dry_run: bool) -> None:
+    """Queue the record of a policy's `decision` on `server` and what came of it."""
+    where = {"user": server.user, "server": server.server, "container_id": server.container_id}
+    what = {"policy": decision.policy, "action": decision.action, "reason": decision.reason}
+    buffer.add(ledger.record_decision, at=at, **where, **what, dry_run=dry_run, outcome=outcome)
 
 
 def refused_openings(rejected) -> list[tuple[Opening, BaseException]]:
