@@ -55,7 +55,7 @@ from .homes import (
     inspect_volume,
 )
 from .identity import HubIdentity
-from .ledger import DEFAULT_URL, Ledger
+from .ledger import Ledger, default_url
 from .ledger.models import NAME_RULE, name_problem
 from .network import DEFAULT_NETWORK, NetworkError, NotebookNetwork, ensure_network
 from .policies import format_duration
@@ -228,8 +228,7 @@ class GPUDockerSpawner(DockerSpawner):
 
     @default("ledger_url")
     def _ledger_url_default(self):
-        configured = self.config.get("MeterService", {}).get("db_url")
-        return configured or os.environ.get("JUPYTER_GPU_METER_DB_URL", DEFAULT_URL)
+        return default_url(self.config)
 
     check_cuda_driver = Bool(
         True,

@@ -48,7 +48,7 @@ from ..clock import check_clock, utcnow
 from ..gpus import GPUInventory
 from ..homes import HomeVolumes
 from ..identity import HubIdentity
-from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
+from ..ledger import DB_URL_ENV, DEFAULT_URL, Ledger, WriteBuffer, default_url
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
 from ..sessions import EVENTS_SINCE_KEY, Opening, SessionChanges, SessionTracker
@@ -59,8 +59,6 @@ from .policy_runner import Policies, PolicyRunner
 from .state import LedgerWrites, MeterState, error_class, error_summary
 from .web import create_application
 from .writes import queue_decision, queue_session_writes, refused_openings, write_rollups
-
-DB_URL_ENV = "JUPYTER_GPU_METER_DB_URL"
 
 
 class MeterService(Application):
@@ -118,7 +116,7 @@ class MeterService(Application):
 
     @default("db_url")
     def _db_url_default(self):
-        return os.environ.get(DB_URL_ENV, DEFAULT_URL)
+        return default_url()
 
     reconcile_interval = Float(
         30.0,
