@@ -6,7 +6,7 @@ Code that needs the time takes a ``clock`` argument defaulting to
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 
 def utcnow() -> datetime:
@@ -31,3 +31,14 @@ def parse_docker_time(text: str) -> datetime | None:
     from .usage.dates import parse_time  # (the usage core's one parser; it builds on this module)
 
     return parse_time(text)
+
+
+def check_clock(clock) -> datetime:
+    """`clock()`, refused with a ValueError unless it is a timezone-aware UTC datetime."""
+    now = clock()
+    if not isinstance(now, datetime) or now.utcoffset() != timedelta(0):
+        raise ValueError(
+            f"the clock {clock!r} returned {now!r}: a clock must return a timezone-aware "
+            "UTC datetime, as jupyter_gpu_meter.clock.utcnow() does"
+        )
+    return now

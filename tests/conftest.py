@@ -49,9 +49,15 @@ def make_hub(tmp_path, docker_client, request):
 
     hubs = []
 
-    def make(simulated_gpus="2", env=None, meter=False, **extra):
+    def make(simulated_gpus="2", env=None, meter=False, meter_clock=False, **extra):
         hub = Hub(
-            tmp_path / f"hub{len(hubs)}", docker_client, simulated_gpus, env, meter=meter, **extra
+            tmp_path / f"hub{len(hubs)}",
+            docker_client,
+            simulated_gpus,
+            env,
+            meter=meter,
+            meter_clock=meter_clock,
+            **extra,
         )
         hubs.append(hub)
         return hub.start()

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -149,6 +150,20 @@ if settings.get("meter"):  # the meter service, managed by the hub, reading this
             if key in os.environ
         },
     )
+    if settings.get("meter_clock"):  # MeterService.clock: the test moves it through a file
+        from datetime import timedelta
+
+        from jupyter_gpu_meter.clock import utcnow
+
+        def meter_clock(path=settings["meter_clock"]):  # the system's + the file's seconds
+            try:
+                with open(path) as file:
+                    ahead = float(file.read() or 0)
+            except FileNotFoundError:
+                ahead = 0.0
+            return utcnow() + timedelta(seconds=ahead)
+
+        c.MeterService.clock = meter_clock
 for key, value in settings["extra"].items():
     section, name = key.split(".")
     if key in ("JupyterHub.services", "JupyterHub.load_roles"):  # added to the test's own
@@ -173,6 +188,7 @@ class Hub:
         base_config: str | None = None,
         meter: bool = False,
         network: str = TEST_NETWORK,
+        meter_clock: bool = False,
         **extra,
     ):
         self.dir = tmp_path
@@ -194,6 +210,8 @@ class Hub:
             "meter": meter,
             "meter_port": meter_port,
             "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite",
+            # a clock the test moves (move_meter_clock), or the system's
+            "meter_clock": str(tmp_path / "meter-clock-ahead") if meter_clock else "",
         }
         tmp_path.mkdir(parents=True, exist_ok=True)
         (tmp_path / "jupyterhub_config.py").write_text(HUB_CONFIG)
@@ -276,6 +294,47 @@ class Hub:
             text=True,
         ).stdout.split()
         return int(out[0]) if out else None
+
+    # --- the meter's clock and health ------------------------------------------
+
+    def move_meter_clock(self, to: datetime) -> None:
+        """Set the meter's clock (``MeterService.clock``, from ``meter_clock=True``) to `to`;
+        it runs on from there. Only forward: the hub and Docker keep the real time."""
+        path = Path(self.settings["meter_clock"])
+        assert path.name, "start the hub with meter_clock=True to move the meter's clock"
+        ahead = (to - datetime.now(timezone.utc)).total_seconds()
+        assert ahead >= self.meter_clock_ahead(), "the meter's clock only moves forward"
+        partial = path.with_suffix(".partial")
+        partial.write_text(repr(ahead))
+        partial.replace(path)  # the meter never reads half a number
+
+    def meter_clock_ahead(self) -> float:
+        path = Path(self.settings["meter_clock"])
+        return float(path.read_text()) if path.name and path.exists() else 0.0
+
+    def meter_now(self) -> datetime:
+        """What the meter's clock says now."""
+        return datetime.now(timezone.utc) + timedelta(seconds=self.meter_clock_ahead())
+
+    def meter_health(self) -> dict | None:
+        """The meter's ``api/health``, or None while it does not answer."""
+        try:
+            response = requests.get(self.meter_url_direct + "api/health", timeout=5)
+        except requests.ConnectionError:
+            return None
+        return response.json() if response.ok else None
+
+    def wait_for_policy_check(self, timeout: float = 30) -> dict:
+        """Wait until a policy check that began at the meter's time now has run; its health."""
+        since = self.meter_now()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.meter_health() or {}
+            checked = health.get("last_policy_check")
+            if checked and datetime.fromisoformat(checked) >= since:
+                return health
+            time.sleep(0.2)
+        raise TimeoutError(f"no policy check began after {since} within {timeout} s")
 
     def logs(self) -> str:
         return "\n".join(

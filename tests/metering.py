@@ -123,8 +123,10 @@ def assert_matches_docker(session, docker, test):
     assert abs(row["ledger_duration_s"] - row["docker_duration_s"]) <= 1, row
 
 
-def give_money_budget(hub, user: str, amount: str, currency: str = "USD") -> None:
-    """Give `user` a monthly money budget in the hub's ledger, once its meter has made it."""
+def give_money_budget(
+    hub, user: str, amount: str, currency: str = "USD", period: str = "month"
+) -> None:
+    """Give `user` a money budget (monthly) in the hub's ledger, once its meter has made it."""
     path = hub.ledger_url.removeprefix("sqlite:///")
     wait_until(lambda: os.path.exists(path), 30, "the meter to create its ledger")
     with Ledger(hub.ledger_url) as ledger:
@@ -133,7 +135,7 @@ def give_money_budget(hub, user: str, amount: str, currency: str = "USD") -> Non
             name=user,
             amount=Decimal(amount),
             unit="money",
-            period="month",
+            period=period,
             currency=currency,
             by="test-admin",
             at=datetime.now(timezone.utc),

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -47,11 +46,12 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
     utilization.write_text(json.dumps({uuid: {"utilization": 73, "memory_used_bytes": 5 << 30}}))
     opened = wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
     assert opened.ended_at is None and opened.gpu_uuids == (uuid,)
-    time.sleep(max(0, 20 - (datetime.now(timezone.utc) - opened.started_at).total_seconds()))
+    # it runs until the meter has recorded 10 samples of it (one a second)
+    wait_until(lambda: samples(hub, container.id) >= 10, 60, "10 samples in the ledger")
     hub.stop_server("ada")
 
     session = closed_session(hub, container.id)
-    assert_matches_docker(session, docker_times.times[container.id], "20 s session")
+    assert_matches_docker(session, docker_times.times[container.id], "10 s session")
     # a second, independent reference: the runtime's own start time (docker inspect)
     runtime_start = parse_docker_time(container.attrs["State"]["StartedAt"])
     assert abs((session.started_at - runtime_start).total_seconds()) <= 1
@@ -60,15 +60,19 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
     assert session.price.price_per_gpu_hour == Decimal("2.49")
     assert session.price.currency == "EUR"
     seconds = math.ceil((session.ended_at - session.started_at).total_seconds())
-    assert 19 <= seconds <= 25
     assert session.charge(datetime.now(timezone.utc)) == Decimal("2.49") * seconds / 3600
     assert len(user_sessions(hub, "ada")) == 1
     with Ledger(hub.ledger_url) as ledger:
         rollups = ledger.rollups(container.id)
-    assert sum(r.samples for r in rollups) >= 15  # ~1 sample a second
+    assert 10 <= sum(r.samples for r in rollups) <= seconds + 1  # ~1 sample a second
     assert {r.gpu_uuid for r in rollups} == {uuid}
     assert max(r.util_max for r in rollups) == 73
     assert max(r.memory_max_bytes for r in rollups) == 5 << 30
+
+
+def samples(hub, container_id) -> int:
+    with Ledger(hub.ledger_url) as ledger:
+        return sum(r.samples for r in ledger.rollups(container_id))
 
 
 def test_without_a_driver_library_runtime_is_still_metered(make_hub):
@@ -113,10 +117,13 @@ def test_hub_restart_continues_the_session(make_hub, docker_times):
     hub.start_server("ada", {"gpus": 1})
     container = hub.container_of("ada")
     before = wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
+    old_meter = hub.meter_pid()
 
     hub.restart()
     assert hub.server_model("ada")["ready"]
-    time.sleep(3)
+    # the new meter's first reconcile found the container running: it counts it, not closed
+    wait_until(lambda: hub.meter_pid() not in (None, old_meter), 30, "the new meter")
+    wait_until(lambda: (hub.meter_health() or {}).get("running_sessions") == 1, 30, "its reconcile")
     assert session_of(hub, container.id).ended_at is None
     hub.stop_server("ada")
 

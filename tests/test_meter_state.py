@@ -157,12 +157,12 @@ def db_url(request, tmp_path):
 def make_meter(db_url):
     meters = []
 
-    def make(url=db_url, hub=None, **settings):
-        config = Config({"HubIdentity": {"hub_id": HUB_ID}})
+    def make(url=db_url, hub=None, config=None, **settings):
+        config = Config({"HubIdentity": {"hub_id": HUB_ID}, **(config or {})})
+        settings.setdefault("clock", lambda: T0 + timedelta(minutes=5))
         meter = MeterService(db_url=url, config=config, **settings)
         meter.writer_id = "test"
         meter._setup(docker_api=FakeDocker(), hub_api=hub or FakeHub())
-        meter.runner.clock = lambda: T0 + timedelta(minutes=5)
         meters.append(meter)
         return meter
 
@@ -266,6 +266,75 @@ def test_which_containers_are_metered_is_decided_in_one_place():
     assert tracker.handle_event(docker.event("start", "other", T0)) is None
     assert [o.container.container_id for o in tracker.reconcile().opened] == ["mine"]
     tracker.ledger.close()
+
+
+# --- one clock ------------------------------------------------------------------------
+
+
+class MovableClock:
+    """A MeterService.clock a test moves."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_the_meter_times_all_it_records_with_its_one_clock(make_meter, capsys):
+    """Samples, idleness, policy deadlines, decisions, "seen running", budgets, snapshots:
+    the meter's now is MeterService.clock; a session's bounds stay Docker's."""
+    clock = MovableClock(T0 + timedelta(hours=1))
+    meter = make_meter(clock=clock, config={"GPUInventory": {"simulated": "1"}})
+    logged = capsys.readouterr().err  # the application's own log
+    assert "MeterService.clock is" in logged and "for tests only" in logged
+    await meter._in_ledger_thread(meter.ledger.ensure_schema)
+    (gpu,) = meter.inventory_source.discover().gpus
+    await meter._handle_event(meter.docker_api.run("c1", gpus=(gpu.uuid,), at=T0))
+    meter.ledger.set_budget(
+        scope="user", name="ada", amount="2", unit="gpu-hours", period="month", by="t", at=T0
+    )
+    await meter._flush()
+    assert meter.ledger.get_session("c1").started_at == T0  # Docker's time
+    assert meter.ledger.get_session("c1").last_seen_at == clock.now
+    assert meter.budget_view("ada")["left"]["amount"] == "1.00"  # 1 GPU-hour by the clock
+    assert meter.health()["last_policy_check"] is None
+    await meter._open_sampler()  # simulated GPU: 0 %, idle from the first tick
+    meter.policies.gpu_idle_timeout = 600
+
+    await meter._tick()
+    assert meter.state.last_tick.at == clock.now
+    idle_since = clock.now
+    clock.now = idle_since + timedelta(seconds=599)
+    await meter._tick()
+    await meter._check_policies()
+    assert meter.runner.hub.stopped == []  # not before the deadline
+    assert meter.health()["last_policy_check"] == clock.now.isoformat()
+    clock.now = idle_since + timedelta(seconds=600)
+    await meter._tick()
+    await meter._check_policies()
+    assert meter.runner.hub.stopped == [("ada", "")]  # at it
+    (decision,) = meter.ledger.decisions(user="ada")
+    assert decision.at == clock.now and decision.reason == "GPUs idle for 10 min"
+    clock.now = T0 + timedelta(hours=3)
+    assert meter.budget_view("ada")["left"]["amount"] == "0.00"
+    assert meter.health()["last_policy_check"] == (idle_since + timedelta(seconds=600)).isoformat()
+    from jupyter_gpu_meter.service.home_api import HomeService
+
+    assert HomeService.from_meter(meter).clock is clock  # a snapshot's time
+
+
+def test_a_clock_that_does_not_give_aware_utc_is_refused(make_meter):
+    with pytest.raises(ValueError, match="must return a timezone-aware UTC datetime"):
+        make_meter(clock=lambda: datetime(2026, 11, 30, 9, 0))  # naive
+    with pytest.raises(ValueError, match="must return a timezone-aware UTC datetime"):
+        make_meter(clock=lambda: "2026-11-30T09:00:00Z")
+
+
+def test_the_default_clock_is_the_systems():
+    from jupyter_gpu_meter.clock import utcnow
+
+    assert MeterService().clock is utcnow
 
 
 # --- fail closed ----------------------------------------------------------------------

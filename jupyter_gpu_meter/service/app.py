@@ -1,7 +1,8 @@
 """MeterService: the ``jupyter-gpu-meter`` process the hub runs as the service ``gpu-meter``.
 
-It is the only writer of usage. Three loops feed the ledger, each run once at
-start and then on its period, every blocking call off the event loop:
+It is the only writer of usage. Loops (:mod:`~jupyter_gpu_meter.service.loops`)
+feed the ledger through its write queue (:mod:`~jupyter_gpu_meter.service.writes`),
+each run once at start and then on its period, every blocking call off the event loop:
 
 - Docker events (a thread following Docker's event stream) and a periodic
   reconcile open and close sessions (:mod:`jupyter_gpu_meter.sessions`);
@@ -10,8 +11,11 @@ start and then on its period, every blocking call off the event loop:
   database is unavailable;
 - the storage measurement (every ``storage_interval``, 10 minutes by default)
   records the size of this hub's homes and snapshots
-  (:mod:`jupyter_gpu_meter.storage`), in a thread of its own so a slow
-  measurement delays neither the event loop nor session writes.
+  (:mod:`~jupyter_gpu_meter.service.storage_pass`), in a thread of its own so a
+  slow measurement delays neither the event loop nor session writes;
+- the policies check the running servers (:mod:`~jupyter_gpu_meter.service.policy_runner`).
+
+Every "now" the meter needs comes from one clock, ``MeterService.clock``.
 
 What the meter knows now (running containers, stop reasons, the last GPU
 sample, failure counts) is one :class:`~jupyter_gpu_meter.service.state.MeterState`
@@ -28,77 +32,33 @@ import asyncio
 import os
 import secrets
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlparse
 
-from tornado import web
+from jupyterhub.traitlets import Callable
 from tornado.httpserver import HTTPServer
 from traitlets import Float, Unicode, default
 from traitlets.config import Application
 
 from .._version import __version__
 from ..budgets import budget_view
-from ..clock import utcnow
+from ..clock import check_clock, utcnow
 from ..gpus import GPUInventory
 from ..homes import HomeVolumes
 from ..identity import HubIdentity
 from ..ledger import DB_URL_ENV, DEFAULT_URL, Ledger, WriteBuffer, default_url
-from ..ledger.models import name_problem
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
 from ..sessions import EVENTS_SINCE_KEY, Opening, SessionChanges, SessionTracker
-from ..storage import measure_volumes, plan_periods
-from .handlers import HealthHandler
+from . import storage_pass
 from .hubapi import HubAPI
-from .logs import log_request, scrub_web_logs
+from .loops import DockerEvents, every, follow_the_hub, handle_events
 from .policy_runner import Policies, PolicyRunner
 from .state import LedgerWrites, MeterState, error_class, error_summary
-
-
-def create_application(meter: MeterService, prefix: str, **pieces) -> web.Application:
-    """The meter's web app under `prefix` (``/services/gpu-meter/`` behind the hub).
-
-    Health, the usage pages, the JSON API, the CSV export and /metrics
-    (:mod:`jupyter_gpu_meter.service.web`). `pieces` replace parts of the
-    running meter in tests: ``hub_auth``, ``hub_api``, ``reader``, ``clock``, ``live``
-    (a :class:`~jupyter_gpu_meter.service.reader.LiveState` on a real
-    :class:`~jupyter_gpu_meter.service.state.MeterState`), ``homes`` (a
-    :class:`~jupyter_gpu_meter.service.home_api.HomeService`).
-    """
-    from .web import app_settings, make_context, routes
-
-    context = make_context(meter, prefix, **pieces)
-    scrub_web_logs()  # Tornado logs refused requests' URLs, tokens and all
-    return web.Application(
-        [(prefix + "api/health", HealthHandler, {"meter": meter}), *routes(context)],
-        log_function=_log_request,
-        **app_settings(context),
-    )
-
-
-def _log_request(handler):
-    log_request(handler)  # without the OAuth codes and tokens a URL may carry
-
-
-@dataclass(frozen=True)
-class StoragePass:
-    """What one storage measurement found and recorded."""
-
-    measured_at: datetime
-    #: volumes of known size, by name: (user, kind, bytes)
-    sizes: dict
-    #: volumes whose size Docker could not tell (not billed)
-    unknown: list
-    #: volumes whose user label the ledger cannot store, with why (not billed)
-    unbillable: dict
-    #: periods recorded
-    periods: int
-    #: how long it took, seconds
-    duration_s: float
+from .web import create_application
+from .writes import queue_decision, queue_session_writes, refused_openings, write_rollups
 
 
 class MeterService(Application):
@@ -207,6 +167,17 @@ class MeterService(Application):
     def _service_prefix_default(self):
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gpu-meter/")
 
+    clock = Callable(
+        utcnow,
+        help="""
+        For tests only: the meter's "now", a function of no arguments that
+        returns a timezone-aware UTC ``datetime``, e.g. the system's clock plus
+        an offset a test moves. Policies, samples, decisions, budgets, storage
+        and pages use it; Docker's event times (sessions' bounds) stay Docker's.
+        Default: :func:`jupyter_gpu_meter.clock.utcnow`, the system's clock.
+        """,
+    ).tag(config=True)
+
     def initialize(self, argv=None):
         super().initialize(argv)
         if self.subapp is not None:  # a command: jupyter-gpu-meter report, ...
@@ -221,7 +192,8 @@ class MeterService(Application):
     def _setup(self, *, docker_api=None, hub_api=None):
         """Make the pieces; `docker_api` and `hub_api` replace Docker's and the hub's
         clients (tests inject stand-ins with the same methods)."""
-        self.ledger = Ledger(self.db_url)
+        self._check_clock()
+        self.ledger = Ledger(self.db_url, clock=self.clock)
         self.buffer = WriteBuffer()
         self.pricing = Pricing(parent=self)
         self.inventory_source = GPUInventory(parent=self)
@@ -236,7 +208,7 @@ class MeterService(Application):
         #: the homes' settings (size_warning); the web app's HomeService is separate
         self.home_volumes = HomeVolumes(parent=self)
         self.tracker = SessionTracker(
-            self.ledger, self.docker_api, self.pricing, hub_id=self.hub_id
+            self.ledger, self.docker_api, self.pricing, hub_id=self.hub_id, clock=self.clock
         )
         self.aggregator = RollupAggregator(self.writer_id)
         self.policies = Policies(parent=self)
@@ -250,7 +222,7 @@ class MeterService(Application):
                 os.environ.get("JUPYTERHUB_API_TOKEN", ""),
             ),
             self.log,
-            utcnow,
+            self.clock,
             budget_of=self._budget_of,
         )
         self.sampler_config = GPUSampler(parent=self)
@@ -263,8 +235,12 @@ class MeterService(Application):
         self.storage_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-storage")
         #: volumes over HomeVolumes.size_warning at the last pass (the loop replaces it whole)
         self.oversized = frozenset()
-        self._stopping = threading.Event()
-        self._events_stream = None
+        self.events = DockerEvents(self.tracker, lambda: self.state.events_since_ns, self.log)
+
+    def _check_clock(self):
+        now = check_clock(self.clock)  # refuses one that does not give aware UTC
+        if self.clock is not utcnow:
+            self.log.warning("MeterService.clock is %r (now %s): for tests only", self.clock, now)
 
     async def _in_ledger_thread(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self.ledger_executor, func, *args)
@@ -283,20 +259,9 @@ class MeterService(Application):
 
     # --- loops -----------------------------------------------------------------
 
-    async def _every(self, seconds: float, step, what: str, *, first_after: float = 0):
-        """Run `step` (after `first_after` s), then every `seconds`; on failure log, back off."""
-        await asyncio.sleep(first_after)
-        delay = seconds
-        while True:
-            try:
-                await step()
-                delay = seconds
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = min(max(delay * 2, seconds), 60)
-                self.log.exception("%s failed, retrying in %ss", what, delay)
-            await asyncio.sleep(delay)
+    def _every(self, seconds: float, step, what: str, *, first: bool = True):
+        """`step` every `seconds` (the first at start, or one period after it)."""
+        return every(seconds, step, what, self.log, first_after=0 if first else seconds)
 
     async def _reconcile(self):
         changes = await self._in_ledger_thread(self.tracker.reconcile)
@@ -310,46 +275,19 @@ class MeterService(Application):
     def _apply(self, changes: SessionChanges) -> LedgerWrites:
         """On the loop: apply what the ledger thread found, and queue its ledger writes."""
         writes = self.state.apply(changes)
-        for opening in writes.opened:
-            self.buffer.add(self._open_session, opening)
-        for closing in writes.closed:
-            self.buffer.add(
-                self.ledger.close_session,
-                closing.container_id,
-                ended_at=closing.ended_at,
-                reason=closing.reason,
-            )
-        if writes.touched is not None:
-            self.buffer.add(self.ledger.touch_sessions, *writes.touched)
-        if writes.events_since_ns is not None:
-            self.buffer.add(self.ledger.set_state, EVENTS_SINCE_KEY, writes.events_since_ns)
+        queue_session_writes(self.buffer, self.ledger, writes)
         return writes
-
-    def _open_session(self, opening: Opening):
-        """The ledger write that opens a session (in the ledger thread, through the buffer)."""
-        container = opening.container
-        return self.ledger.open_session(
-            container_id=container.container_id,
-            user=container.user,
-            server=container.server,
-            gpu_uuids=list(container.gpu_uuids),
-            gpu_model=container.gpu_model,
-            profile=container.profile,
-            price=opening.price,
-            started_at=opening.started_at,
-        )
 
     async def _write_ledger(self):
         """Flush the queued writes (ledger thread), then act on those refused for good (loop)."""
         await self._in_ledger_thread(self.buffer.flush)
-        for write, error in self.buffer.take_rejected():
-            if getattr(write, "func", None) == self._open_session:
-                self._session_open_failed(write.args[0], error)
+        for opening, error in refused_openings(self.buffer.take_rejected()):
+            self._session_open_failed(opening, error)
 
     def _session_open_failed(self, opening: Opening, error: BaseException):
         """Fail closed: a server the ledger cannot bill is stopped (by the policy runner)."""
         container = opening.container
-        running = self.state.open_failed(opening, error, utcnow())
+        running = self.state.open_failed(opening, error, self.clock())
         self.log.error(
             "The ledger refused to open the session of %s/%s (container %s): %s.%s",
             container.user,
@@ -359,31 +297,20 @@ class MeterService(Application):
             " Stopping the server: it would run unbilled." if running else "",
         )
         if running:
-            task = asyncio.ensure_future(self.runner.stop_unbilled(utcnow()))
+            task = asyncio.ensure_future(self.runner.stop_unbilled(self.clock()))
             self._stops.add(task)
             task.add_done_callback(self._stops.discard)
 
     async def _flush(self):
         rows = self.aggregator.rows()
         if rows:
-            self.buffer.add(self._write_rollups, rows)
+            self.buffer.add(write_rollups, self.ledger, self.log, rows)
             self.aggregator.forget_before(rows[-1].minute)  # earlier minutes are complete
         if self.state.running:
             # "seen running at": the end of a session whose end Docker forgot
             # (engine restarted, container gone) is known to within one flush
-            self.buffer.add(self.ledger.touch_sessions, list(self.state.running), utcnow())
+            self.buffer.add(self.ledger.touch_sessions, list(self.state.running), self.clock())
         await self._write_ledger()
-
-    def _write_rollups(self, rows):
-        # A session is opened (queued) before its GPUs get an owner, so the ledger
-        # knows every row's session; a row it cannot place means that open failed.
-        unplaced = self.ledger.add_rollups(rows)
-        if unplaced:
-            self.log.error(
-                "%d utilization row(s) for container(s) without a session were not recorded: %s",
-                len(unplaced),
-                sorted({row.container_id[:12] for row in unplaced}),
-            )
 
     def budget_view(self, user: str) -> dict | None:
         """The user page's budget box (blocking: the reader runs it in its own threads).
@@ -392,25 +319,15 @@ class MeterService(Application):
         policy runner asks for them while the user has servers running).
         """
         groups = self.runner.groups.get(user, [])  # a dict the loop replaces whole
-        status = self.ledger.user_budget_status(user, groups, utcnow())
+        status = self.ledger.user_budget_status(user, groups, self.clock())
         return budget_view(status, self.policies.budget_warn_fraction)
 
     async def _budget_of(self, user, groups, now):
         return await self._in_ledger_thread(self.ledger.user_budget_status, user, groups, now)
 
     async def _record_decision(self, *, server, decision, outcome):
-        self.buffer.add(
-            self.ledger.record_decision,
-            at=utcnow(),
-            user=server.user,
-            server=server.server,
-            container_id=server.container_id,
-            policy=decision.policy,
-            action=decision.action,
-            reason=decision.reason,
-            dry_run=self.policies.dry_run,
-            outcome=outcome,
-        )
+        at, dry_run = self.clock(), self.policies.dry_run
+        queue_decision(self.buffer, self.ledger, at, server, decision, outcome, dry_run)
         await self._write_ledger()
 
     async def _tick(self):
@@ -423,128 +340,39 @@ class MeterService(Application):
         self.aggregator.add(tick, self.state.gpu_owners())
         self.runner.observe(tick)
 
-    def storage_pass(self, now: datetime) -> StoragePass:
+    def storage_pass(self, now: datetime) -> storage_pass.StoragePass:
         """Measure this hub's homes and snapshots and record their periods up to `now`.
 
         Blocking (Docker and the ledger): the loop runs it in the storage
-        thread; tests call it with the clock they choose.
+        thread; tests call it with the time they choose.
         """
-        started = time.monotonic()
-        measured, unbillable = [], {}
-        found = measure_volumes(
+        return storage_pass.storage_pass(
             self.docker_api,
+            self.ledger,
+            self.pricing,
             hub_id=self.hub_id,
             helper_image=self.home_volumes.helper_image,
-            log=self.log,
-        )
-        for item in found:
-            problem = name_problem(item.volume.user) if item.volume.user else "no user label"
-            if problem:  # one bad label must not stop everyone else's billing
-                unbillable[item.volume.name] = problem
-            else:
-                measured.append(item)
-        ends = self.ledger.storage_ends(item.volume.name for item in measured)
-        periods = plan_periods(
-            measured,
-            ends,
+            interval_s=self.storage_interval,
             now=now,
-            interval=timedelta(seconds=self.storage_interval),
-            price_per_gb_month=self.pricing.storage_price,
-            currency=self.pricing.currency,
-        )
-        recorded = self.ledger.add_storage_periods(periods, now)
-        return StoragePass(
-            measured_at=now,
-            sizes={
-                item.volume.name: (item.volume.user, item.volume.kind, item.size_bytes)
-                for item in measured
-                if item.size_bytes is not None
-            },
-            unknown=sorted(item.volume.name for item in measured if item.size_bytes is None),
-            unbillable=unbillable,
-            periods=recorded,
-            duration_s=time.monotonic() - started,
+            log=self.log,
         )
 
     async def _measure_storage(self):
         result = await asyncio.get_running_loop().run_in_executor(
-            self.storage_executor, self.storage_pass, utcnow()
+            self.storage_executor, self.storage_pass, self.clock()
         )
-        self.log.debug(
-            "Storage: %d volume(s) measured, %d period(s) recorded in %.2fs",
-            len(result.sizes),
-            result.periods,
-            result.duration_s,
+        self.oversized = storage_pass.report(
+            result,
+            log=self.log,
+            size_warning=self.home_volumes.size_warning,
+            oversized=self.oversized,
         )
-        if result.unknown:
-            self.log.warning(
-                "Storage: Docker cannot tell the size of %d volume(s), not billed "
-                "(a volume plugin, or NFS or other options of the local driver?): %s",
-                len(result.unknown),
-                ", ".join(result.unknown[:10]),
-            )
-        for name, problem in sorted(result.unbillable.items()):
-            self.log.warning("Storage: volume %s is not billed: its user label: %s", name, problem)
-        limit = self.home_volumes.size_warning
-        oversized = frozenset(
-            name
-            for name, (_, kind, size) in result.sizes.items()
-            if limit is not None and kind == "home" and size > limit
-        )
-        for name in sorted(oversized - self.oversized):  # once, when a home grows past it
-            user, _, size = result.sizes[name]
-            self.log.warning(
-                "Storage: the home %s of %s holds %d bytes, more than "
-                "c.HomeVolumes.size_warning (%d)",
-                name,
-                user,
-                size,
-                limit,
-            )
-        self.oversized = oversized
 
-    def _follow_events(self, loop, queue):
-        """Thread: Docker's events, in order, into `queue`.
-
-        Each (re)connection first replays what Docker still has since the last
-        event handled (bounded by now), then asks for a reconcile, then follows
-        live events: a session that ended while the meter was not watching is
-        closed at its exact time from the replay before the reconcile would
-        fall back to an estimate.
-        """
-        delay = 1
-
-        def push(item):
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        while not self._stopping.is_set():
-            try:
-                until_ns = time.time_ns()
-                for event in self.tracker.events(self.state.events_since_ns, until_ns):
-                    push(event)
-                push({"reconcile": True})
-                self._events_stream = self.tracker.events(until_ns)
-                for event in self._events_stream:
-                    push(event)
-                    delay = 1
-            except Exception as e:
-                if self._stopping.is_set():
-                    return
-                self.log.warning("Docker events failed (%s), retrying in %ss", e, delay)
-            if self._stopping.wait(delay):
-                return
-            delay = min(delay * 2, 30)
-
-    async def _handle_events(self, queue):
-        while True:
-            event = await queue.get()
-            try:
-                if event.get("reconcile"):  # the stream broke: Docker may have restarted
-                    await self._reconcile()
-                else:
-                    await self._handle_event(event)
-            except Exception:
-                self.log.exception("Handling Docker event %s failed", event)
+    async def _check_policies(self):
+        """One policy check; then ``api/health`` tells when it began (the meter's clock)."""
+        began = self.clock()
+        await self.runner.run_once()
+        self.state.policies_checked(began)
 
     async def _handle_event(self, event: dict):
         """One Docker event: read in the ledger thread, applied here on the loop, written."""
@@ -557,17 +385,8 @@ class MeterService(Application):
 
     # --- start and stop ----------------------------------------------------
 
-    async def _follow_the_hub(self, stop: asyncio.Event):
-        """A managed service lives and dies with its hub: if the hub is killed
-        (its pid is gone as our parent), stop, so the next hub's meter can start."""
-        parent = os.getppid()
-        while os.getppid() == parent:  # noqa: ASYNC110 (no event tells of a parent's death)
-            await asyncio.sleep(1)
-        self.log.warning("The hub (pid %s) is gone: stopping the meter", parent)
-        stop.set()
-
     async def _open_sampler(self):
-        sampler = self.sampler_config.make_sampler(self.inventory_source)
+        sampler = self.sampler_config.make_sampler(self.inventory_source, clock=self.clock)
         try:
             await asyncio.get_running_loop().run_in_executor(self.sampler_executor, sampler.open)
         except SamplerUnavailable as e:
@@ -584,57 +403,34 @@ class MeterService(Application):
         self.state.events_since_ns = int(since) if since else time.time_ns()
         await self._open_sampler()
 
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         queue = asyncio.Queue()
-        tasks = [asyncio.ensure_future(self._handle_events(queue))]
-        events_thread = threading.Thread(
-            target=self._follow_events, args=(loop, queue), name="gpu-meter-events", daemon=True
-        )
-        events_thread.start()
-        # the events thread asks for the first reconcile, after its replay
-        reconcile = self._every(
-            self.reconcile_interval,
-            self._reconcile,
-            "Reconcile",
-            first_after=self.reconcile_interval,
-        )
-        tasks.append(asyncio.ensure_future(reconcile))
-        policies = self._every(
-            self.policies.interval,
-            self.runner.run_once,
-            "Policies",
-            first_after=self.policies.interval,
-        )
-        tasks.append(asyncio.ensure_future(policies))
-        tasks.append(
-            asyncio.ensure_future(
-                self._every(self.sampler_config.interval, self._tick, "GPU sampling")
-            )
-        )
-        tasks.append(
-            asyncio.ensure_future(self._every(self.flush_interval, self._flush, "Ledger flush"))
-        )
-        tasks.append(
-            asyncio.ensure_future(
-                self._every(self.storage_interval, self._measure_storage, "Storage measurement")
-            )
-        )
+        self.events.start(loop, queue)  # asks for the first reconcile, after its replay
+        tasks = [
+            handle_events(
+                queue, reconcile=self._reconcile, handle_event=self._handle_event, log=self.log
+            ),
+            self._every(self.reconcile_interval, self._reconcile, "Reconcile", first=False),
+            self._every(self.policies.interval, self._check_policies, "Policies", first=False),
+            self._every(self.sampler_config.interval, self._tick, "GPU sampling"),
+            self._every(self.flush_interval, self._flush, "Ledger flush"),
+            self._every(self.storage_interval, self._measure_storage, "Storage measurement"),
+        ]
+        if os.environ.get("JUPYTERHUB_SERVICE_NAME"):
+            tasks.append(follow_the_hub(stop, self.log))
+        tasks = [asyncio.ensure_future(task) for task in tasks]
 
         url = urlparse(self.service_url)
         server = HTTPServer(create_application(self, self.service_prefix), xheaders=True)
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         self.log.info("GPU meter listening on %s%s", self.service_url, self.service_prefix)
 
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        if os.environ.get("JUPYTERHUB_SERVICE_NAME"):
-            tasks.append(asyncio.ensure_future(self._follow_the_hub(stop)))
         await stop.wait()
         self.log.info("Stopping: writing what is pending")
-        self._stopping.set()
-        if self._events_stream is not None:
-            self._events_stream.close()
+        self.events.stop()
         server.stop()
         for task in tasks:
             task.cancel()
@@ -649,6 +445,3 @@ class MeterService(Application):
         if self.subapp is not None:
             return self.subapp.start()
         asyncio.run(self.start_async())
-
-
-main = MeterService.launch_instance

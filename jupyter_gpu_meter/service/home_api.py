@@ -32,6 +32,7 @@ import requests
 from tornado import web
 
 from .. import homes, snapshots
+from ..clock import utcnow
 from ..identity import HubIdentity
 from .api import APIHandler
 from .hubapi import STOP_SCOPE
@@ -45,11 +46,12 @@ class HomeService:
 
     `api` is a docker-py ``APIClient``; `settings` the hub's
     :class:`~jupyter_gpu_meter.homes.HomeVolumes`. Blocking work goes to
-    `threads` worker threads (copies of large homes take minutes).
+    `threads` worker threads (copies of large homes take minutes); `clock` dates snapshots.
     """
 
-    def __init__(self, api, settings: homes.HomeVolumes, hub_id: str, *, threads: int = 4):
+    def __init__(self, api, settings: homes.HomeVolumes, hub_id: str, *, threads=4, clock=utcnow):
         self.api = api
+        self.clock = clock
         self.settings = settings
         self.hub_id = hub_id
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="gpu-meter-homes")
@@ -63,7 +65,8 @@ class HomeService:
         if api is None:
             return None
         parent = meter if hasattr(meter, "config") else None
-        return cls(api, homes.HomeVolumes(parent=parent), HubIdentity(parent=parent).hub_id)
+        hub_id, clock = HubIdentity(parent=parent).hub_id, getattr(meter, "clock", utcnow)
+        return cls(api, homes.HomeVolumes(parent=parent), hub_id, clock=clock)
 
     @property
     def enabled(self) -> bool:
@@ -112,6 +115,7 @@ class HomeService:
             hub_id=self.hub_id,
             helper_image=self.settings.helper_image,
             label=label,
+            clock=self.clock,
         )
 
     async def restore(self, user: str, snapshot_id: str) -> snapshots.Snapshot:

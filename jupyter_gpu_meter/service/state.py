@@ -143,6 +143,8 @@ class MeterState:
     policy_errors: int = 0
     #: the error class of the last one ("" if none)
     last_policy_error: str = ""
+    #: when the last completed policy check began (the meter's clock), None before one
+    policies_checked_at: datetime | None = None
     #: the time (ns since the epoch) of the last Docker event handled; replaced whole,
     #: read by the events thread when it reconnects
     events_since_ns: int = 0
@@ -220,6 +222,10 @@ class MeterState:
         self.unbilled[container_id] = OpenFailure(opening.container, error_class(error), at)
         return True
 
+    def policies_checked(self, began: datetime) -> None:
+        """A policy check that began at `began` is done (its failures counted apart)."""
+        self.policies_checked_at = began
+
     def policy_failed(self, error: BaseException) -> None:
         """Count one failed policy step (logged by the caller)."""
         self.policy_errors += 1
@@ -253,6 +259,9 @@ class MeterState:
             "last_session_open_failure": self.last_session_open_failure,
             "policy_errors": self.policy_errors,
             "last_policy_error": self.last_policy_error,
+            "last_policy_check": (
+                self.policies_checked_at.isoformat() if self.policies_checked_at else None
+            ),
         }
 
 

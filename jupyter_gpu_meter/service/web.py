@@ -27,8 +27,10 @@ from .api import (
     UsersAPIHandler,
 )
 from .budget_api import budget_routes
+from .handlers import HealthHandler
 from .home_api import HomeService, home_routes
 from .hubapi import HubAPI
+from .logs import log_request, scrub_web_logs
 from .metrics import MetricsHandler
 from .pages import (
     STATIC,
@@ -88,6 +90,7 @@ def make_context(
     settings = UsagePages(parent=parent)
     if reader is None:
         pricing = getattr(meter, "pricing", None) or Pricing(parent=parent)
+        clock = clock or getattr(meter, "clock", None)  # the meter's (MeterService.clock)
         extra = {"clock": clock} if clock is not None else {}
         if hasattr(meter, "budget_view"):
             extra["budget"] = meter.budget_view
@@ -163,3 +166,27 @@ def app_settings(context: WebContext) -> dict:
         "login_url": context.hub_auth.login_url,
         "static_hash_cache": True,
     }
+
+
+def create_application(meter, prefix: str, **pieces) -> web.Application:
+    """The meter's web app under `prefix` (``/services/gpu-meter/`` behind the hub).
+
+    Health, the usage pages, the JSON API, the CSV export and /metrics
+    (:mod:`jupyter_gpu_meter.service.web`). `pieces` replace parts of the
+    running meter (a :class:`~jupyter_gpu_meter.service.app.MeterService`) in
+    tests: ``hub_auth``, ``hub_api``, ``reader``, ``clock``, ``live``
+    (a :class:`~jupyter_gpu_meter.service.reader.LiveState` on a real
+    :class:`~jupyter_gpu_meter.service.state.MeterState`), ``homes`` (a
+    :class:`~jupyter_gpu_meter.service.home_api.HomeService`).
+    """
+    context = make_context(meter, prefix, **pieces)
+    scrub_web_logs()  # Tornado logs refused requests' URLs, tokens and all
+    return web.Application(
+        [(prefix + "api/health", HealthHandler, {"meter": meter}), *routes(context)],
+        log_function=_log_request,
+        **app_settings(context),
+    )
+
+
+def _log_request(handler):
+    log_request(handler)  # without the OAuth codes and tokens a URL may carry

@@ -1,0 +1,75 @@
+"""The meter's ledger writes, queued in a :class:`~jupyter_gpu_meter.ledger.WriteBuffer`.
+
+The event loop queues them (:func:`queue_session_writes`, rollups, :func:`queue_decision`);
+the ledger thread runs them in order through the buffer, which keeps them
+while the database is unavailable. The functions queued here are what the
+buffer calls in that thread.
+"""
+
+from __future__ import annotations
+
+from ..sessions import EVENTS_SINCE_KEY, Opening
+from .state import LedgerWrites
+
+
+def open_session(ledger, opening: Opening):
+    """The ledger write that opens a session (in the ledger thread, through the buffer)."""
+    container = opening.container
+    return ledger.open_session(
+        container_id=container.container_id,
+        user=container.user,
+        server=container.server,
+        gpu_uuids=list(container.gpu_uuids),
+        gpu_model=container.gpu_model,
+        profile=container.profile,
+        price=opening.price,
+        started_at=opening.started_at,
+    )
+
+
+def queue_session_writes(buffer, ledger, writes: LedgerWrites) -> None:
+    """Queue, in order, the ledger writes one applied change of sessions needs."""
+    for opening in writes.opened:
+        buffer.add(open_session, ledger, opening)
+    for closing in writes.closed:
+        buffer.add(
+            ledger.close_session,
+            closing.container_id,
+            ended_at=closing.ended_at,
+            reason=closing.reason,
+        )
+    if writes.touched is not None:
+        buffer.add(ledger.touch_sessions, *writes.touched)
+    if writes.events_since_ns is not None:
+        buffer.add(ledger.set_state, EVENTS_SINCE_KEY, writes.events_since_ns)
+
+
+def queue_decision(buffer, ledger, at, server, decision, outcome: str, dry_run: bool) -> None:
+    """Queue the record of a policy's `decision` on `server` and what came of it."""
+    where = {"user": server.user, "server": server.server, "container_id": server.container_id}
+    what = {"policy": decision.policy, "action": decision.action, "reason": decision.reason}
+    buffer.add(ledger.record_decision, at=at, **where, **what, dry_run=dry_run, outcome=outcome)
+
+
+def refused_openings(rejected) -> list[tuple[Opening, BaseException]]:
+    """The session openings among the buffer's writes refused for good, with their errors."""
+    return [
+        (write.args[1], error)
+        for write, error in rejected
+        if getattr(write, "func", None) is open_session
+    ]
+
+
+def write_rollups(ledger, log, rows) -> None:
+    """Write per-minute utilization rows (in the ledger thread, through the buffer).
+
+    A session is opened (queued) before its GPUs get an owner, so the ledger
+    knows every row's session; a row it cannot place means that open failed.
+    """
+    unplaced = ledger.add_rollups(rows)
+    if unplaced:
+        log.error(
+            "%d utilization row(s) for container(s) without a session were not recorded: %s",
+            len(unplaced),
+            sorted({row.container_id[:12] for row in unplaced}),
+        )
