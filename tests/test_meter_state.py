@@ -12,6 +12,7 @@ import asyncio
 import copy
 import logging
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import docker.errors
 import pytest
@@ -297,7 +298,7 @@ async def test_the_meter_times_all_it_records_with_its_one_clock(make_meter, cap
     await meter._flush()
     assert meter.ledger.get_session("c1").started_at == T0  # Docker's time
     assert meter.ledger.get_session("c1").last_seen_at == clock.now
-    assert meter.budget_view("ada")["left"]["amount"] == "1.00"  # 1 GPU-hour by the clock
+    assert Decimal(meter.budget_view("ada")["left"]["amount"]) == 1  # 1 GPU-hour by the clock
     assert meter.health()["last_policy_check"] is None
     await meter._open_sampler()  # simulated GPU: 0 %, idle from the first tick
     meter.policies.gpu_idle_timeout = 600
