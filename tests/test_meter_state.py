@@ -318,7 +318,7 @@ async def test_the_meter_times_all_it_records_with_its_one_clock(make_meter, cap
     (decision,) = meter.ledger.decisions(user="ada")
     assert decision.at == clock.now and decision.reason == "GPUs idle for 10 min"
     clock.now = T0 + timedelta(hours=3)
-    assert meter.budget_view("ada")["left"]["amount"] == "0.00"
+    assert Decimal(meter.budget_view("ada")["left"]["amount"]) == 0
     assert meter.health()["last_policy_check"] == (idle_since + timedelta(seconds=600)).isoformat()
     from jupyter_gpu_meter.service.home_api import HomeService
 
