@@ -96,8 +96,8 @@ def test_a_budget_used_up_mid_session_stops_the_server_and_refuses_the_next(make
         **FAST,
         **{
             "Pricing.prices": {model: "3600"},  # 1 USD a second, so a test can spend it
-            "Policies.budget_grace": 2,
-            "Policies.budget_minimum_start": 5,
+            "Budgets.grace": 2,
+            "Budgets.minimum_start": 5,
         },
     )
     give_money_budget(hub, "ada", "15")
