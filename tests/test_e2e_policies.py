@@ -116,8 +116,9 @@ def test_a_budget_used_up_mid_session_stops_the_server_and_refuses_the_next(make
 
     refused = hub.start_server("ada", {"gpus": 1})
     assert refused.status_code == 403
-    assert refused.json()["message"].startswith(
-        "your budget (user ada) has 0.00 USD left this period: 0 s of 1 × NVIDIA H100 80GB HBM3;"
+    assert refused.json()["message"] == (
+        "your budget (user ada) has 0.00 USD left this period: not enough to start "
+        "1 × NVIDIA H100 80GB HBM3, whose first 5 s costs 5.00 USD"
     )
     # the user sees it: on the usage API (and page) and on the spawn page
     token = hub.user_token("ada")
