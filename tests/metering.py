@@ -127,7 +127,13 @@ def give_money_budget(hub, user: str, amount: str, currency: str = "USD") -> Non
     """Give `user` a monthly money budget in the hub's ledger, once its meter has made it."""
     path = hub.ledger_url.removeprefix("sqlite:///")
     wait_until(lambda: os.path.exists(path), 30, "the meter to create its ledger")
-    with Ledger(hub.ledger_url) as ledger:
+    set_money_budget(hub.ledger_url, user, amount, currency)
+
+
+def set_money_budget(url: str, user: str, amount: str, currency: str = "USD") -> None:
+    """Give `user` a monthly money budget in the ledger at `url` (made if it is not yet)."""
+    with Ledger(url) as ledger:
+        ledger.ensure_schema()
         ledger.set_budget(
             scope="user",
             name=user,

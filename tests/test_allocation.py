@@ -84,6 +84,7 @@ def test_a_lost_gpu_of_unknown_model_does_not_hide_the_model_in_the_message():
 
 # --- the Allocator: one hub process's choices ---------------------------------------
 
+
 def test_concurrent_allocations_never_share_a_gpu_and_release_frees_them():
     inventory = Inventory(gpus=tuple(gpus(H100, H100, H100)))
     allocator = Allocator()

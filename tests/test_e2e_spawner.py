@@ -208,15 +208,10 @@ def test_a_start_the_budget_cannot_pay_the_first_increment_of_is_refused_at_the_
     from datetime import datetime, timezone
 
     from jupyter_gpu_meter.ledger import Ledger
+    from tests.metering import set_money_budget
 
     url = f"sqlite:///{tmp_path}/ledger.sqlite"
-    now = datetime.now(timezone.utc)
-    with Ledger(url) as ledger:
-        ledger.upgrade()
-        ledger.set_budget(
-            scope="user", name="ada", amount="0.05", unit="money", period="month",
-            currency="USD", by="test-admin", at=now,
-        )  # fmt: skip
+    set_money_budget(url, "ada", "0.05")
     hub = make_hub(
         f"1x{MODEL}",
         **{
@@ -235,6 +230,8 @@ def test_a_start_the_budget_cannot_pay_the_first_increment_of_is_refused_at_the_
     assert hub.server_model("ada") is None and hub.containers(all=True) == []
     # a cent more pays for that minute: the same start goes ahead
     with Ledger(url) as ledger:
-        ledger.grant_budget(scope="user", name="ada", amount="0.01", by="test-admin", at=now)
+        ledger.grant_budget(
+            scope="user", name="ada", amount="0.01", by="test-admin", at=datetime.now(timezone.utc)
+        )
     assert hub.start_server("ada", {"gpus": 1}).status_code in (201, 202)
     assert hub.server_model("ada")["ready"]

@@ -15,7 +15,6 @@ from traitlets.config import Config
 
 from jupyter_gpu_meter.budgets import Budgets, budget_status
 from jupyter_gpu_meter.ledger import Ledger, LedgerSchemaError
-from jupyter_gpu_meter.ledger.records import BudgetRecord
 from jupyter_gpu_meter.pricing import PriceSnapshot, charge
 from jupyter_gpu_meter.service.policy_runner import Policies
 from jupyter_gpu_meter.spawner_budget import (
@@ -25,6 +24,8 @@ from jupyter_gpu_meter.spawner_budget import (
     shared_ledger,
     start_cost,
 )
+from tests.metering import set_money_budget
+from tests.test_budgets import budget
 
 H100 = "NVIDIA H100 80GB HBM3"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -32,17 +33,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 def status(amount, *, unit="money", currency="USD"):
     """A new user's status: nothing spent yet this month."""
-    record = BudgetRecord(
-        scope="user",
-        name="ada",
-        amount=Decimal(amount),
-        unit=unit,
-        currency=currency if unit == "money" else None,
-        period="month",
-        updated_at=NOW,
-        updated_by="admin",
-    )
-    return budget_status(record, [], [], now=NOW)
+    return budget_status(budget(amount=amount, unit=unit, currency=currency), [], [], now=NOW)
 
 
 def price(per_gpu_hour="3.60", *, gpus=1, increment=60, minimum="0", cpu="0", currency="USD"):
@@ -181,12 +172,7 @@ def test_one_ledger_per_url_schema_checked_once(tmp_path):
     sqlite3.connect(tmp_path / "ledger.sqlite").close()  # a file without the ledger's tables
     with pytest.raises(LedgerSchemaError):
         shared_ledger(url)
-    with Ledger(url) as ledger:
-        ledger.upgrade()
-        ledger.set_budget(
-            scope="user", name="ada", amount="15", unit="money", period="month",
-            currency="USD", by="admin", at=NOW,
-        )  # fmt: skip
+    set_money_budget(url, "ada", "15")
     first = shared_ledger(url)
     assert shared_ledger(url) is first
     assert read_budget_status(url, "ada", [], NOW).remaining == 15
