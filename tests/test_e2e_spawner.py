@@ -234,4 +234,4 @@ def test_a_start_the_budget_cannot_pay_the_first_increment_of_is_refused_at_the_
             scope="user", name="ada", amount="0.01", by="test-admin", at=datetime.now(timezone.utc)
         )
     assert hub.start_server("ada", {"gpus": 1}).status_code in (201, 202)
-    assert hub.server_model("ada")["ready"]
+    assert hub.wait_for("ada")
