@@ -10,14 +10,14 @@ from .gpus import SIMULATED_ENV
 from .identity import HUB_ID_ENV, default_hub_id
 from .network import DEFAULT_NETWORK, NotebookNetwork, ensure_network
 from .sampler import SIMULATED_UTILIZATION_ENV
-from .service.app import DB_URL_ENV
-from .service.auth import (
+from .scopes import (
     BUDGETS_DESCRIPTION,
     BUDGETS_SCOPE,
     READ_ALL_DESCRIPTION,
     READ_ALL_SCOPE,
     STOP_SCOPE,
 )
+from .service.app import DB_URL_ENV
 
 #: the service's name, and so its URL prefix: /services/gpu-meter/
 SERVICE_NAME = "gpu-meter"

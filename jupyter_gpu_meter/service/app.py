@@ -115,6 +115,28 @@ class MeterService(Application):
         "db-url": "MeterService.db_url",
         "log-level": "Application.log_level",
     }
+    # the commands on the ledger and homes (jupyter_gpu_meter.cli), imported when run;
+    # each help is its command's docstring (tests/test_cli_commands.py checks)
+    subcommands = {
+        "report": (
+            "jupyter_gpu_meter.cli.report.ReportCommand",
+            "Per user: sessions, GPU-hours and charges, and storage (GB-hours and charges),\n"
+            "from the ledger. ``charges`` is GPU and CPU time; ``storage_charges`` comes on top.",
+        ),
+        "upgrade-db": (
+            "jupyter_gpu_meter.cli.db.UpgradeDBCommand",
+            "Create the ledger's tables, or migrate them to this version (alembic).",
+        ),
+        "budget": (
+            "jupyter_gpu_meter.cli.budget.BudgetCommand",
+            "Budgets per user or group: set, grant, remove, show, history.",
+        ),
+        "homes": ("jupyter_gpu_meter.cli.homes.HomesCommand", "Users' home volumes: list, remove."),
+        "snapshots": (
+            "jupyter_gpu_meter.cli.homes.SnapshotsCommand",
+            "Snapshots of users' homes: list, take, restore, delete.",
+        ),
+    }
 
     config_file = Unicode(
         "",

@@ -33,19 +33,7 @@ from jupyterhub.scopes import Scope, has_scope, parse_scopes
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 
-from .hubapi import STOP_SCOPE
-
-#: the custom scope that lets its holders see every user's usage (pages, API, CSV)
-READ_ALL_SCOPE = "custom:gpu-meter:read-all"
-READ_ALL_DESCRIPTION = "Read every user's GPU usage and charges in the gpu-meter service."
-#: the custom scope that lets its holders set, grant and remove budgets
-BUDGETS_SCOPE = "custom:gpu-meter:budgets"
-BUDGETS_DESCRIPTION = "Set, grant and remove GPU budgets in the gpu-meter service."
-
-
-def access_scope(service_name: str) -> str:
-    """The scope that lets its holders use the service named `service_name` at all."""
-    return f"access:services!service={service_name}"
+from ..scopes import BUDGETS_SCOPE, READ_ALL_SCOPE, STOP_SCOPE, access_scope
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ from urllib.parse import quote
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-log = logging.getLogger(__name__)
+from ..scopes import STOP_SCOPE
 
-#: the hub scope stopping a server needs (DELETE /users/:name/server and /servers/:name)
-STOP_SCOPE = "delete:servers"
+log = logging.getLogger(__name__)
 
 
 class HubAPI:

@@ -4,7 +4,7 @@ Protected like the hub's own ``/hub/metrics``: a hub token whose owner has
 the scope ``read:metrics`` (hub admins have it; give a Prometheus service a
 role with it). The series that name users (GPU-seconds and charges per user,
 who holds each GPU) are only for a token that may see everyone's usage as
-well (:data:`~jupyter_gpu_meter.service.auth.READ_ALL_SCOPE`, or a hub
+well (:data:`~jupyter_gpu_meter.scopes.READ_ALL_SCOPE`, or a hub
 admin's): ``read:metrics`` alone gets the GPUs' and the meter's series.
 Every value is read when scraped: the GPUs from the meter's last sample, the
 per-user counters from the ledger (cached for

@@ -22,8 +22,9 @@ import requests
 from traitlets import Bool, CaselessStrEnum, Unicode
 from traitlets.config import Application
 
-from . import homes, snapshots
-from .identity import HubIdentity
+from .. import homes, snapshots
+from ..identity import HubIdentity
+from .common import _Group, table
 
 
 class _HomesCommand(Application):
@@ -81,15 +82,7 @@ class _HomesCommand(Application):
     def show(self, rows: list[dict], columns: list[str]) -> str:
         if self.format == "json":
             return json.dumps(rows, indent=2) + "\n"
-        table = [columns] + [
-            ["" if row[c] is None else str(row[c]) for c in columns] for row in rows
-        ]
-        widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-        return "".join(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-            + "\n"
-            for line in table
-        )
+        return table(columns, rows)
 
 
 class _UserCommand(_HomesCommand):
@@ -214,18 +207,6 @@ class SnapshotsDeleteCommand(_UserCommand):
         snapshot = snapshots.find_snapshot(api, snapshot_id, hub_id=self.hub_id, user=user)
         snapshots.delete_snapshot(api, snapshot)
         return f"deleted snapshot {snapshot.id} of {user}\n"
-
-
-class _Group(Application):
-    def start(self):
-        if self.subapp is None:
-            commands = ", ".join(self.subcommands)
-            if self.extra_args:
-                self.log.critical("%r is not a command here: use %s", self.extra_args[0], commands)
-            else:
-                self.log.critical("give a command: %s", commands)
-            self.exit(2)
-        return self.subapp.start()
 
 
 class HomesCommand(_Group):

@@ -1,0 +1,42 @@
+"""GPU sampling for the meter service: one reading per GPU and per GPU process, each tick.
+
+Two samplers with one interface (``open()``, ``sample() -> Tick``, ``close()``),
+both blocking, so the service calls them through :func:`sample_in_executor`:
+
+- :class:`NVMLSampler` (:mod:`.nvml`) reads the NVIDIA driver through
+  nvidia-ml-py, per GPU and per compute process; the driver's host PIDs map to
+  Docker containers in :mod:`.attribution`.
+- :class:`SimulatedSampler` (:mod:`.simulated`) reads simulated GPUs'
+  utilization from a JSON file that a test or a demo writes.
+
+:class:`GPUSampler` (:mod:`.settings`) holds the settings and picks the sampler;
+:class:`RollupAggregator` (:mod:`.rollups`, pure) folds ticks into per-minute
+rows for the ledger. What a tick holds is in :mod:`.readings`.
+"""
+
+from ..ledger.records import RollupRow
+from .attribution import ContainerLookup, container_from_cgroup, container_of_pid
+from .nvml import NVMLSampler
+from .readings import GPUReading, ProcessReading, SamplerUnavailable, Tick
+from .rollups import RollupAggregator, minute_of
+from .settings import SIMULATED_UTILIZATION_ENV, GPUSampler, run_blocking, sample_in_executor
+from .simulated import SimulatedSampler
+
+__all__ = [
+    "SIMULATED_UTILIZATION_ENV",
+    "ContainerLookup",
+    "GPUReading",
+    "GPUSampler",
+    "NVMLSampler",
+    "ProcessReading",
+    "RollupAggregator",
+    "RollupRow",
+    "SamplerUnavailable",
+    "SimulatedSampler",
+    "Tick",
+    "container_from_cgroup",
+    "container_of_pid",
+    "minute_of",
+    "run_blocking",
+    "sample_in_executor",
+]
