@@ -12,9 +12,10 @@ run the same in turn, on the real Docker engine with simulated GPUs.
 
 Each hub runs the spawner through a subclass that times every task on
 DockerSpawner's shared executor (where its Docker calls run): how long each
-waited in the queue before it ran. Printed per hub: the Docker calls' wait
-(median, max), the ledger and GPU-discovery tasks found on that executor,
-start-to-ready of the starts, and how long the admin's stop took. Usage, from
+waited in the queue before it ran, and how much of that wait it spent behind
+a ledger read or a GPU discovery running there. Printed per hub: those waits,
+the ledger and discovery tasks found on that executor, start-to-ready of the
+starts, and how long the admin's stop took. Usage, from
 the repository root after scripts/setup:
 
     .venv/bin/python benchmarks/spawn_ledger_lock.py [--concurrent 20] [--lock 10] \\
@@ -70,7 +71,7 @@ class _TimedExecutor:
                 return fn(*args, **kwargs)
             finally:
                 _record({"task": task, "docker": name != "_budget_status" and name != "discover",
-                         "wait": began - submitted, "run": time.monotonic() - began})
+                         "submitted": submitted, "began": began, "ended": time.monotonic()})
 
         return self.inner.submit(run)
 
@@ -119,7 +120,12 @@ def run_hub(name, work, client, pythonpath, concurrent, lock_s):
         client,
         str(concurrent + 1),
         env={**os.environ, "PYTHONPATH": pythonpath, "JGM_BENCH_LOG": str(log)},
-        **{"GPUDockerSpawner.ledger_url": f"sqlite:///{ledger_path}"},
+        **{
+            "GPUDockerSpawner.ledger_url": f"sqlite:///{ledger_path}",
+            # 20 notebooks starting at once on a few cores take minutes: let them
+            "Spawner.start_timeout": 600,
+            "Spawner.http_timeout": 600,
+        },
     )
     timed = work / f"{name}-timed.py"
     timed.write_text(TIMED_SPAWNER)
@@ -149,8 +155,8 @@ def run_hub(name, work, client, pythonpath, concurrent, lock_s):
         ready = {}
 
         def start(user):
-            response = hub.start_server(user, {"gpus": 1})
-            ok = response.status_code in (201, 202) and hub.server_model(user) is not None
+            response = hub.start_server(user, {"gpus": 1}, wait=False)
+            ok = response.status_code in (201, 202) and hub.wait_for(user, timeout=600)
             ready[user] = time.perf_counter() - began if ok else None
 
         threads = [threading.Thread(target=start, args=(user,)) for user in users]
@@ -162,9 +168,19 @@ def run_hub(name, work, client, pythonpath, concurrent, lock_s):
     finally:
         hub.cleanup()
     entries = [json.loads(line) for line in log.read_text().splitlines() if line]
+    docker_calls = [e for e in entries if e["docker"]]
+    meter = [e for e in entries if not e["docker"]]
     return {
-        "docker_waits": [e["wait"] for e in entries if e["docker"]],
-        "meter_tasks": [e for e in entries if not e["docker"]],
+        "docker_waits": [e["began"] - e["submitted"] for e in docker_calls],
+        # how long each Docker call waited while a ledger or discovery task held the executor
+        "waited_for_meter": [
+            sum(
+                max(0.0, min(e["began"], m["ended"]) - max(e["submitted"], m["began"]))
+                for m in meter
+            )
+            for e in docker_calls
+        ],
+        "meter_runs": [m["ended"] - m["began"] for m in meter],
         "ready": ready,
         "stop": stop_took[0],
         "held": held,
@@ -201,17 +217,25 @@ def main():
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores")
     print(f"{args.concurrent} concurrent 1-GPU starts, the ledger locked for {args.lock:.0f} s")
     for name, result in results.items():
-        waits = result["docker_waits"]
+        waits, for_meter = result["docker_waits"], result["waited_for_meter"]
         times = [t for t in result["ready"].values() if t is not None]
-        meter = result["meter_tasks"]
+        runs = result["meter_runs"]
         print(
-            f"{name}: Docker calls waited median {statistics.median(waits):.3f} s, "
-            f"max {max(waits):.2f} s ({len(waits)} calls); "
-            f"ledger/discovery tasks on DockerSpawner's executor: {len(meter)}"
-            + (f" (longest ran {max(e['run'] for e in meter):.2f} s)" if meter else "")
-            + f"; started {len(times)} of {args.concurrent}, "
-            f"start-to-ready median {statistics.median(times):.1f} s, max {max(times):.1f} s; "
-            f"an admin's stop meanwhile took {result['stop']:.1f} s"
+            f"{name}: {len(waits)} Docker calls waited in the queue median "
+            f"{statistics.median(waits):.3f} s, max {max(waits):.2f} s; "
+            f"{sum(1 for w in for_meter if w > 0)} of them behind a ledger or GPU-discovery "
+            f"task, in all {sum(for_meter):.1f} s, at most {max(for_meter):.2f} s for one; "
+            f"{len(runs)} such tasks on DockerSpawner's executor"
+            + (f" (they held it {sum(runs):.1f} s, longest {max(runs):.2f} s)" if runs else "")
+        )
+        print(
+            f"  started {len(times)} of {args.concurrent}"
+            + (
+                f", start-to-ready median {statistics.median(times):.1f} s, max {max(times):.1f} s"
+                if times
+                else ""
+            )
+            + f"; an admin's stop of a running server meanwhile took {result['stop']:.1f} s"
         )
         uuids = [uuid for held in result["held"].values() for uuid in held]
         if len(uuids) != len(set(uuids)):
