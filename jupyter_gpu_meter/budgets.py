@@ -189,6 +189,20 @@ def parse_currency_for(unit: str, currency) -> str | None:
     return None
 
 
+def budget_currency(unit, currency, hub_currency: str):
+    """The currency a budget set with `unit` and `currency` gets: the one rule for the
+    CLI, the API and the admin page.
+
+    `currency` when given; left out (None or ""), a money budget is in the hub's
+    currency (its ``Pricing.currency``) and a GPU-hour budget has none.
+    :func:`parse_currency_for` then checks the result.
+    """
+    if currency is not None and currency != "":
+        return currency
+    money = isinstance(unit, str) and unit.strip().lower() == MONEY
+    return hub_currency if money else None
+
+
 def parse_name(value, scope: str) -> str:
     """A user or group name: not empty, at most 255 characters."""
     if not isinstance(value, str) or not value.strip() or len(value) > 255:
@@ -402,23 +416,6 @@ def effective_budget(user: str, groups: Iterable[str], budgets: Iterable[Budget]
     if len({(budget.unit, budget.currency) for budget in candidates}) > 1:
         return candidates[0]
     return max(candidates, key=lambda budget: budget.amount)  # max keeps the first of ties
-
-
-def user_budget_status(
-    user: str,
-    groups: Iterable[str],
-    budgets: Iterable[Budget],
-    changes: Iterable[Change],
-    sessions: Iterable[Session],
-    *,
-    now: datetime,
-    storage: Iterable[Storage] = (),
-) -> BudgetStatus | None:
-    """:func:`effective_budget` then :func:`budget_status`; None when no budget applies."""
-    budget = effective_budget(user, groups, budgets)
-    if budget is None:
-        return None
-    return budget_status(budget, changes, sessions, now=now, user=user, storage=storage)
 
 
 # --- what a start can afford ---------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .gpus import SIMULATED_ENV
 from .identity import HUB_ID_ENV, default_hub_id
+from .ledger import DB_URL_ENV
 from .network import DEFAULT_NETWORK, NotebookNetwork, ensure_network
 from .sampler import SIMULATED_UTILIZATION_ENV
 from .scopes import (
@@ -17,7 +18,6 @@ from .scopes import (
     READ_ALL_SCOPE,
     STOP_SCOPE,
 )
-from .service.app import DB_URL_ENV
 
 #: the service's name, and so its URL prefix: /services/gpu-meter/
 SERVICE_NAME = "gpu-meter"

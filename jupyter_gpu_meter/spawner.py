@@ -13,7 +13,6 @@ so a slow ledger never holds up anyone's Docker calls.
 from __future__ import annotations
 
 import asyncio
-import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
@@ -30,7 +29,7 @@ from .container import ContainerRefused, Hardening, container_labels, enforce_cr
 from .datasets import FOLDER
 from .gpus import GPUInventory, Inventory
 from .identity import HubIdentity
-from .ledger import DEFAULT_URL
+from .ledger import default_url
 from .network import DEFAULT_NETWORK
 from .pricing import PriceSnapshot, Pricing
 from .spawn_form import model_counts, options_from_form, render_spawn_form
@@ -106,8 +105,7 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
 
     @default("ledger_url")
     def _ledger_url_default(self):
-        configured = self.config.get("MeterService", {}).get("db_url")
-        return configured or os.environ.get("JUPYTER_GPU_METER_DB_URL", DEFAULT_URL)
+        return default_url(self.config)
 
     @default("network_name")
     def _network_name_default(self):

@@ -16,7 +16,6 @@ from jupyter_gpu_meter.budgets import (
     parse_amount,
     parse_period,
     period_start,
-    user_budget_status,
 )
 from jupyter_gpu_meter.ledger.records import BudgetChange, BudgetRecord, SessionRecord
 from jupyter_gpu_meter.pricing import PriceSnapshot
@@ -318,20 +317,6 @@ def test_groups_in_different_units_cannot_be_compared_the_first_name_applies():
     ]
     assert effective_budget("ada", ["students", "gpu-class"], everything).name == "gpu-class"
     assert effective_budget("ada", ["students", "euro-lab"], everything).name == "euro-lab"
-
-
-def test_user_budget_status_combines_both():
-    everything = [budget("students", "50", "group")]
-    status = user_budget_status(
-        "ada", ["students"], everything, [], [session(NOW - HOUR, NOW)], now=NOW
-    )
-    assert (status.name, status.user, status.spent, status.remaining) == (
-        "students",
-        "ada",
-        Decimal(2),
-        Decimal(48),
-    )
-    assert user_budget_status("ada", [], everything, [], [], now=NOW) is None
 
 
 # --- what a start can afford -------------------------------------------------------------------

@@ -7,14 +7,18 @@ from decimal import Decimal
 
 import pytest
 
-from jupyter_gpu_meter.ledger import Ledger
+from jupyter_gpu_meter.ledger import Ledger, StoragePeriod
 from tests import test_ledger
 from tests.test_cli import add, cli
 
 # the happy path runs on a SQLite file and on PostgreSQL, like the ledger's tests
 db_url = test_ledger.db_url
 
-NOW = datetime.now(timezone.utc)
+
+@pytest.fixture
+def now():
+    """Now, as each test starts: the CLI prices running sessions up to its own now."""
+    return datetime.now(timezone.utc)
 
 
 @pytest.fixture
@@ -37,12 +41,12 @@ def history(url, *args):
     return json.loads(budget(url, "history", "--format", "json", *args).stdout)
 
 
-def test_set_show_grant_history_and_remove(db_url):
+def test_set_show_grant_history_and_remove(db_url, now):
     cli("upgrade-db", "--db-url", db_url)
     with Ledger(db_url) as ledger:
-        add(ledger, "a1", "ada", 1, NOW - timedelta(hours=3), 60)  # 1 GPU-hour at 2.49
-        add(ledger, "a2", "ada", 2, NOW - timedelta(minutes=30), None)  # running: 2 x 30 min so far
-        add(ledger, "b1", "bob", 1, NOW - timedelta(hours=2), 60)  # someone else's
+        add(ledger, "a1", "ada", 1, now - timedelta(hours=3), 60)  # 1 GPU-hour at 2.49
+        add(ledger, "a2", "ada", 2, now - timedelta(minutes=30), None)  # running: 2 x 30 min so far
+        add(ledger, "b1", "bob", 1, now - timedelta(hours=2), 60)  # someone else's
     out = budget(
         db_url, "set", "--user", "ada", "--amount", "50", "--period", "rolling:30", "--by", "root"
     ).stdout
@@ -60,7 +64,7 @@ def test_set_show_grant_history_and_remove(db_url):
     assert Decimal(row["remaining"]) == 50 - spent
     assert abs(Decimal(row["fraction"]) - spent / 50) <= Decimal("0.0002")  # spent is rounded
     start = datetime.fromisoformat(row["period_start"])
-    assert timedelta(days=30) <= NOW + timedelta(minutes=5) - start <= timedelta(days=30, minutes=5)
+    assert timedelta(days=30) <= now + timedelta(minutes=5) - start <= timedelta(days=30, minutes=5)
 
     out = budget(db_url, "grant", "--user", "ada", "--amount", "10", "--note", "deadline").stdout
     assert out == "user ada: granted 10.00 USD for the current period\n"
@@ -85,13 +89,13 @@ def test_set_show_grant_history_and_remove(db_url):
         ("remove", "carol", "50.00", ""),
     ]
     assert changes[0]["period"] == "rolling:30" and changes[0]["unit"] == "USD"
-    assert datetime.fromisoformat(changes[0]["at"]) - NOW < timedelta(minutes=5)
+    assert datetime.fromisoformat(changes[0]["at"]) - now < timedelta(minutes=5)
     assert history(db_url, "--user", "bob") == []
 
 
-def test_a_group_budget_applies_to_each_member_and_the_own_one_wins(url):
+def test_a_group_budget_applies_to_each_member_and_the_own_one_wins(url, now):
     with Ledger(url) as ledger:
-        add(ledger, "b1", "bob", 1, NOW - timedelta(hours=2), 60)
+        add(ledger, "b1", "bob", 1, now - timedelta(hours=2), 60)
     budget(url, "set", "--group", "students", "--amount", "50", "--period", "rolling:30")
     budget(url, "set", "--group", "staff", "--amount", "500", "--period", "rolling:30")
     (row,) = show(url, "--user", "bob", "--groups", "students, staff")
@@ -122,9 +126,9 @@ def test_a_group_budget_applies_to_each_member_and_the_own_one_wins(url):
     )
 
 
-def test_show_everything_as_a_table(url):
+def test_show_everything_as_a_table(url, now):
     with Ledger(url) as ledger:
-        add(ledger, "a1", "ada", 2, NOW - timedelta(hours=2), 30)  # 1 GPU-hour
+        add(ledger, "a1", "ada", 2, now - timedelta(hours=2), 30)  # 1 GPU-hour
     budget(url, "set", "--group", "students", "--amount", "50")
     budget(
         url, "set", "--user", "ada", "--amount", "4", "--unit", "gpu-hours", "--period", "rolling:7"
@@ -165,17 +169,61 @@ def test_set_keeps_what_is_left_out_and_says_what_changed(url):
     assert len(history(url)) == 2
 
 
-def test_the_currency_comes_from_the_config_then_the_ledger(url, tmp_path):
+def test_a_new_budget_is_in_the_hubs_currency(url, tmp_path, now):
     config = tmp_path / "jupyterhub_config.py"
     config.write_text(
-        f"c = get_config()\nc.MeterService.db_url = {url!r}\nc.Pricing.currency = 'CHF'\n"
+        f"c = get_config()\nc.MeterService.db_url = {url!r}\nc.Pricing.currency = 'JPY'\n"
     )
-    out = cli("budget", "set", "--config", str(config), "--group", "a", "--amount", "1").stdout
-    assert "1.00 CHF" in out
-    assert "1.00 USD" in budget(url, "set", "--group", "b", "--amount", "1").stdout  # nothing else
+    out = cli("budget", "set", "--config", str(config), "--group", "a", "--amount", "5000").stdout
+    assert out == "group a: budget set to 5000 JPY per calendar month\n"
+    # the hub's setting alone decides: not the currency of sessions in the ledger
     with Ledger(url) as ledger:
-        add(ledger, "j1", "ada", 1, NOW - timedelta(hours=1), 10, currency="JPY")
-    assert "1 JPY per calendar month" in budget(url, "set", "--group", "c", "--amount", "1").stdout
+        add(ledger, "e1", "ada", 1, now - timedelta(hours=1), 10, currency="EUR")
+    out = budget(url, "set", "--group", "b", "--amount", "1").stdout
+    assert out == "group b: budget set to 1.00 USD per calendar month\n"
+    gpu_hours = cli(
+        "budget",
+        "set",
+        "--config",
+        str(config),
+        "--group",
+        "c",
+        "--amount",
+        "3",
+        "--unit",
+        "gpu-hours",
+    ).stdout
+    assert gpu_hours == "group c: budget set to 3.0000 GPU-hours per calendar month\n"
+
+
+def test_show_counts_storage_as_the_meter_does(url, now):
+    with Ledger(url) as ledger:
+        add(ledger, "a1", "ada", 1, now - timedelta(hours=3), 60)  # 2.49
+        # 100 GB for an hour at 7.30 per GB-month: 1.00
+        ledger.add_storage_periods(
+            [
+                StoragePeriod(
+                    "ada",
+                    "jgm-home-ada",
+                    "home",
+                    now - timedelta(hours=2),
+                    now - timedelta(hours=1),
+                    100 * 10**9,
+                    Decimal("7.30"),
+                    "USD",
+                )
+            ],
+            now - timedelta(hours=1),
+        )
+    budget(url, "set", "--user", "ada", "--amount", "50", "--period", "rolling:30")
+    (row,) = show(url, "--user", "ada")
+    assert (row["spent"], row["remaining"]) == ("3.49", "46.51")
+    (row,) = show(url)
+    assert (row["user"], row["spent"]) == ("ada", "3.49")
+    with Ledger(url) as ledger:
+        assert ledger.user_budget_status("ada", [], datetime.now(timezone.utc)).spent == Decimal(
+            "3.49"
+        )
 
 
 @pytest.mark.parametrize(

@@ -616,6 +616,34 @@ async def test_admins_set_grant_show_and_remove_budgets_and_each_change_is_recor
     ]
 
 
+async def test_a_new_budget_is_in_the_hubs_currency(meter):
+    meter.pricing = Pricing(currency="JPY")
+    server, app = serve_app(meter)
+    try:
+        put = await fetch(
+            app, "api/budgets/group/a", "admin-token", method="PUT", body='{"amount": "5000"}'
+        )
+        assert body(put)["budget"]["currency"] == "JPY"
+        put = await fetch(
+            app,
+            "api/budgets/group/b",
+            "admin-token",
+            method="PUT",
+            body='{"amount": "3", "unit": "gpu-hours"}',
+        )
+        assert body(put)["budget"]["currency"] is None
+        form = {"action": "set", "scope": "group", "name": "c", "amount": "7000"}
+        form = urlencode(form)
+        await fetch(app, "admin/budget", "admin-token", method="POST", body=form, ok=False)
+        currencies = {
+            b["name"]: b["currency"]
+            for b in body(await fetch(app, "api/budgets", "admin-token"))["budgets"]
+        }
+        assert currencies == {"a": "JPY", "b": None, "c": "JPY"}
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     "token, method, path, payload, status, message",
     [

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from traitlets import Unicode
 
 from .. import budgets
 from ..clock import utcnow
+from ..pricing import Pricing
 from .budget import _BudgetCommand, _describe, _split
 
 
@@ -44,8 +43,7 @@ class BudgetSetCommand(_BudgetCommand):
         "",
         help="""
         ISO 4217 code of a money budget, e.g. USD. Default: the budget's current
-        one, else Pricing.currency from --config, else the currency of the latest
-        session of the last 31 days in the ledger, else USD.
+        one, else the hub's currency, c.Pricing.currency (read from --config).
         """,
     ).tag(config=True)
 
@@ -56,9 +54,9 @@ class BudgetSetCommand(_BudgetCommand):
         current = ledger.get_budget(scope, name)
         unit = budgets.parse_unit(self.unit or (current.unit if current else budgets.MONEY))
         period = self.period or (current.period if current else budgets.MONTH)
-        currency = self.currency or None
-        if unit == budgets.MONEY and currency is None:
-            currency = self._default_currency(ledger, current)
+        kept = current.currency if current is not None and unit == budgets.MONEY else None
+        hub_currency = Pricing(config=self.config).currency
+        currency = budgets.budget_currency(unit, self.currency or kept, hub_currency)
         changed = ledger.set_budget(
             scope=scope,
             name=name,
@@ -77,16 +75,6 @@ class BudgetSetCommand(_BudgetCommand):
             return f"{scope} {name}: budget set to {text}\n"
         was = _describe(current.amount, current.unit, current.currency, current.period)
         return f"{scope} {name}: budget set to {text} (was {was})\n"
-
-    def _default_currency(self, ledger, current) -> str:
-        if current is not None and current.currency:
-            return current.currency
-        configured = self.config.get("Pricing", {}).get("currency")
-        if configured:
-            return configured
-        # what the meter charges in lately, else Pricing's default
-        recent = ledger.sessions(since=utcnow() - timedelta(days=31))
-        return recent[-1].price.currency if recent else "USD"
 
 
 class BudgetGrantCommand(_BudgetCommand):

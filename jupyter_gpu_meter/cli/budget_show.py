@@ -38,28 +38,21 @@ class BudgetShowCommand(_BudgetCommand):
 
     def run(self, ledger):
         now = utcnow()
-        everything = ledger.budgets()
-        changes = ledger.budget_changes()
         rows = []
         if self.user:
-            budget = budgets.effective_budget(self.user, _split(self.groups), everything)
-            if budget is not None:
-                since = budgets.period_start(budget.period, now)
-                sessions = ledger.sessions(user=self.user, since=since)
-                status = budgets.budget_status(budget, changes, sessions, now=now, user=self.user)
+            status = ledger.user_budget_status(self.user, _split(self.groups), now)
+            if status is not None:
                 rows.append(_status_row(status))
             elif self.format == "table":
                 return f"user {self.user}: no budget applies (no limit)\n"
         else:
-            for budget in everything:
+            changes = ledger.budget_changes()
+            for budget in ledger.budgets():
                 if self.group and (budget.scope, budget.name) != self.owner:
                     continue
                 if budget.scope == budgets.USER:
-                    since = budgets.period_start(budget.period, now)
-                    sessions = ledger.sessions(user=budget.name, since=since)
-                    rows.append(
-                        _status_row(budgets.budget_status(budget, changes, sessions, now=now))
-                    )
+                    status = ledger.budget_status(budget, user=budget.name, now=now)
+                    rows.append(_status_row(status))
                 else:
                     rows.append(_group_row(budget, changes, now))
             if self.group and not rows and self.format == "table":

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from decimal import Decimal
 
 from traitlets import Unicode, default
 from traitlets.config import Application
 
-from ..ledger import DEFAULT_URL
-from ..service.app import DB_URL_ENV
+from ..ledger import DEFAULT_URL, default_url
 
 #: GPU-hours (and GB-hours) are shown to 4 places
 GPU_HOURS = Decimal("0.0001")
@@ -29,9 +27,7 @@ class _LedgerCommand(Application):
 
     @default("db_url")
     def _db_url_default(self):
-        # the service's setting, when the config file gives one
-        configured = self.config.get("MeterService", {}).get("db_url")
-        return configured or os.environ.get(DB_URL_ENV, DEFAULT_URL)
+        return default_url(self.config)  # the service's setting, when the config gives one
 
     def initialize(self, argv=None):
         super().initialize(argv)

@@ -1,6 +1,10 @@
-"""The ledger: sessions, rollups, storage, meter state, decisions, budgets (SQLAlchemy 2)."""
+"""The ledger: sessions, rollups, storage, meter state, decisions, budgets (SQLAlchemy 2).
+
+One module per aggregate, behind the :class:`Ledger` facade (see :mod:`.store`).
+"""
 
 from .buffer import WriteBuffer, is_transient
+from .engine import DB_URL_ENV, DEFAULT_URL, default_url, make_engine
 from .records import (
     BudgetChange,
     BudgetRecord,
@@ -15,10 +19,11 @@ from .records import (
     truncate_to_minute,
 )
 from .schema import LedgerSchemaError
-from .store import DEFAULT_URL, Ledger, make_engine
+from .store import Ledger
 from .types import Money, UTCDateTime
 
 __all__ = [
+    "DB_URL_ENV",
     "DEFAULT_URL",
     "BudgetChange",
     "BudgetRecord",
@@ -35,6 +40,7 @@ __all__ = [
     "UTCDateTime",
     "UsageSum",
     "WriteBuffer",
+    "default_url",
     "is_transient",
     "make_engine",
     "truncate_to_minute",

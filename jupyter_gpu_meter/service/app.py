@@ -46,7 +46,7 @@ from ..clock import utcnow
 from ..gpus import GPUInventory
 from ..homes import HomeVolumes
 from ..identity import HubIdentity
-from ..ledger import DEFAULT_URL, Ledger, WriteBuffer
+from ..ledger import DB_URL_ENV, DEFAULT_URL, Ledger, WriteBuffer, default_url
 from ..ledger.models import name_problem
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
@@ -57,8 +57,6 @@ from .hubapi import HubAPI
 from .logs import log_request, scrub_web_logs
 from .policy_runner import Policies, PolicyRunner
 from .state import LedgerWrites, MeterState, error_class, error_summary
-
-DB_URL_ENV = "JUPYTER_GPU_METER_DB_URL"
 
 
 def create_application(meter: MeterService, prefix: str, **pieces) -> web.Application:
@@ -158,7 +156,7 @@ class MeterService(Application):
 
     @default("db_url")
     def _db_url_default(self):
-        return os.environ.get(DB_URL_ENV, DEFAULT_URL)
+        return default_url()
 
     reconcile_interval = Float(
         30.0,

@@ -13,7 +13,7 @@ import json
 
 from tornado import web
 
-from .. import usage
+from .. import budgets, usage
 from .api import APIHandler
 
 #: URL pattern pieces: api/budgets/<scope>/<name>
@@ -94,7 +94,9 @@ class BudgetHandler(BudgetAPIHandler):
             amount=str(data["amount"]),
             unit=data.get("unit", "money"),
             period=data.get("period", "month"),
-            currency=data.get("currency", "USD" if data.get("unit", "money") == "money" else None),
+            currency=budgets.budget_currency(
+                data.get("unit", "money"), data.get("currency"), self.context.reader.currency
+            ),
             by=self.viewer.name,
             at=self.context.reader.clock(),
         )

@@ -20,7 +20,7 @@ import jinja2
 from tornado import web
 from tornado.httpclient import HTTPClientError
 
-from .. import usage
+from .. import budgets, usage
 from .._version import __version__
 from ..pricing import minor_unit, round_money
 from .auth import READ_ALL_SCOPE, Authenticated, PageUser, Viewer
@@ -483,9 +483,11 @@ class BudgetFormHandler(PageHandler):
                     amount=field("amount", ""),
                     unit=unit,
                     period=field("period", "month") or "month",
-                    currency=(field("currency", "") or reader.currency)
-                    if unit == "money"
-                    else None,
+                    currency=budgets.budget_currency(
+                        unit,
+                        field("currency", "") if unit == budgets.MONEY else None,
+                        reader.currency,
+                    ),
                     **common,
                 )
             elif action == "grant":

@@ -25,7 +25,7 @@ connection = config.attributes.get("connection")
 if connection is not None:
     run(connection)
 else:
-    from jupyter_gpu_meter.ledger.store import make_engine
+    from jupyter_gpu_meter.ledger.engine import make_engine
 
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     try:

@@ -1,0 +1,139 @@
+"""Per-minute GPU statistics of each session: one row per session, GPU, minute and writer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timezone
+
+from sqlalchemy import func, select
+
+from .engine import Database, aware
+from .models import RollupModel, SessionModel
+from .records import MinuteUtilization, Rollup, RollupRow, truncate_to_minute
+
+_rollups = RollupModel.__table__
+_sessions = SessionModel.__table__
+
+
+class RollupStore:
+    """Write a session's rollups (cumulative, idempotent) and read them merged."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def add_rollups(self, rows: Iterable[RollupRow]) -> list[RollupRow]:
+        """Write per-minute rollups in one transaction; the rows it could not place.
+
+        Each row replaces the same writer's row for the same container, GPU and
+        minute (rows are cumulative), so writing a batch twice changes nothing;
+        other writers' rows for that minute stay. Rows for a container with no
+        session are not written but returned, for the caller to retry after
+        the session is opened.
+        """
+        rows = list(rows)
+        for row in rows:
+            aware("minute", row.minute)
+            if row.samples < 0 or not row.writer or not row.gpu_uuid:
+                raise ValueError(f"{row!r}: needs samples >= 0, a writer and a GPU UUID")
+        if not rows:
+            return []
+        statement = self.db.insert(_rollups)
+        key = ("session_id", "gpu_uuid", "minute", "writer")
+        statement = statement.on_conflict_do_update(
+            index_elements=list(key),
+            set_={
+                name: statement.excluded[name]
+                for name in ("samples", "util_mean", "util_max", "memory_max_bytes")
+            },
+        )
+        with self.db.write() as connection:
+            session_ids = dict(
+                connection.execute(
+                    select(_sessions.c.container_id, _sessions.c.id).where(
+                        _sessions.c.container_id.in_({row.container_id for row in rows})
+                    )
+                ).all()
+            )
+            values, unplaced = {}, []
+            for row in rows:
+                if row.container_id not in session_ids:
+                    unplaced.append(row)
+                    continue
+                value = {
+                    "session_id": session_ids[row.container_id],
+                    "gpu_uuid": row.gpu_uuid,
+                    "minute": truncate_to_minute(row.minute.astimezone(timezone.utc)),
+                    "writer": row.writer,
+                    "samples": int(row.samples),
+                    "util_mean": float(row.util_mean),
+                    "util_max": int(row.util_max),
+                    "memory_max_bytes": int(row.memory_max_bytes),
+                }
+                # one statement may not touch a row twice: the last row for a key wins
+                values[tuple(value[name] for name in key)] = value
+            if values:
+                connection.execute(statement, list(values.values()))
+        return unplaced
+
+    def rollups(self, container_id: str) -> list[Rollup]:
+        """The session's rollups, every writer of a minute merged, by minute then GPU."""
+        r = _rollups.c
+        samples = func.sum(r.samples)
+        statement = (
+            select(
+                r.gpu_uuid,
+                r.minute,
+                samples.label("samples"),
+                func.coalesce(
+                    func.sum(r.util_mean * r.samples) / func.nullif(samples, 0), 0.0
+                ).label("util_mean"),
+                func.max(r.util_max).label("util_max"),
+                func.max(r.memory_max_bytes).label("memory_max_bytes"),
+                func.count().label("writers"),
+            )
+            .join(_sessions, _sessions.c.id == r.session_id)
+            .where(_sessions.c.container_id == container_id)
+            .group_by(r.gpu_uuid, r.minute)
+            .order_by(r.minute, r.gpu_uuid)
+        )
+        with self.db.read() as connection:
+            return [
+                Rollup(
+                    container_id=container_id,
+                    gpu_uuid=row.gpu_uuid,
+                    minute=row.minute,
+                    samples=int(row.samples),
+                    util_mean=float(row.util_mean),
+                    util_max=int(row.util_max),
+                    memory_max_bytes=int(row.memory_max_bytes),
+                    writers=int(row.writers),
+                )
+                for row in connection.execute(statement)
+            ]
+
+    def utilization_of(self, container_ids: Iterable[str]) -> dict[str, list[MinuteUtilization]]:
+        """Per session, each minute's samples and utilization over its GPUs and writers,
+        by minute, in one query: what the pages draw, without a row per GPU."""
+        ids = sorted(set(container_ids))
+        result: dict[str, list[MinuteUtilization]] = {container_id: [] for container_id in ids}
+        if not ids:
+            return result
+        r = _rollups.c
+        statement = (
+            select(
+                _sessions.c.container_id,
+                r.minute,
+                func.sum(r.samples),
+                func.coalesce(func.sum(r.util_mean * r.samples), 0.0),
+            )
+            .join(_sessions, _sessions.c.id == r.session_id)
+            .where(_sessions.c.container_id.in_(ids))
+            .group_by(_sessions.c.container_id, r.minute)
+            .order_by(_sessions.c.container_id, r.minute)
+        )
+        with self.db.read() as connection:
+            for container_id, minute, samples, util_sum in connection.execute(statement):
+                result[container_id].append(
+                    MinuteUtilization(minute, int(samples), float(util_sum))
+                )
+        return result
