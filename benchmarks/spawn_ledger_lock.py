@@ -125,6 +125,8 @@ def run_hub(name, work, client, pythonpath, concurrent, lock_s):
             # 20 notebooks starting at once on a few cores take minutes: let them
             "Spawner.start_timeout": 600,
             "Spawner.http_timeout": 600,
+            # no homes: a new home's copy from the image would delay every start past the lock
+            "HomeVolumes.enabled": False,
         },
     )
     timed = work / f"{name}-timed.py"
