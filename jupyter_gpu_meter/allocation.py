@@ -1,11 +1,16 @@
-"""Which free GPUs serve a request. Pure: plain data in, plain data out."""
+"""Which free GPUs serve a request: :func:`choose_gpus`, pure (plain data in, plain
+data out), and the :class:`Allocator` that serializes the choices of one hub process.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from itertools import combinations
+from typing import ClassVar
 
-from .gpus import GPU, TOPOLOGY_SYSTEM
+from . import labels
+from .gpus import GPU, TOPOLOGY_SYSTEM, Inventory
 
 # Above this many candidate subsets, choose greedily instead of exhaustively.
 _EXHAUSTIVE_LIMIT = 5000
@@ -103,3 +108,119 @@ def choose_gpus(
         free=sum(1 for gpu in of_kind if gpu.healthy and gpu.uuid not in taken),
         unhealthy=sum(1 for gpu in of_kind if not gpu.healthy),
     )
+
+
+# --- who holds what, and the choices of one hub process ------------------------------
+
+#: container states in which a container holds its GPUs
+HOLDING_STATES = ("running", "paused", "restarting")
+#: how :func:`held_by_containers` names the holder of a GPU that another hub's server
+#: holds: "/hub/<id>/<user>/<server>" (a user name never holds "/", so no local owner
+#: starts so)
+OTHER_HUB = "/hub/"
+
+
+class TooManyGPUs(Exception):
+    """The user would hold more GPUs than the per-user maximum allows."""
+
+
+def held_by_containers(containers: Iterable[Mapping], hub_id: str) -> dict[str, str]:
+    """GPU UUID -> "user/server" from Docker's container list (``docker ps`` dicts) of
+    our managed containers; "/hub/<id>/user/server" where another hub's server holds it."""
+    held = {}
+    for container in containers:
+        if container.get("State") not in HOLDING_STATES:
+            continue
+        found = container.get("Labels") or {}
+        owner = f"{found.get(labels.USER, '?')}/{found.get(labels.SERVER, '')}"
+        if not labels.of_hub(found, hub_id):
+            # another hub's server on this engine: its GPUs are taken all the same
+            owner = f"{OTHER_HUB}{found.get(labels.HUB)}/{owner}"
+        for uuid in labels.gpus_from_labels(found):
+            held[uuid] = owner
+    return held
+
+
+def other_hubs_note(error: NoFreeGPUs, inventory: Inventory, held: Mapping[str, str]) -> str:
+    """ "(2 held by another hub's servers on this Docker engine)" where that is so."""
+    kind = {gpu.uuid for gpu in inventory.gpus if error.model in (None, gpu.model)}
+    others = sum(1 for uuid, owner in held.items() if uuid in kind and owner.startswith(OTHER_HUB))
+    if not others:
+        return ""
+    return f" ({others} held by another hub's servers on this Docker engine)"
+
+
+class Allocator:
+    """The GPU choices of one hub process on one Docker engine.
+
+    Running containers' labels say which GPU is taken (so a restarted hub
+    reads the allocation back from Docker); between a spawn choosing its GPUs
+    and its container existing, the GPUs are reserved here. Choices are made
+    one at a time under :attr:`lock`, so concurrent spawns never get the same
+    GPU. Owned by the hub's event loop: only its coroutines touch the
+    reservations (the hub is one process with one loop).
+    """
+
+    _engines: ClassVar[dict[str, Allocator]] = {}
+
+    def __init__(self):
+        self.lock = asyncio.Lock()
+        #: GPU UUID -> "user/server" of spawns that have chosen GPUs but may have no container yet
+        self._reserved: dict[str, str] = {}
+
+    @classmethod
+    def for_engine(cls, engine: str) -> Allocator:
+        """The one allocator of this process for the Docker engine at `engine` (its URL)."""
+        if engine not in cls._engines:
+            cls._engines[engine] = cls()
+        return cls._engines[engine]
+
+    @property
+    def reserved(self) -> dict[str, str]:
+        """A copy of the reservations: GPU UUID -> "user/server"."""
+        return dict(self._reserved)
+
+    async def allocate(
+        self,
+        held_now: Callable[[], Awaitable[Mapping[str, str]]],
+        inventory: Inventory,
+        *,
+        owner: str,
+        count: int,
+        model: str | None,
+        max_per_user: int | None,
+    ) -> tuple[GPU, ...]:
+        """Choose and reserve `count` GPUs for `owner` ("user/server").
+
+        `held_now` reads who holds what from Docker (:func:`held_by_containers`),
+        asked under the lock. Raises :class:`TooManyGPUs` beyond `max_per_user`
+        (GPUs in the user's other servers count), :class:`NoFreeGPUs` with
+        :func:`other_hubs_note` added when too few are free.
+        """
+        async with self.lock:
+            held = {**(await held_now()), **self._reserved}
+            user = owner.split("/", 1)[0]
+            if max_per_user is not None and count:
+                mine = sum(
+                    1 for who in held.values() if who.split("/", 1)[0] == user and who != owner
+                )
+                if mine + count > max_per_user:
+                    raise TooManyGPUs(
+                        f"you hold {mine} GPU(s) in other servers and asked for {count}; "
+                        f"at most {max_per_user} per user"
+                    )
+            try:
+                gpus = choose_gpus(inventory.gpus, held, count, model, inventory.topology)
+            except NoFreeGPUs as e:
+                e.args = (str(e) + other_hubs_note(e, inventory, held),)
+                raise
+            for gpu in gpus:
+                self._reserved[gpu.uuid] = owner
+        return gpus
+
+    def release(self, gpus: Iterable[GPU], owner: str) -> None:
+        """Drop `owner`'s reservations of `gpus`: their container's labels hold them now
+        (or the start failed)."""
+        for gpu in gpus:
+            if self._reserved.get(gpu.uuid) == owner:
+                del self._reserved[gpu.uuid]

@@ -19,17 +19,22 @@ Storage (homes and snapshots) counts against money budgets: the ledger adds
 up its charge over the period (:meth:`~jupyter_gpu_meter.ledger.Ledger.storage_sums`,
 each measured period at its own storage price) and the functions here add
 that in. GPU-hour budgets count GPU time only.
+
+:class:`Budgets`, at the end, is the one configurable here: the settings that
+both the spawner and the meter read.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Protocol
+
+from traitlets import Float, Int, default
+from traitlets.config import LoggingConfigurable
 
 from .pricing import PriceSnapshot, charge, gpu_seconds, parse_currency
 from .usage import clip, decimal_string, format_amount, month_start, parse_money
@@ -399,23 +404,6 @@ def hourly_usage(status: BudgetStatus, price: PriceSnapshot) -> Decimal:
     return Decimal(price.gpus)
 
 
-def affordable_seconds(status: BudgetStatus, hourly_rate) -> int | None:
-    """How many whole seconds the remaining budget pays for at `hourly_rate`; None: unlimited.
-
-    `hourly_rate` is what one hour of the server uses of the budget: money per
-    hour for a money budget, GPUs for a GPU-hours budget (see
-    :func:`hourly_usage`). A rate of 0 uses nothing of the budget: None. For
-    the spawner's "refuse a start that the remaining budget cannot cover for a
-    minimum time"; the billing increment and minimum charge are not counted.
-    """
-    rate = Decimal(hourly_rate)
-    if not rate.is_finite() or rate < 0:
-        raise ValueError(f"hourly_rate {hourly_rate!r} must be a non-negative number")
-    if rate == 0:
-        return None
-    return math.floor(status.remaining * _HOUR / rate)
-
-
 def budget_view(status: BudgetStatus | None, warn_fraction) -> dict | None:
     """What a page shows of a budget: left, of, period, and a warning near or past the end.
 
@@ -445,3 +433,73 @@ def budget_view(status: BudgetStatus | None, warn_fraction) -> dict | None:
     elif status.fraction >= Decimal(str(warn_fraction)):
         view["warning"] = f"You have used {int(status.fraction * 100)}% of your budget."
     return view
+
+
+# --- the settings both the spawner and the meter read ----------------------------
+
+
+class Budgets(LoggingConfigurable):
+    """How budgets are enforced: read by the spawner (before a start) and the meter (its
+    budget policy), from the same ``jupyterhub_config.py``.
+
+    The same settings as ``c.Policies.budget_grace``, ``budget_warn_fraction`` and
+    ``budget_minimum_start``, which still apply when these are not set, with a
+    warning naming the setting to use instead.
+    """
+
+    #: new name -> its deprecated name on ``c.Policies``
+    DEPRECATED = {
+        "grace": "budget_grace",
+        "warn_fraction": "budget_warn_fraction",
+        "minimum_start": "budget_minimum_start",
+    }
+
+    grace = Int(
+        300,
+        min=0,
+        help="""
+        Seconds between a user's budget running out and the meter stopping
+        their servers that spend from it, e.g. 300 (5 minutes to save work).
+        """,
+    ).tag(config=True)
+
+    warn_fraction = Float(
+        0.8,
+        min=0.0,
+        max=1.0,
+        help="Fraction of a budget at which the user is warned, e.g. 0.8 for 80 %.",
+    ).tag(config=True)
+
+    minimum_start = Int(
+        3600,
+        min=0,
+        help="""
+        Seconds a start must be paid for, e.g. 3600: the spawner refuses a
+        start whose first ``minimum_start`` seconds, billed as the meter bills
+        them (billing increment and minimum charge included), cost more than
+        the user's budget has left. 0: at least the first billing increment.
+        """,
+    ).tag(config=True)
+
+    @default("grace")
+    def _grace_default(self):
+        return self._deprecated("grace")
+
+    @default("warn_fraction")
+    def _warn_fraction_default(self):
+        return self._deprecated("warn_fraction")
+
+    @default("minimum_start")
+    def _minimum_start_default(self):
+        return self._deprecated("minimum_start")
+
+    def _deprecated(self, name: str):
+        """The value of the deprecated ``c.Policies`` name of `name` if set, else the default."""
+        old = self.DEPRECATED[name]
+        policies = self.config.get("Policies") or {}
+        if old not in policies:
+            return self.traits()[name].default_value
+        self.log.warning(
+            "c.Policies.%s is deprecated: use c.Budgets.%s (same meaning) instead", old, name
+        )
+        return policies[old]

@@ -129,7 +129,15 @@ def give_money_budget(
     """Give `user` a money budget (monthly) in the hub's ledger, once its meter has made it."""
     path = hub.ledger_url.removeprefix("sqlite:///")
     wait_until(lambda: os.path.exists(path), 30, "the meter to create its ledger")
-    with Ledger(hub.ledger_url) as ledger:
+    set_money_budget(hub.ledger_url, user, amount, currency, period)
+
+
+def set_money_budget(
+    url: str, user: str, amount: str, currency: str = "USD", period: str = "month"
+) -> None:
+    """Give `user` a money budget (monthly) in the ledger at `url` (made if it is not yet)."""
+    with Ledger(url) as ledger:
+        ledger.ensure_schema()
         ledger.set_budget(
             scope="user",
             name=user,

@@ -1,8 +1,14 @@
-"""Which GPUs a request gets: pure, no Docker, no NVML."""
+"""Which GPUs a request gets, and the allocator that serializes a hub's choices: no Docker,
+no NVML."""
+
+import asyncio
 
 import pytest
 
 from jupyter_gpu_meter import GPU, NoFreeGPUs, choose_gpus
+from jupyter_gpu_meter.allocation import Allocator, TooManyGPUs, held_by_containers
+from jupyter_gpu_meter.container import container_labels
+from jupyter_gpu_meter.gpus import Inventory
 
 H100 = "NVIDIA H100 80GB HBM3"
 L4 = "NVIDIA L4"
@@ -74,3 +80,69 @@ def test_a_lost_gpu_of_unknown_model_does_not_hide_the_model_in_the_message():
     inventory = [GPU("GPU-0", 0, H100), GPU("unknown-index-1", 1, "unknown", healthy=False)]
     with pytest.raises(NoFreeGPUs, match=f"^no free {H100}: 0 of 2 free \\(1 unhealthy\\)$"):
         choose_gpus(inventory, {"GPU-0"}, 1)
+
+
+# --- the Allocator: one hub process's choices ---------------------------------------
+
+
+def test_concurrent_allocations_never_share_a_gpu_and_release_frees_them():
+    inventory = Inventory(gpus=tuple(gpus(H100, H100, H100)))
+    allocator = Allocator()
+
+    async def nothing_in_docker():
+        await asyncio.sleep(0)  # a Docker call: other spawns run meanwhile
+        return {}
+
+    async def spawn(user):
+        return await allocator.allocate(
+            nothing_in_docker, inventory, owner=f"{user}/", count=1, model=None, max_per_user=None
+        )
+
+    async def crowd():
+        return await asyncio.gather(*(spawn(f"u{i}") for i in range(4)), return_exceptions=True)
+
+    results = asyncio.run(crowd())
+    chosen = [uuids(r)[0] for r in results if not isinstance(r, Exception)]
+    assert sorted(chosen) == ["GPU-0", "GPU-1", "GPU-2"]
+    (refused,) = [r for r in results if isinstance(r, Exception)]
+    assert isinstance(refused, NoFreeGPUs)
+    assert allocator.reserved == {"GPU-0": "u0/", "GPU-1": "u1/", "GPU-2": "u2/"}
+    allocator.release(inventory.gpus[:1], "u1/")  # not u1's: kept
+    allocator.release(inventory.gpus[:1], "u0/")
+    assert set(allocator.reserved) == {"GPU-1", "GPU-2"}
+
+
+def test_what_docker_says_is_held_counts_and_the_per_user_maximum_too():
+    inventory = Inventory(gpus=tuple(gpus(H100, H100, H100)))
+    containers = [
+        {"State": "running", "Labels": labels_of("ada", "", ["GPU-0"], hub="this")},
+        {"State": "exited", "Labels": labels_of("bob", "", ["GPU-1"], hub="this")},
+        {"State": "paused", "Labels": labels_of("cyd", "", ["GPU-2"], hub="other")},
+    ]
+    held = held_by_containers(containers, "this")
+    assert held == {"GPU-0": "ada/", "GPU-2": "/hub/other/cyd/"}
+
+    async def allocate(owner, count, max_per_user=None):
+        async def in_docker():
+            return held
+
+        return await Allocator().allocate(
+            in_docker, inventory, owner=owner, count=count, model=H100, max_per_user=max_per_user
+        )
+
+    assert uuids(asyncio.run(allocate("bob/", 1))) == ["GPU-1"]
+    with pytest.raises(NoFreeGPUs, match=r"1 of 3 free \(1 held by another hub's servers"):
+        asyncio.run(allocate("bob/", 2))
+    with pytest.raises(TooManyGPUs, match=r"you hold 1 GPU\(s\) in other servers and asked for 1"):
+        asyncio.run(allocate("ada/second", 1, max_per_user=1))
+
+
+def test_one_allocator_per_docker_engine():
+    assert Allocator.for_engine("unix://a") is Allocator.for_engine("unix://a")
+    assert Allocator.for_engine("unix://a") is not Allocator.for_engine("unix://b")
+
+
+def labels_of(user, server, uuids_, hub):
+    return container_labels(
+        user=user, server=server, gpu_uuids=uuids_, gpu_model=H100, profile="", hub_id=hub
+    )

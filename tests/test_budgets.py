@@ -8,7 +8,6 @@ import pytest
 from jupyter_gpu_meter import budgets
 from jupyter_gpu_meter.budgets import (
     BudgetStatus,
-    affordable_seconds,
     budget_status,
     effective_budget,
     granted,
@@ -327,32 +326,6 @@ def status_with(remaining, unit="money", currency="USD"):
     return budget_status(hours, [], [], now=NOW)
 
 
-def test_affordable_seconds_of_money():
-    assert affordable_seconds(status_with("10"), Decimal("2.49")) == 14457  # 4.016 h
-    assert affordable_seconds(status_with("10"), "2") == 18000
-    assert affordable_seconds(status_with("0"), Decimal("2.49")) == 0
-    assert affordable_seconds(status_with("10"), 0) is None  # free: unlimited
-
-
-def test_affordable_seconds_of_gpu_hours():
-    three = status_with("3", unit="gpu-hours")
-    assert affordable_seconds(three, 2) == 5400
-    assert affordable_seconds(three, 1) == 10800
-    assert affordable_seconds(three, 0) is None  # a CPU-only server uses no GPU-hours
-
-
-def test_affordable_seconds_after_spending():
-    status = budget_status(budget(amount="10"), [], [session(NOW - 4 * HOUR, NOW)], now=NOW)
-    assert affordable_seconds(status, 2) == 3600
-    over = budget_status(budget(amount="10"), [], [session(NOW - 9 * HOUR, NOW)], now=NOW)
-    assert affordable_seconds(over, 2) == 0
-
-
-def test_negative_rates_are_refused():
-    with pytest.raises(ValueError, match="must be a non-negative number"):
-        affordable_seconds(status_with("10"), -1)
-
-
 def test_hourly_usage_of_a_server_against_a_budget():
     two = session(NOW, gpus=2).price
     cpu = session(NOW, gpus=0).price
@@ -363,7 +336,6 @@ def test_hourly_usage_of_a_server_against_a_budget():
     assert hourly_usage(money, euros) == 0  # charged in another currency: not this budget
     assert hourly_usage(hours, two) == 2
     assert hourly_usage(hours, cpu) == 0
-    assert affordable_seconds(money, hourly_usage(money, two)) == 9000
 
 
 def test_constants_match_what_the_ledger_stores():

@@ -86,8 +86,8 @@ def test_work_survives_a_budget_stop(make_hub):
         **FAST,
         **{
             "Pricing.prices": {model: "3600"},  # 1 USD a second
-            "Policies.budget_grace": 1,
-            "Policies.budget_minimum_start": 1,
+            "Budgets.grace": 1,
+            "Budgets.minimum_start": 1,
         },
     )
     hub.start_server("ada", {"gpus": 0})

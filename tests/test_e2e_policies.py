@@ -136,7 +136,7 @@ def test_a_budget_used_up_mid_session_warns_then_stops_the_server_after_the_grac
         **FAST,
         **{
             "Pricing.prices": {model: "3.60"},  # 0.001 USD a second: real time costs ~nothing
-            "Policies.budget_grace": grace,
+            "Budgets.grace": grace,
             "Policies.gpu_idle_timeout": 0,  # the budget's policy alone
         },
     )
@@ -174,7 +174,7 @@ def test_a_used_up_budget_refuses_the_next_gpu_start_and_says_where(make_hub):
     hub = make_hub(
         f"1x{model}",
         meter=True,
-        **{"Pricing.prices": {model: "3600"}, "Policies.budget_minimum_start": 5},
+        **{"Pricing.prices": {model: "3600"}, "Budgets.minimum_start": 5},
     )
     give_money_budget(hub, "ada", "15")
     # this month ada ran 20 s at 1 USD a second (Docker's times are the bill's: a session
@@ -190,8 +190,9 @@ def test_a_used_up_budget_refuses_the_next_gpu_start_and_says_where(make_hub):
 
     refused = hub.start_server("ada", {"gpus": 1})
     assert refused.status_code == 403
-    assert refused.json()["message"].startswith(
-        "your budget (user ada) has 0.00 USD left this period: 0 s of 1 × NVIDIA H100 80GB HBM3;"
+    assert refused.json()["message"] == (
+        "your budget (user ada) has 0.00 USD left this period: not enough to start "
+        "1 × NVIDIA H100 80GB HBM3, whose first 5 s costs 5.00 USD"
     )
     # the user sees it: on the usage API (and page) and on the spawn page
     token = hub.user_token("ada")

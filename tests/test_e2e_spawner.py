@@ -198,3 +198,40 @@ def test_profile_limits_reach_docker(make_hub):
     assert host["CpuQuota"] == 150_000 and host["CpuPeriod"] == 100_000
     assert host["Memory"] == 512 * 1024**2
     assert hub.container_of("ada").labels["jupyter-gpu-meter.profile"] == "small"
+
+
+def test_a_start_the_budget_cannot_pay_the_first_increment_of_is_refused_at_the_door(
+    make_hub, tmp_path
+):
+    # issue #11: 0.05 left, 3.60 per GPU-hour, billed per started minute: the first
+    # minute costs 0.06, so the budget policy would stop the server at once
+    from datetime import datetime, timezone
+
+    from jupyter_gpu_meter.ledger import Ledger
+    from tests.metering import set_money_budget
+
+    url = f"sqlite:///{tmp_path}/ledger.sqlite"
+    set_money_budget(url, "ada", "0.05")
+    hub = make_hub(
+        f"1x{MODEL}",
+        **{
+            "GPUDockerSpawner.ledger_url": url,
+            "Pricing.prices": {MODEL: "3.60"},
+            "Pricing.billing_increment": 60,
+            "Budgets.minimum_start": 0,
+        },
+    )
+    refused = hub.start_server("ada", {"gpus": 1})
+    assert refused.status_code == 403
+    assert refused.json()["message"] == (
+        f"your budget (user ada) has 0.05 USD left this period: not enough to start "
+        f"1 × {MODEL}, whose first 1 min costs 0.06 USD"
+    )
+    assert hub.server_model("ada") is None and hub.containers(all=True) == []
+    # a cent more pays for that minute: the same start goes ahead
+    with Ledger(url) as ledger:
+        ledger.grant_budget(
+            scope="user", name="ada", amount="0.01", by="test-admin", at=datetime.now(timezone.utc)
+        )
+    assert hub.start_server("ada", {"gpus": 1}).status_code in (201, 202)
+    assert hub.wait_for("ada")

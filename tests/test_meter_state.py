@@ -469,7 +469,7 @@ async def test_a_user_the_hub_does_not_know_stops_nobody_elses_budget(meter):
         meter.ledger.set_budget(
             scope="user", name=user, amount="0", unit="gpu-hours", period="month", by="t", at=T0
         )
-    meter.policies.budget_grace = 0
+    meter.policies.budgets.grace = 0
     await meter._handle_event(meter.docker_api.run("g1", user="ghost", at=T0))
     await meter._handle_event(meter.docker_api.run("a1", user="ada", gpus=("GPU-1",), at=T0))
     await meter.runner.run_once()
@@ -511,7 +511,7 @@ async def test_a_budget_check_that_fails_for_one_user_leaves_the_others(meter):
     meter.ledger.set_budget(
         scope="user", name="ada", amount="0", unit="gpu-hours", period="month", by="t", at=T0
     )
-    meter.policies.budget_grace = 0
+    meter.policies.budgets.grace = 0
     await meter._handle_event(meter.docker_api.run("g1", user="ghost", at=T0))
     await meter._handle_event(meter.docker_api.run("a1", user="ada", gpus=("GPU-1",), at=T0))
     await meter.runner.run_once()

@@ -43,7 +43,7 @@ from traitlets import Float, Unicode, default
 from traitlets.config import Application
 
 from .._version import __version__
-from ..budgets import budget_view
+from ..budgets import Budgets, budget_view
 from ..clock import check_clock, utcnow
 from ..gpus import GPUInventory
 from ..homes import HomeVolumes
@@ -67,7 +67,7 @@ class MeterService(Application):
     name = "jupyter-gpu-meter"
     version = __version__
     description = "Meter GPU notebook sessions into the ledger; run by JupyterHub as a service."
-    classes = [GPUInventory, GPUSampler, Pricing, Policies, HubIdentity, HomeVolumes]
+    classes = [GPUInventory, GPUSampler, Pricing, Policies, Budgets, HubIdentity, HomeVolumes]
     aliases = {
         "config": "MeterService.config_file",
         "db-url": "MeterService.db_url",
@@ -320,7 +320,7 @@ class MeterService(Application):
         """
         groups = self.runner.groups.get(user, [])  # a dict the loop replaces whole
         status = self.ledger.user_budget_status(user, groups, self.clock())
-        return budget_view(status, self.policies.budget_warn_fraction)
+        return budget_view(status, self.policies.budgets.warn_fraction)
 
     async def _budget_of(self, user, groups, now):
         return await self._in_ledger_thread(self.ledger.user_budget_status, user, groups, now)

@@ -24,7 +24,7 @@ from traitlets import Bool, Dict, Float, Int, validate
 from traitlets.config import LoggingConfigurable
 
 from .. import policies
-from ..budgets import hourly_usage
+from ..budgets import Budgets, hourly_usage
 from ..policies import STOP, WARN, Decision, ServerState, track_idle
 from .state import MeterState, error_class
 
@@ -110,27 +110,22 @@ class Policies(LoggingConfigurable):
         help="Seconds after the GPUs were last busy during which activity is reported, e.g. 300.",
     ).tag(config=True)
 
-    budget_grace = Int(
-        300,
-        min=0,
-        help="Seconds between a user's budget running out and their servers being stopped.",
-    ).tag(config=True)
-
+    # Deprecated: the budget settings are c.Budgets' (jupyter_gpu_meter.budgets.Budgets),
+    # which the spawner reads too; Budgets takes these when its own are not set.
+    budget_grace = Int(300, min=0, help="Deprecated: use ``c.Budgets.grace``.").tag(config=True)
     budget_warn_fraction = Float(
-        0.8,
-        min=0.0,
-        max=1.0,
-        help="Fraction of a budget at which the user is warned, e.g. 0.8 for 80 %.",
+        0.8, min=0.0, max=1.0, help="Deprecated: use ``c.Budgets.warn_fraction``."
+    ).tag(config=True)
+    budget_minimum_start = Int(
+        3600, min=0, help="Deprecated: use ``c.Budgets.minimum_start``."
     ).tag(config=True)
 
-    budget_minimum_start = Int(
-        3600,
-        min=0,
-        help="""
-        The spawner refuses a start that the user's remaining budget cannot
-        pay for this many seconds, e.g. 3600. 0: only refuse when nothing is left.
-        """,
-    ).tag(config=True)
+    @property
+    def budgets(self) -> Budgets:
+        """The budget settings (``c.Budgets``), shared with the spawner."""
+        if not hasattr(self, "_budgets"):
+            self._budgets = Budgets(parent=self)
+        return self._budgets
 
     gpu_idle_policy = Callable(
         policies.gpu_idle,
@@ -372,8 +367,8 @@ class PolicyRunner:
             unit=status.unit_label,
             now=now,
             exhausted_since=self.exhausted_since.get(user),
-            grace=timedelta(seconds=self.config.budget_grace),
-            warn_fraction=Decimal(str(self.config.budget_warn_fraction)),
+            grace=timedelta(seconds=self.config.budgets.grace),
+            warn_fraction=Decimal(str(self.config.budgets.warn_fraction)),
         )
         if decision is None:
             self.warned.pop(user, None)
