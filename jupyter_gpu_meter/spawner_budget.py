@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from .budgets import MONEY, BudgetStatus, hourly_usage, spent
 from .ledger import Ledger
 from .pricing import PriceSnapshot, billable_seconds
-from .usage import format_amount, format_duration
+from .usage import format_amount, format_day, format_duration
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def budget_left(status: BudgetStatus | None) -> str | None:
         return None
     return (
         f"{format_amount(status.remaining, status.unit_label, code=False)} of "
-        f"{_amount(status.limit, status)} (since {status.period_start:%b %-d}, UTC)"
+        f"{_amount(status.limit, status)} (since {format_day(status.period_start)}, UTC)"
     )
 
 

@@ -20,7 +20,7 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from jupyter_gpu_meter import labels
+from jupyter_gpu_meter import labels, usage
 from jupyter_gpu_meter.container import container_labels
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import PriceSnapshot, Pricing
@@ -310,7 +310,7 @@ async def test_the_meter_times_all_it_records_with_its_one_clock(make_meter, cap
     await meter._tick()
     await meter._check_policies()
     assert meter.runner.hub.stopped == []  # not before the deadline
-    assert meter.health()["last_policy_check"] == clock.now.isoformat()
+    assert meter.health()["last_policy_check"] == usage.isoformat(clock.now)
     clock.now = idle_since + timedelta(seconds=600)
     await meter._tick()
     await meter._check_policies()
@@ -319,7 +319,9 @@ async def test_the_meter_times_all_it_records_with_its_one_clock(make_meter, cap
     assert decision.at == clock.now and decision.reason == "GPUs idle for 10 min"
     clock.now = T0 + timedelta(hours=3)
     assert Decimal(meter.budget_view("ada")["left"]["amount"]) == 0
-    assert meter.health()["last_policy_check"] == (idle_since + timedelta(seconds=600)).isoformat()
+    assert meter.health()["last_policy_check"] == usage.isoformat(
+        idle_since + timedelta(seconds=600)
+    )
     from jupyter_gpu_meter.service.home_api import HomeService
 
     assert HomeService.from_meter(meter).clock is clock  # a snapshot's time

@@ -408,3 +408,11 @@ def test_page_api_csv_report_and_budget_give_the_same_totals(
     # each line's billed seconds are what its charge was computed from
     for line in lines:
         assert int(line["billed_seconds"]) % int(line["billing_increment_s"]) == 0
+
+
+def test_a_day_for_people_has_no_leading_zero_and_is_the_utc_day():
+    assert usage.format_day(datetime(2026, 11, 1, tzinfo=timezone.utc)) == "Nov 1"
+    assert usage.format_day(datetime(2026, 12, 24).date()) == "Dec 24"
+    # 23:30 on Nov 30 in UTC-2 is Dec 1 in UTC
+    minus_two = timezone(timedelta(hours=-2))
+    assert usage.format_day(datetime(2026, 11, 30, 23, 30, tzinfo=minus_two)) == "Dec 1"

@@ -646,6 +646,10 @@ async def test_a_new_budget_is_in_the_hubs_currency(meter):
             for b in body(await fetch(app, "api/budgets", "admin-token"))["budgets"]
         }
         assert currencies == {"a": "JPY", "b": None, "c": "JPY"}
+        # the admin page writes each amount in its own unit: no decimals for a yen
+        page = (await fetch(app, "admin", "admin-token")).body.decode()
+        assert "5,000 JPY" in page and "7,000 JPY" in page and "3.00 GPU-hours" in page
+        assert "5000.00" not in page
     finally:
         server.stop()
 

@@ -9,7 +9,7 @@ from traitlets import CaselessStrEnum, Unicode
 
 from .. import budgets
 from ..clock import utcnow
-from ..usage import decimal_string
+from ..usage import decimal_string, isoformat
 from .budget import _BudgetCommand, _show_amount, _split
 from .common import table
 
@@ -90,7 +90,7 @@ def _status_row(status: budgets.BudgetStatus) -> dict:
         "scope": status.scope,
         "name": status.name,
         "period": status.period,
-        "period_start": status.period_start.isoformat(),
+        "period_start": isoformat(status.period_start),
         "amount": show(status.amount),
         "granted": show(status.granted),
         "limit": show(status.limit),
@@ -115,7 +115,7 @@ def _group_row(budget, changes, now) -> dict:
         "scope": budget.scope,
         "name": budget.name,
         "period": budget.period,
-        "period_start": start.isoformat(),
+        "period_start": isoformat(start),
         "amount": show(budget.amount),
         "granted": show(granted),
         "limit": show(budget.amount + granted),
@@ -142,7 +142,7 @@ class BudgetHistoryCommand(_BudgetCommand):
         scope, name = self.owner if (self.user or self.group) else (None, None)
         rows = [
             {
-                "at": change.at.isoformat(),
+                "at": isoformat(change.at),
                 "by": change.by,
                 "scope": change.scope,
                 "name": change.name,

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from markupsafe import Markup
 
-from ..usage import format_percent, format_quantity
+from ..usage import format_day, format_percent, format_quantity
 
 
 def _number(value: float) -> str:
@@ -123,7 +123,7 @@ def bar_chart_svg(
             Markup(
                 '<text x="{x}" y="{y}" font-size="12" text-anchor="{a}" '
                 'fill="currentColor">{day}</text>'
-            ).format(x=_number(x), y=height - 4, a=anchor, day=points[i][0].strftime("%b %d"))
+            ).format(x=_number(x), y=height - 4, a=anchor, day=format_day(points[i][0]))
         )
     parts.append(Markup("</svg>"))
     return Markup("").join(parts)

@@ -32,6 +32,7 @@ from ..sessions import (
     SessionChanges,
     reason_exited,
 )
+from ..usage import isoformat
 
 #: a database's own error code: SQLSTATE (PostgreSQL) or SQLITE_BUSY and friends
 _ERROR_CODE = re.compile(r"[A-Z0-9_]{1,40}")
@@ -259,9 +260,7 @@ class MeterState:
             "last_session_open_failure": self.last_session_open_failure,
             "policy_errors": self.policy_errors,
             "last_policy_error": self.last_policy_error,
-            "last_policy_check": (
-                self.policies_checked_at.isoformat() if self.policies_checked_at else None
-            ),
+            "last_policy_check": isoformat(self.policies_checked_at),
         }
 
 

@@ -9,7 +9,7 @@ to the last digit:
   (the currency's minor unit: ``12.35 USD``, ``1,235 JPY``), exact
   :func:`decimal_string`;
 - :mod:`.dates`: :func:`parse_time` (ISO 8601, dateutil), :func:`isoformat`,
-  :func:`format_time`, :func:`format_duration`, :func:`month_start`;
+  :func:`format_time`, :func:`format_day`, :func:`format_duration`, :func:`month_start`;
 - :mod:`.totals`: :func:`clip`, :class:`Totals`, :func:`usage_by_user`;
 - :mod:`.sessions`: one session's usage, GPU-hours per day;
 - :mod:`.export`: the CSV's invoice lines.
@@ -21,6 +21,7 @@ spawn-form prices with the spawn form (:mod:`jupyter_gpu_meter.spawn_form`).
 from .dates import (
     TIME_EXAMPLE,
     day_start,
+    format_day,
     format_duration,
     format_time,
     isoformat,
@@ -100,6 +101,7 @@ __all__ = [
     "export_rows",
     "format_amount",
     "format_charges",
+    "format_day",
     "format_duration",
     "format_money",
     "format_percent",

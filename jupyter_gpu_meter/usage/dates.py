@@ -50,6 +50,13 @@ def format_time(at: datetime | None) -> str:
     return "" if at is None else f"{as_utc(at):%Y-%m-%d %H:%M} UTC"
 
 
+def format_day(day: date | datetime) -> str:
+    """A day for people, without the year: ``Nov 1``, ``Dec 24`` (a time: its UTC day)."""
+    if isinstance(day, datetime):
+        day = as_utc(day).date()
+    return f"{day:%b} {day.day}"
+
+
 def format_duration(duration: timedelta | float) -> str:
     """A duration for people (a ``timedelta`` or seconds): ``42 s`` under a minute, else
     whole minutes: ``30 min``, ``1 h``, ``1 h 30 min``, ``2 d 3 h``, ``1 d 5 min``."""

@@ -1,27 +1,6 @@
-"""Budgets: which one applies to a user, and how much of it is spent. Pure.
+"""Budget rules: which budget applies to a user, and how much of it is spent. Pure.
 
-A budget is an amount of money (in one currency) or of GPU-hours per period:
-the calendar month in UTC (``"month"``) or the last N days (``"rolling:30"``).
-It belongs to a user or to a JupyterHub group; a group budget applies to each
-member on their own ("students: 50 USD per month each"). A user's own budget
-overrides their groups'; among several groups the largest amount applies.
-
-Grants add to a budget for the current period only: a grant counts while its
-time lies in the period (this month, or the last N days).
-
-The ledger stores budgets and every change to them
-(:meth:`jupyter_gpu_meter.ledger.Ledger.budgets`,
-:meth:`~jupyter_gpu_meter.ledger.Ledger.budget_changes`); the functions here
-take those records, or any objects with the same attributes, plus the user's
-sessions, and compute what is left. Nothing here touches a database.
-
-Storage (homes and snapshots) counts against money budgets: the ledger adds
-up its charge over the period (:meth:`~jupyter_gpu_meter.ledger.Ledger.storage_sums`,
-each measured period at its own storage price) and the functions here add
-that in. GPU-hour budgets count GPU time only.
-
-:class:`Budgets`, at the end, is the one configurable here: the settings that
-both the spawner and the meter read.
+See :mod:`jupyter_gpu_meter.budgets` for what a budget is.
 """
 
 from __future__ import annotations
@@ -33,11 +12,15 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Protocol
 
-from traitlets import Float, Int, default
-from traitlets.config import LoggingConfigurable
-
-from .pricing import PriceSnapshot, charge, gpu_seconds, parse_currency
-from .usage import clip, decimal_string, format_amount, month_start, parse_money
+from ..pricing import PriceSnapshot, charge, gpu_seconds, parse_currency
+from ..usage import (
+    clip,
+    decimal_string,
+    format_amount,
+    format_day,
+    month_start,
+    parse_money,
+)
 
 USER = "user"
 GROUP = "group"
@@ -424,7 +407,7 @@ def budget_view(status: BudgetStatus | None, warn_fraction) -> dict | None:
     view = {
         "left": amount(status.remaining),
         "of": amount(status.limit),
-        "period": f"since {status.period_start:%b %-d}, UTC",
+        "period": f"since {format_day(status.period_start)}, UTC",
         "fraction": decimal_string(status.fraction, 2),
         "warning": "",
     }
@@ -436,70 +419,3 @@ def budget_view(status: BudgetStatus | None, warn_fraction) -> dict | None:
 
 
 # --- the settings both the spawner and the meter read ----------------------------
-
-
-class Budgets(LoggingConfigurable):
-    """How budgets are enforced: read by the spawner (before a start) and the meter (its
-    budget policy), from the same ``jupyterhub_config.py``.
-
-    The same settings as ``c.Policies.budget_grace``, ``budget_warn_fraction`` and
-    ``budget_minimum_start``, which still apply when these are not set, with a
-    warning naming the setting to use instead.
-    """
-
-    #: new name -> its deprecated name on ``c.Policies``
-    DEPRECATED = {
-        "grace": "budget_grace",
-        "warn_fraction": "budget_warn_fraction",
-        "minimum_start": "budget_minimum_start",
-    }
-
-    grace = Int(
-        300,
-        min=0,
-        help="""
-        Seconds between a user's budget running out and the meter stopping
-        their servers that spend from it, e.g. 300 (5 minutes to save work).
-        """,
-    ).tag(config=True)
-
-    warn_fraction = Float(
-        0.8,
-        min=0.0,
-        max=1.0,
-        help="Fraction of a budget at which the user is warned, e.g. 0.8 for 80 %.",
-    ).tag(config=True)
-
-    minimum_start = Int(
-        3600,
-        min=0,
-        help="""
-        Seconds a start must be paid for, e.g. 3600: the spawner refuses a
-        start whose first ``minimum_start`` seconds, billed as the meter bills
-        them (billing increment and minimum charge included), cost more than
-        the user's budget has left. 0: at least the first billing increment.
-        """,
-    ).tag(config=True)
-
-    @default("grace")
-    def _grace_default(self):
-        return self._deprecated("grace")
-
-    @default("warn_fraction")
-    def _warn_fraction_default(self):
-        return self._deprecated("warn_fraction")
-
-    @default("minimum_start")
-    def _minimum_start_default(self):
-        return self._deprecated("minimum_start")
-
-    def _deprecated(self, name: str):
-        """The value of the deprecated ``c.Policies`` name of `name` if set, else the default."""
-        old = self.DEPRECATED[name]
-        policies = self.config.get("Policies") or {}
-        if old not in policies:
-            return self.traits()[name].default_value
-        self.log.warning(
-            "c.Policies.%s is deprecated: use c.Budgets.%s (same meaning) instead", old, name
-        )
-        return policies[old]
