@@ -11,13 +11,12 @@ turns the posted form into ``user_options``. The spawner gathers the inputs
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 
 import jinja2
 
 from .gpus import GPU
-from .usage.money import format_money
+from .usage.money import format_rate
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -100,16 +99,6 @@ def options_from_form(formdata: Mapping) -> dict:
     if datasets:
         options["datasets"] = datasets
     return options
-
-
-def format_rate(amount: Decimal, currency: str, per: str = "hour") -> str:
-    """A price for people: ``2.49 USD/hour``, ``0.0125 USD/hour``; ``no charge`` for 0.
-
-    At least the currency's minor unit of places, more only where the price has them.
-    """
-    if not Decimal(amount):
-        return "no charge"
-    return f"{format_money(amount, currency, exact=True)}/{per}"
 
 
 def spawn_prices(profiles: Sequence, models: Sequence[str], pricing) -> dict:

@@ -252,6 +252,8 @@ async def test_a_user_gets_their_own_usage_as_the_ledger_has_it(app):
     assert running["server"] == "train" and running["running"] is True
     assert running["charge"] == {"amount": "2.490000", "currency": "EUR", "text": "2.49 EUR"}
     assert running["duration_text"] == "1 h"
+    # the price as the spawn form says it, from the one rate formatter
+    assert running["price_text"] == "2.49 EUR/hour"
     sessions = data["sessions"]
     assert sessions["total"] == 3 and [s["running"] for s in sessions["items"]] == [
         True,
@@ -441,6 +443,7 @@ async def test_user_page_shows_the_ledgers_numbers(app):
     page = (await fetch(app, "", "ada-token")).body.decode()
     assert re.search(r'id="all-charges">7\.52 EUR<', page)
     assert re.search(r'id="all-gpu-hours">3\.00<', page)
+    assert re.search(r'data-label="Price" class="text-nowrap">2\.49 EUR/hour<', page)
     assert 'class="gpu-meter-sparkline"' in page
     assert 'class="gpu-meter-chart"' in page
     assert "GPU-hours per day, last 30 days" in page

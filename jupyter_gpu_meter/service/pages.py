@@ -63,6 +63,7 @@ def make_templates(hub_template_paths=(), template_vars: dict | None = None) -> 
         day=usage.format_day,
         month_start=usage.month_start,
         amount=usage.format_amount,
+        rate=usage.format_rate,
         utc=usage.format_time,
         percent=usage.format_percent,
         gb=format_gb,

@@ -108,6 +108,16 @@ def format_amount(
     return f"{text} {unit}" if code else text
 
 
+def format_rate(amount: Decimal, currency: str, per: str = "hour") -> str:
+    """A price for people: ``2.49 USD/hour``, ``0.0125 USD/hour``; ``no charge`` for 0.
+
+    At least the currency's minor unit of places, more only where the price has them.
+    """
+    if not Decimal(amount):
+        return "no charge"
+    return f"{format_money(amount, currency, exact=True)}/{per}"
+
+
 def format_charges(charges: Mapping[str, Decimal], currency: str) -> str:
     """Charges in several currencies, ``12.35 USD + 1.00 EUR`` (by currency);
     ``0.00 <currency>`` when there are none."""

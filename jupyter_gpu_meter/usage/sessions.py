@@ -10,7 +10,7 @@ from decimal import Decimal
 from .. import pricing
 from ..clock import as_utc
 from .dates import day_start, format_duration, format_time, isoformat
-from .money import decimal_string, money
+from .money import decimal_string, format_rate, money
 from .totals import clip
 
 _HOUR = Decimal(3600)
@@ -120,6 +120,7 @@ class SessionUsage:
             "gpu_hours": decimal_string(self.gpu_hours),
             "charge": money(self.charge, s.price.currency),
             "price_per_hour": money(s.price.hourly_rate, s.price.currency),
+            "price_text": format_rate(s.price.hourly_rate, s.price.currency),
             "utilization_avg": None
             if self.utilization_avg is None
             else round(self.utilization_avg, 2),

@@ -17,7 +17,7 @@
     m.cell(row, item.started_at_text);
     m.cell(row, "", "gpu-meter-elapsed");
     m.cell(row, "", "gpu-meter-cost");
-    m.cell(row, item.price_per_hour.text + "/h");
+    m.cell(row, item.price_text);
     m.cell(row, item.utilization_avg_text, "gpu-meter-spark");
     return row;
   }
