@@ -152,6 +152,76 @@ class RollupRow:
     util_mean: float
     util_max: int
     memory_max_bytes: int
+    #: busy GPU-time in the minute: busy% / 100 × the time each tick stands for, ms
+    busy_ms: int = 0
+    #: the GPU's energy in the minute, mJ; None when no reading had an energy counter
+    energy_mj: int | None = None
+    #: where busy% came from: "utilization" or "sm-activity" (GPM)
+    busy_source: str = "utilization"
+
+
+@dataclass(frozen=True)
+class ProcessUsageRow:
+    """What one meter process measured of one process group of a session, so far.
+
+    Cumulative since that meter process started: writing it again for the same
+    (container, group, writer) replaces it.
+    """
+
+    container_id: str
+    #: the process name, "unknown" when it could not be read, "other" past the cap
+    process_group: str
+    writer: str
+    samples: int
+    #: GPU-time the group held a context on any GPU, ms
+    present_ms: int
+    #: sm_utilization / 100 × that time, ms (0 when the driver gives no per-process figure)
+    busy_ms: int
+    #: the group's peak memory on the GPUs at one tick, bytes
+    memory_max_bytes: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class ProcessGroupUsage:
+    """One process group of a session, merged over every writer (sums; max of maxima)."""
+
+    process_group: str
+    samples: int
+    present_ms: int
+    busy_ms: int
+    memory_max_bytes: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class SessionEfficiency:
+    """How much of what a session paid for its GPUs did work, and the energy they used."""
+
+    session_id: int
+    #: busy GPU-time over the session's rollups, ms; None when no GPU sample was taken
+    busy_gpu_ms: int | None
+    #: peak memory of any one of its GPUs, bytes; None if unknown
+    memory_max_bytes: int | None
+    #: its GPUs' energy, mJ; None when no reading had an energy counter
+    energy_mj: int | None
+    #: "utilization", "sm-activity", "mixed" (its GPUs differ) or "" (no sample)
+    busy_source: str
+
+
+@dataclass(frozen=True)
+class EfficiencySum:
+    """One user's busy GPU-time and energy over a range, in one currency."""
+
+    user: str
+    busy_gpu_ms: int | None
+    energy_mj: int | None
+    #: the energy charge in :data:`~jupyter_gpu_meter.pricing.CHARGE_UNITS` parts,
+    #: each session priced at its snapshot's energy price
+    energy_units: int
+    currency: str
 
 
 @dataclass(frozen=True)

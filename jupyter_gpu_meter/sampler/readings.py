@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
+#: where a GPU process runs: in a Docker container (its id is known) ...
+WHERE_CONTAINER = "container"
+#: ... on the host, in no container (its /proc entry was read) ...
+WHERE_HOST = "host"
+#: ... or nobody can say: it ended, or it lives in another PID namespace
+WHERE_UNKNOWN = "unknown"
+
 
 class GPUReading(NamedTuple):
     """One GPU at one tick. Fields NVML cannot give are None (or 0 for memory)."""
@@ -22,6 +29,11 @@ class GPUReading(NamedTuple):
     healthy: bool = True
     #: why the GPU could not be read, empty when healthy
     problem: str = ""
+    #: the GPU's total-energy counter, millijoules since the driver loaded
+    #: (``nvmlDeviceGetTotalEnergyConsumption``); None when the GPU cannot say
+    energy_mj: int | None = None
+    #: GPM SM activity (%) over the last tick (Hopper and later); None without GPM
+    sm_activity: float | None = None
 
 
 class ProcessReading(NamedTuple):
@@ -35,6 +47,10 @@ class ProcessReading(NamedTuple):
     used_memory_bytes: int | None
     #: mean SM utilization (%) of the process's samples since the previous tick; None if none
     sm_utilization: int | None
+    #: WHERE_CONTAINER, WHERE_HOST or WHERE_UNKNOWN
+    where: str = WHERE_UNKNOWN
+    #: the process's name (``/proc/<pid>/comm``, e.g. "python"), "" when unknown
+    name: str = ""
 
 
 @dataclass(frozen=True)
