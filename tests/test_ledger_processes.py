@@ -91,6 +91,10 @@ def test_upgrading_from_0005_keeps_old_rows_with_defaults(make_ledger):
     ledger.check_revision()
     session = ledger.get_session("c1")
     assert session.price.energy_price_per_kwh == Decimal(0)
+    with ledger.engine.connect() as connection:
+        stored = connection.exec_driver_sql("SELECT energy_price_per_kwh FROM sessions").scalar()
+    # stored as the ledger writes money (SQLite: fixed-point text, compared as text)
+    assert str(stored) == "0.000000"
     [merged] = ledger.rollups("c1")
     assert (merged.busy_ms, merged.energy_mj, merged.busy_source) == (0, None, "utilization")
     assert ledger.efficiency_of([session.id]) == {

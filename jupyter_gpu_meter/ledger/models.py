@@ -63,7 +63,7 @@ class SessionModel(Base):
     billing_increment_s: Mapped[int] = mapped_column(Integer)
     minimum_charge: Mapped[Decimal] = mapped_column(Money)
     #: per kWh of the GPUs' energy, in `currency`; 0: energy not charged
-    energy_price_per_kwh: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    energy_price_per_kwh: Mapped[Decimal] = mapped_column(Money, server_default="0.000000")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: None while running
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

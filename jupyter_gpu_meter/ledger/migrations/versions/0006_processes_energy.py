@@ -19,19 +19,27 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ADD/DROP COLUMN, never a batch (copy) of a table: both databases add a column
+# with a default without rewriting the rows (a big rollups table), and SQLite >= 3.35
+# drops one in place, where copying `sessions` would cascade-delete every rollup.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("rollups") as batch:
-        batch.add_column(sa.Column("busy_ms", sa.BigInteger(), nullable=False, server_default="0"))
-        batch.add_column(sa.Column("energy_mj", sa.BigInteger(), nullable=True))
-        batch.add_column(
-            sa.Column(
-                "busy_source", sa.String(length=16), nullable=False, server_default="utilization"
-            )
-        )
-    with op.batch_alter_table("sessions") as batch:
-        batch.add_column(
-            sa.Column("energy_price_per_kwh", Money(), nullable=False, server_default="0")
-        )
+    op.add_column(
+        "rollups", sa.Column("busy_ms", sa.BigInteger(), nullable=False, server_default="0")
+    )
+    op.add_column("rollups", sa.Column("energy_mj", sa.BigInteger(), nullable=True))
+    op.add_column(
+        "rollups",
+        sa.Column(
+            "busy_source", sa.String(length=16), nullable=False, server_default="utilization"
+        ),
+    )
+    # as Money writes it: SQLite keeps fixed-point text, equal only in the same form
+    op.add_column(
+        "sessions",
+        sa.Column("energy_price_per_kwh", Money(), nullable=False, server_default="0.000000"),
+    )
     op.create_table(
         "process_usage",
         sa.Column("session_id", sa.Integer(), nullable=False),
