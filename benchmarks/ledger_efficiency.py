@@ -12,7 +12,11 @@ and prints each statement's plan (SQLite: EXPLAIN QUERY PLAN; PostgreSQL:
 EXPLAIN ANALYZE). Usage, from the repository root:
 
     .venv/bin/python benchmarks/ledger_scale.py --db both --postgresql-url URL --keep ...
-    .venv/bin/python benchmarks/ledger_efficiency.py sqlite:///PATH URL [--samples 200]
+    .venv/bin/python benchmarks/ledger_efficiency.py sqlite:///PATH URL --fill-sums [--samples 200]
+
+ledger_scale.py fills the tables past the ledger's writes, so the closed
+sessions' stored sums (what migration 0006 and closing a session write) are
+missing: --fill-sums adds them up first, as the migration does, and times it.
 """
 
 import argparse
@@ -25,11 +29,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import event, text
+from sqlalchemy import event, func, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jupyter_gpu_meter import usage  # noqa: E402
 from jupyter_gpu_meter.ledger import Ledger  # noqa: E402
+from jupyter_gpu_meter.ledger.models import RollupModel, SessionModel  # noqa: E402
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
@@ -81,10 +86,54 @@ def ms(seconds):
     return f"{seconds * 1e3:.1f} ms"
 
 
-def measure(url, samples, rng):
+def fill_sums(ledger):
+    """What migration 0006 does to closed sessions (ledger_scale.py fills the tables in
+    bulk, past the ledger's writes): their rollups added up into their rows. Seconds."""
+    sessions, rollups = SessionModel.__table__, RollupModel.__table__
+    s, r = sessions.c, rollups.c
+    sums = (
+        select(
+            r.session_id,
+            func.sum(r.samples).label("samples"),
+            func.sum(r.busy_ms).label("busy"),
+            func.min(r.minute).label("first"),
+            func.max(r.minute).label("last"),
+        )
+        .group_by(r.session_id)
+        .subquery()
+    )
+    started = time.perf_counter()
+    with ledger.engine.begin() as connection:
+        connection.execute(
+            update(sessions)
+            .where(s.id == sums.c.session_id, s.ended_at.is_not(None))
+            .values(
+                rollup_samples=sums.c.samples,
+                busy_ms=sums.c.busy,
+                energy_units=0,
+                rollups_from=sums.c.first,
+                rollups_until=sums.c.last,
+            )
+        )
+        connection.execute(
+            update(sessions)
+            .where(s.ended_at.is_not(None), s.rollup_samples.is_(None))
+            .values(rollup_samples=0, busy_ms=0, energy_units=0)
+        )
+    if ledger.dialect == "postgresql":
+        with ledger.engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text("VACUUM (ANALYZE) sessions")
+            )
+    return time.perf_counter() - started
+
+
+def measure(url, samples, rng, fill):
     ledger = Ledger(url)
     month = usage.month_start(NOW)
     try:
+        if fill:
+            print(f"filled in the closed sessions' sums in {fill_sums(ledger):.1f} s")
         with ledger.engine.connect() as connection:
             users = [
                 row[0] for row in connection.execute(text("SELECT DISTINCT username FROM sessions"))
@@ -146,10 +195,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("urls", nargs="+")
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument(
+        "--fill-sums", action="store_true", help="first add up the closed sessions' rollups"
+    )
     args = parser.parse_args()
     rng = random.Random(42)
     for url in args.urls:
-        measure(url, args.samples, rng)
+        measure(url, args.samples, rng, args.fill_sums)
 
 
 if __name__ == "__main__":
