@@ -54,6 +54,7 @@ def bare_tick(pynvml, handles, last_seen):
         pynvml.nvmlDeviceGetMemoryInfo(handle)
         pynvml.nvmlDeviceGetPowerUsage(handle)
         pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
         pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
         try:
             samples = pynvml.nvmlDeviceGetProcessUtilization(handle, last_seen[i])
