@@ -263,3 +263,25 @@ def test_simulated_power_must_be_a_number(tmp_path, caplog):
         reading = SimulatedSampler(inventory, path).sample().gpus[0]
     assert "power_watts" in caplog.text
     assert (reading.utilization, reading.power_watts) == (0, 60.0)
+
+
+def test_the_energy_counter_in_metrics_per_gpu():
+    from jupyter_gpu_meter.sampler import GPUReading, Tick
+    from jupyter_gpu_meter.service.metrics import exposition, metric_families
+
+    tick = Tick(
+        T0,
+        (
+            GPUReading("GPU-A", 0, "NVIDIA H100", 50, 0, 1, 300.0, energy_mj=123_456_789),
+            GPUReading("GPU-B", 1, "NVIDIA T4", 50, 0, 1),  # no counter: no sample
+        ),
+        (),
+        0.001,
+    )
+    text = exposition(metric_families(tick, {}, {}, None)).decode()
+    assert "# TYPE jupyter_gpu_meter_gpu_energy_joules_total counter" in text
+    assert (
+        'jupyter_gpu_meter_gpu_energy_joules_total{index="0",model="NVIDIA H100",uuid="GPU-A"} '
+        "123456.789" in text
+    )
+    assert 'energy_joules_total{index="1"' not in text
