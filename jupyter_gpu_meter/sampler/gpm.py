@@ -11,7 +11,7 @@ one SM as 100 %). Blocking; used by :class:`~.nvml.NVMLSampler` under its lock.
 
 from __future__ import annotations
 
-from ctypes import Structure
+_get = object.__getattribute__
 
 
 class GpmSM:
@@ -35,22 +35,15 @@ class GpmSM:
         request = nvml.c_nvmlGpmMetricsGet_t()
         request.version = nvml.NVML_GPM_METRICS_GET_VERSION
         request.numMetrics = 1
-        metric = request.metrics[0]  # shares the request's memory
-        metric.metricId = nvml.NVML_GPM_METRIC_SM_UTIL
+        self._metric = request.metrics[0]  # shares the request's memory
+        self._metric.metricId = nvml.NVML_GPM_METRIC_SM_UTIL
         self._request = request
-        # read the result through the ctypes descriptors, past pynvml's per-attribute wrapper
-        kind = type(metric)
-        self._status = (
-            kind.nvmlReturn.__get__ if issubclass(kind, Structure) else lambda m: m.nvmlReturn
-        )
-        self._value = kind.value.__get__ if issubclass(kind, Structure) else lambda m: m.value
-        self._metric = metric
 
     def read(self, handle) -> float | None:
         """Take a sample; SM activity (%) since the previous one, None on the first."""
         nvml = self._nvml
         current = self._samples[self._next]
-        self._have_previous, had_previous = False, self._have_previous
+        had_previous, self._have_previous = self._have_previous, False
         nvml.nvmlGpmSampleGet(handle, current)
         self._next ^= 1
         self._have_previous = True
@@ -60,9 +53,11 @@ class GpmSM:
         request.sample1 = self._samples[self._next]  # the previous sample
         request.sample2 = current
         nvml.nvmlGpmMetricsGet(request)
-        if self._status(self._metric) != nvml.NVML_SUCCESS:
+        # past pynvml's per-attribute wrapper of its structures (these fields are numbers)
+        if _get(self._metric, "nvmlReturn") != nvml.NVML_SUCCESS:
             return None
-        return max(0.0, min(100.0, float(self._value(self._metric))))
+        value = float(_get(self._metric, "value"))
+        return value if 0.0 <= value <= 100.0 else max(0.0, min(100.0, value))
 
     def restart(self) -> None:
         """Forget the previous sample (the GPU was lost or re-attached)."""

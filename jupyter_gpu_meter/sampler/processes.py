@@ -16,6 +16,9 @@ from .readings import ProcessReading
 _new = tuple.__new__  # ProcessReading without its Python-level __new__: every field given
 
 
+_readers: dict[type, tuple[Callable, Callable, Callable]] = {}
+
+
 def _sample_readers(samples) -> tuple[Callable, Callable, Callable]:
     """Readers of (pid, timeStamp, smUtil) for NVML process utilization samples.
 
@@ -25,9 +28,14 @@ def _sample_readers(samples) -> tuple[Callable, Callable, Callable]:
     three per process. Plain objects (other bindings) are read plainly.
     """
     kind = type(samples[0])
-    if issubclass(kind, ctypes.Structure):
-        return kind.pid.__get__, kind.timeStamp.__get__, kind.smUtil.__get__
-    return attrgetter("pid"), attrgetter("timeStamp"), attrgetter("smUtil")
+    readers = _readers.get(kind)
+    if readers is None:
+        if issubclass(kind, ctypes.Structure):
+            readers = kind.pid.__get__, kind.timeStamp.__get__, kind.smUtil.__get__
+        else:
+            readers = attrgetter("pid"), attrgetter("timeStamp"), attrgetter("smUtil")
+        _readers[kind] = readers
+    return readers
 
 
 def gpu_processes(
@@ -58,36 +66,36 @@ def gpu_processes(
             known = memory[pid]
             used = None if known is None or used is None else known + used
         memory[pid] = used
-    sm: dict[int, list[int]] = {}
+    sm: dict[int, int] = {}  # each PID's one sample's SM utilization, or its mean
     newest = last_seen_us
     if samples:
+        several: dict[int, list[int]] | None = None  # PIDs with more than one new sample
         get_pid, get_stamp, get_sm = _sample_readers(samples)
         for sample in samples:
             stamp = get_stamp(sample)
             if stamp > last_seen_us:  # never count one twice
                 pid = get_pid(sample)
                 if pid in sm:
-                    sm[pid].append(get_sm(sample))
+                    several = several or {}
+                    several.setdefault(pid, [sm[pid]]).append(get_sm(sample))
                 else:
-                    sm[pid] = [get_sm(sample)]
+                    sm[pid] = get_sm(sample)
                 if stamp > newest:
                     newest = stamp
-    pids = list(memory)
-    if any(pid not in memory for pid in sm):
-        pids += sorted(pid for pid in sm if pid not in memory)
+        for pid, values in (several or {}).items():
+            sm[pid] = round(sum(values) / len(values))
     found: list[ProcessReading] = []
-    append, no_samples = found.append, ()
-    for pid in pids:
+    append = found.append
+    for pid, used in memory.items():
         where = before.get(pid) or now.get(pid) or attribute_pid(pid, proc_root)
         now[pid] = where
-        util = sm.get(pid, no_samples)
-        if len(util) == 1:
-            util = util[0]
-        else:
-            util = round(sum(util) / len(util)) if util else None
-        append(
-            _new(
-                ProcessReading, (gpu_uuid, pid, where[0], memory.get(pid), util, where[1], where[2])
-            )
-        )
+        container, place, name = where
+        append(_new(ProcessReading, (gpu_uuid, pid, container, used, sm.get(pid), place, name)))
+    if sm.keys() <= memory.keys():
+        return found, newest
+    for pid in sorted(sm.keys() - memory.keys()):
+        where = before.get(pid) or now.get(pid) or attribute_pid(pid, proc_root)
+        now[pid] = where
+        container, place, name = where
+        append(_new(ProcessReading, (gpu_uuid, pid, container, None, sm[pid], place, name)))
     return found, newest
