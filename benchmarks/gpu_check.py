@@ -79,6 +79,11 @@ def first_line(load: subprocess.Popen, timeout: float) -> dict:
     reader.join(timeout)
     if not found or not found[0].strip():
         code = load.poll()
+        if found and code is None:  # its output closed: it is ending
+            try:
+                code = load.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
         why = f"exited with {code}" if code is not None else f"said nothing in {timeout:.0f} s"
         raise RuntimeError(f"the load {why}")
     line = json.loads(found[0])
