@@ -45,7 +45,7 @@ def breach_words(breach: Breach, running) -> str:
     elif breach.where == WHERE_HOST:
         place = "on the host"
     elif breach.where == WHERE_UNKNOWN:
-        place = "in no known place"
+        place = "in an unknown place"
     else:
         place = f"in the unmetered container {(breach.container_id or '')[:12]}"
     holder = running.get(breach.gpu_owner) if breach.gpu_owner else None
