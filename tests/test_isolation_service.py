@@ -16,17 +16,24 @@ import secrets
 import subprocess
 import sys
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from jupyter_gpu_meter.isolation import POLICY
-from jupyter_gpu_meter.sampler import NVMLSampler
+from jupyter_gpu_meter.isolation import POLICY, Breach
+from jupyter_gpu_meter.ledger import Ledger
+from jupyter_gpu_meter.pricing import Pricing
+from jupyter_gpu_meter.sampler import GPUReading, NVMLSampler, Tick
 from jupyter_gpu_meter.service.app import MeterService
 from jupyter_gpu_meter.service.gpus import gpu_rows, isolation_rows
 from jupyter_gpu_meter.service.metrics import exposition, isolation_families
+from jupyter_gpu_meter.service.state import MeterState
+from jupyter_gpu_meter.sessions import ManagedContainer, Opening, SessionChanges
 from tests.test_meter_state import HUB_ID, T0, FakeDocker, FakeHub
+from tests.test_usage_web import H100, body, fetch, serve_app
+from tests.test_usage_web import NOW as WEB_NOW
 
 #: a PID no process has here (above the kernel's pid_max default of 4194304)
 GONE = 4_194_000
@@ -301,3 +308,88 @@ async def test_a_failed_stop_is_tried_again_at_the_next_policy_check(
     assert stopped.outcome == "stopped" and "which no server holds" in stopped.reason
     await meter.runner.run_once()
     assert hub.stopped == [("ada", "")]  # once
+
+
+# --- over HTTP: api/gpus, the admin page, /metrics (the web app of test_usage_web.py) -------
+
+
+@pytest.fixture
+def web_meter(tmp_path):
+    """What the web app reads of a meter: a ledger, prices, and its state, in which
+    ada's server "train" holds GPU-A of three."""
+    ledger = Ledger(f"sqlite:///{tmp_path}/web.sqlite")
+    ledger.upgrade()
+    pricing = Pricing(prices={H100: "2.49"}, currency="EUR")
+    state = MeterState()
+    ada = ManagedContainer(
+        "e" * 64, "ada", "train", ("GPU-A",), H100, "gpu-1", None, True, WEB_NOW, None, None
+    )
+    state.apply(SessionChanges(opened=(Opening(ada, WEB_NOW, pricing.snapshot(H100, 1)),)))
+    gpus = tuple(GPUReading(f"GPU-{n}", i, H100, 0, 0, 80 << 30) for i, n in enumerate("ABC"))
+    state.sampled(Tick(WEB_NOW, gpus, (), 0.001))
+    yield SimpleNamespace(
+        ledger=ledger,
+        pricing=pricing,
+        state=state,
+        health=lambda: {"gpu_sampling": "on", "pending_writes": 0, **state.health()},
+    )
+    ledger.close()
+
+
+async def test_breaches_over_http_for_admins_the_holder_and_prometheus(web_meter):
+    meter = web_meter
+    state, ledger = meter.state, meter.ledger
+    (ada,) = state.running.values()
+    server, app = serve_app(meter)
+    try:
+        # none now, and no decision: no box at all
+        assert 'id="isolation"' not in (await fetch(app, "admin", "admin-token")).body.decode()
+        foreign = "f" * 64
+        found = Breach("GPU-A", 4242, "python", "unmanaged", foreign, ada.container_id)
+        state.isolation_checked(((found, WEB_NOW),), 1)
+        reason = f"isolation breach: PID 4242 (python) in the unmetered container {foreign[:12]}"
+        ledger.record_decision(
+            at=WEB_NOW,
+            user="ada",
+            server="train",
+            container_id=ada.container_id,
+            policy=POLICY,
+            action="report",
+            reason=reason,
+            dry_run=False,
+            outcome="reported",
+        )
+        admin = body(await fetch(app, "api/gpus", "admin-token"))["gpus"]
+        assert admin[0]["breaches"] == [
+            {
+                "pid": 4242,
+                "process_name": "python",
+                "where": "unmanaged",
+                "container_id": foreign,
+                "user": None,
+                "server": None,
+                "since": "2026-11-20T12:00:00Z",
+            }
+        ]
+        assert admin[1]["breaches"] == []
+        (only_that,) = body(await fetch(app, "api/gpus", "ada-token"))["gpus"][0]["breaches"]
+        assert only_that["pid"] is None and only_that["since"] == "2026-11-20T12:00:00Z"
+        assert body(await fetch(app, "api/gpus", "bob-token"))["gpus"][0]["breaches"] == []
+
+        page = (await fetch(app, "admin", "admin-token")).body.decode()
+        box = page[page.index('id="isolation"') :]
+        assert "Isolation breaches" in box and 'data-pid="4242"' in box
+        assert "ada/train" in box and f"unmetered container {foreign[:12]}" in box
+        assert reason in box and "report, reported" in box
+
+        text = (await fetch(app, "metrics", "prometheus-token")).body.decode()
+        assert "jupyter_gpu_meter_isolation_breaches_total 1.0" in text
+        assert "jupyter_gpu_meter_isolation_breaches 1.0" in text
+
+        state.isolation_checked((), 0)  # gone: the box says so, with the decision
+        page = (await fetch(app, "admin", "admin-token")).body.decode()
+        assert "None now." in page and reason in page
+        text = (await fetch(app, "metrics", "prometheus-token")).body.decode()
+        assert "jupyter_gpu_meter_isolation_breaches 0.0" in text
+    finally:
+        server.stop()
