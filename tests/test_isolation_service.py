@@ -10,6 +10,7 @@ of test_meter_state.py. Ticks are awaited one by one: no sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
@@ -84,6 +85,7 @@ def make_meter(tmp_path, fake_gpus):
 async def tick(meter, seconds=1):
     meter.test_clock.now += timedelta(seconds=seconds)
     await meter._tick()
+    await meter.runner.isolation.settled()  # the new breaches' decisions and stops
 
 
 async def run(meter, container_id, user, gpu, server=""):
@@ -393,3 +395,35 @@ async def test_breaches_over_http_for_admins_the_holder_and_prometheus(web_meter
         assert "jupyter_gpu_meter_isolation_breaches 0.0" in text
     finally:
         server.stop()
+
+
+class SlowHub(FakeHub):
+    """A hub whose stops wait until the test lets them through."""
+
+    def __init__(self):
+        super().__init__()
+        self.let_through = asyncio.Event()
+
+    async def stop_server(self, user, server=""):
+        await self.let_through.wait()
+        return await super().stop_server(user, server)
+
+
+@pytest.mark.docker
+async def test_a_slow_hub_never_holds_up_the_sampler(make_meter, fake_gpus, container_process):
+    hub = SlowHub()
+    meter = await make_meter(hub, stop_on_isolation_breach=True)
+    container_id, pid = container_process
+    await run(meter, container_id, "ada", None)
+    fake_gpus.add_process(0, pid)
+    fake_gpus.write()
+    for _ in range(3):  # the stop waits for the hub; the ticks go on
+        meter.test_clock.now += timedelta(seconds=1)
+        await meter._tick()
+    assert meter.state.last_tick.at == T0 + timedelta(seconds=3)
+    assert meter.state.breaches_total == 1 and hub.stopped == []
+    hub.let_through.set()
+    await meter.runner.isolation.settled()
+    assert hub.stopped == [("ada", "")]
+    (decision,) = isolation_decisions(meter)
+    assert decision.outcome == "stopped"  # recorded once the hub answered

@@ -21,6 +21,8 @@ for ``api/gpus``, the admin page and /metrics. Runs on the event loop.
 
 from __future__ import annotations
 
+import asyncio
+
 from ..isolation import POLICY as ISOLATION_POLICY
 from ..isolation import WHERE_CONTAINER, WHERE_HOST, WHERE_UNKNOWN, Breach, find_breaches
 from ..policies import STOP, Decision
@@ -66,13 +68,16 @@ class IsolationCheck:
         self._unknown_before: set[tuple[int, str]] = set()
         #: container ids of servers whose stop for a breach failed, tried again
         self.unstopped: set[str] = set()
+        #: the tasks acting on new breaches (kept until done)
+        self._acting: set[asyncio.Task] = set()
 
     @property
     def state(self):
         return self.runner.state
 
     async def check(self, tick) -> list[Breach]:
-        """Check one tick; record and act on the new breaches, which it returns."""
+        """Check one tick; returns the new breaches, acted on in a task of their own (a
+        slow ledger or hub never holds up the sampler): :meth:`settled` waits for it."""
         running = self.state.running
         allowed = {cid: frozenset(c.gpu_uuids) for cid, c in running.items()}
         found = find_breaches(tick.processes, self.state.gpu_owners(), allowed)
@@ -83,11 +88,18 @@ class IsolationCheck:
         new = [b for b in found if b.key not in since]
         self.state.isolation_checked(tuple((b, since.get(b.key, tick.at)) for b in found), len(new))
         if new:
-            await self._act(new)
+            task = asyncio.ensure_future(self._act(new, dict(running)))
+            self._acting.add(task)
+            task.add_done_callback(self._acting.discard)
         return new
 
-    async def _act(self, new: list[Breach]) -> None:
-        running = self.state.running
+    async def settled(self) -> None:
+        """Wait until the new breaches found so far are logged, recorded and acted on."""
+        await asyncio.gather(*self._acting)
+
+    async def _act(self, new: list[Breach], running: dict) -> None:
+        """Log each new breach; decide on each server concerned (`running`: the running
+        servers when the breaches were found)."""
         by_server: dict[str, list[Breach]] = {}
         for breach in new:
             self.runner.log.warning(
@@ -100,15 +112,14 @@ class IsolationCheck:
             by_server.setdefault(subject, []).append(breach)
         for container_id, breaches in by_server.items():
             container = running.get(container_id)
-            if container is None:  # (not possible on one tick: both come from `running`)
+            if container is None:  # (not possible: breaches and `running` are of one tick)
                 continue
             try:
-                await self._decide(container, breaches)
+                await self._decide(container, breaches, running)
             except Exception as e:
                 self.runner.failed(f"the isolation decision on {server_words(container)}", e)
 
-    async def _decide(self, container, breaches: list[Breach]) -> None:
-        running = self.state.running
+    async def _decide(self, container, breaches: list[Breach], running: dict) -> None:
         reason = "isolation breach: " + "; ".join(breach_words(b, running) for b in breaches)
         server = self.runner.server_state(container)
         own = breaches[0].where == WHERE_CONTAINER
