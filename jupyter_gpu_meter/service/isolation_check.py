@@ -16,7 +16,9 @@ last utilization samples for one tick, and is no breach.
 
 The current breaches (with when each was first seen) and the count of new ones
 live in the meter's state (:meth:`~jupyter_gpu_meter.service.state.MeterState.isolation_checked`),
-for ``api/gpus``, the admin page and /metrics. Runs on the event loop.
+for ``api/gpus``, the admin page and /metrics. Runs on the event loop; the
+new breaches of a tick are acted on in a task of their own, so a slow ledger
+or hub never holds up the sampler.
 """
 
 from __future__ import annotations
