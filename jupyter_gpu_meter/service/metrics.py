@@ -44,6 +44,11 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     memory_total = gauge("gpu_memory_total_bytes", "GPU memory in all.")
     power = gauge("gpu_power_watts", "GPU power draw at the last sample.")
     temperature = gauge("gpu_temperature_celsius", "GPU temperature at the last sample.")
+    energy = CounterMetricFamily(
+        PREFIX + "gpu_energy_joules",
+        "The GPU's energy counter at the last sample: joules since the driver loaded.",
+        labels=gpu_labels,
+    )
     healthy = gauge("gpu_healthy", "1 if the GPU answered the last sample, else 0.")
     allocated = gauge("gpu_allocated", "1 if a running server holds the GPU, else 0.")
     holder = gauge(
@@ -63,6 +68,8 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
             power.add_metric(labels, gpu.power_watts)
         if gpu.temperature_c is not None:
             temperature.add_metric(labels, gpu.temperature_c)
+        if gpu.energy_mj is not None:
+            energy.add_metric(labels, gpu.energy_mj / 1000)
         healthy.add_metric(labels, 1 if gpu.healthy else 0)
         allocated.add_metric(labels, 1 if gpu.uuid in holders else 0)
     for uuid, container in sorted(holders.items()):
@@ -86,7 +93,8 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
 
     sessions = GaugeMetricFamily(PREFIX + "running_sessions", "Servers running now.")
     sessions.add_metric([], len(running))
-    families = [utilization, memory_used, memory_total, power, temperature, healthy, allocated]
+    families = [utilization, memory_used, memory_total, power, temperature, energy, healthy]
+    families.append(allocated)
     if per_user is not None:
         families += [holder, gpu_seconds, charged, *storage_families(*storage)]
     families.append(sessions)
@@ -167,6 +175,24 @@ def failure_families(health: dict) -> list:
     return [open_failures, unbilled, policy_errors]
 
 
+def isolation_families(view) -> list:
+    """Isolation breaches (:mod:`jupyter_gpu_meter.isolation`) from the meter's state
+    (a :class:`~jupyter_gpu_meter.service.state.MeterView`): how many appeared since the
+    meter started, and how many there are now. They name nobody."""
+    appeared = CounterMetricFamily(
+        PREFIX + "isolation_breaches",
+        "Isolation breaches that appeared since the meter started: a process on a GPU "
+        "its server does not own, or outside every server on a GPU a server holds.",
+    )
+    appeared.add_metric([], view.breaches_total)
+    now = GaugeMetricFamily(
+        PREFIX + "isolation_breaches",
+        "Isolation breaches at the last GPU sample (processes on GPUs they should not use).",
+    )
+    now.add_metric([], len(view.breaches))
+    return [appeared, now]
+
+
 class _Families:
     def __init__(self, families):
         self.families = families
@@ -197,6 +223,7 @@ class MetricsHandler(Authenticated, JSONHandler):
         if self.viewer.sees_everyone:
             per_user = await reader.call(reader.metrics_totals)
         live = context.live
-        body = exposition(metric_families(live.tick(), live.running(), live.health(), per_user))
+        families = metric_families(live.tick(), live.running(), live.health(), per_user)
+        body = exposition([*families, *isolation_families(live.view())])
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(body)
