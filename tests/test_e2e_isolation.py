@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import requests
@@ -161,6 +162,21 @@ def test_adas_process_on_bobs_gpu_is_flagged_within_two_ticks_and_on_her_own_nev
     assert len(isolation_decisions(hub)) == 1
     assert hub.logs().count("Isolation breach: ") == 1
     assert hub.server_model("ada")["ready"] and hub.server_model("bob")["ready"]
+
+    # ada's process counts in her session's process groups, on whichever GPU it ran
+    name = Path(f"/proc/{pid}/comm").read_text().strip()
+
+    def groups():
+        with Ledger(hub.ledger_url) as ledger:
+            return ledger.process_groups(ledger.get_session(hub.ada_container).id)
+
+    (group,) = wait_until(lambda: [g for g in groups() if g.samples >= 10], 30, "ada's processes")
+    # its peak: 1 GiB on each of the two GPUs the stand-in reports it on, at one tick
+    assert (group.process_group, group.memory_max_bytes) == (name, 2 << 30)
+    assert group.present_ms >= 10 * INTERVAL * 1000 / 2  # each tick stands for ~1 interval
+    with Ledger(hub.ledger_url) as ledger:
+        bob = ledger.get_session(hub.container_of("bob").id).id
+        assert ledger.process_groups(bob) == []  # a foreign process is not bob's
 
 
 def test_with_the_stop_on_adas_server_is_stopped_and_bobs_runs_on(
