@@ -318,11 +318,6 @@ class SessionStore:
             func.sum(c.gpu_microseconds),
             func.sum(c.charge_units),
         ).where(*inside)
-        if user is None:
-            # SQLite plans without statistics; these are the plans measured fastest
-            # (docs/benchmarks.md): the month's sessions by their start, or every row
-            hint = "NOT INDEXED" if since is None else "INDEXED BY ix_sessions_started_at"
-            summed = summed.with_hint(_sessions, hint, "sqlite")
         found: dict[int, SessionRecord] = {}
         with self.db.snapshot() as connection:
             try:
