@@ -255,15 +255,22 @@ class UsageReader:
         running = self.ledger.open_sessions(user=user)
         shown = [s.container_id for s in [*page, *running] if s.gpu_count]
         minutes = self.ledger.utilization_of(shown)
+        measured = self.ledger.efficiency_of(s.id for s in [*page, *running])
 
-        def with_usage(session):
-            return usage.session_usage(session, now=now, minutes=minutes.get(session.container_id))
+        def with_usage(s):
+            found = minutes.get(s.container_id)
+            return usage.session_usage(s, now=now, minutes=found, measured=measured.get(s.id))
 
         def totals(since=None, until=None):
             sums, sessions = self.ledger.usage_sums(user=user, since=since, until=until)
-            storage = self.ledger.storage_sums(user=user, since=since, until=until)
             return usage.totals(
-                sessions, now=now, since=since, until=until, sums=sums, storage=storage
+                sessions,
+                now=now,
+                since=since,
+                until=until,
+                sums=sums,
+                storage=self.ledger.storage_sums(user=user, since=since, until=until),
+                efficiency=self.ledger.efficiency_by_user(user=user, since=since, until=until),
             )
 
         all_time = totals()
@@ -300,9 +307,14 @@ class UsageReader:
         now = self.clock()
         # the database adds up the closed sessions; only the others are read here
         sums, sessions = self.ledger.usage_sums(since=since, until=until)
-        storage = self.ledger.storage_sums(since=since, until=until)
         in_range = usage.totals_by_user(
-            sessions, now=now, since=since, until=until, sums=sums, storage=storage
+            sessions,
+            now=now,
+            since=since,
+            until=until,
+            sums=sums,
+            storage=self.ledger.storage_sums(since=since, until=until),
+            efficiency=self.ledger.efficiency_by_user(since=since, until=until),
         )
         rows = usage.user_table(in_range, self.ledger.last_active(now))
         rows = usage.sort_users(rows, sort, descending=order == "desc", currency=self.currency)
@@ -351,14 +363,16 @@ class UsageReader:
         (:func:`~jupyter_gpu_meter.usage.storage_row`), by user and volume."""
         now = self.clock()
         sessions = self.ledger.sessions(user=user, since=since, until=until)
-        rows = usage.export_rows(sessions, now=now, since=since, until=until)
+        measured = self.ledger.efficiency_of(s.id for s in sessions)
+        rows = usage.export_rows(sessions, now=now, since=since, until=until, measured=measured)
         lines = self.ledger.storage_sums(user=user, since=since, until=until, by_volume=True)
         rows += [usage.storage_row(line) for line in lines]
         return paginate(rows, limit=len(rows) if limit is None else limit, offset=offset)
 
     def metrics_totals(self) -> tuple:
-        """All-time (GPU-seconds per user, charges per user and currency, storage), cached
-        briefly; storage is :class:`StorageMetrics`."""
+        """All-time (GPU-seconds per user, charges per user and currency, storage,
+        efficiency), cached briefly; storage is :class:`StorageMetrics`, efficiency
+        the user rows of :func:`~jupyter_gpu_meter.usage.usage_by_user`."""
         with self._metrics_lock:
             cached = self._metrics_cache
             if cached and time.monotonic() - cached[0] < self.settings.metrics_cache_seconds:
@@ -367,15 +381,14 @@ class UsageReader:
             seconds: dict[str, Decimal] = {}
             charges: dict[tuple[str, str], Decimal] = {}
             sums, sessions = self.ledger.usage_sums()
-            for row in usage.usage_by_user(sessions, now=now, sums=sums):
+            efficiency = self.ledger.efficiency_by_user(since=None, until=None)
+            rows = usage.usage_by_user(sessions, now=now, sums=sums, efficiency=efficiency)
+            for row in rows:
                 seconds[row.user] = seconds.get(row.user, Decimal(0)) + row.gpu_hours * 3600
                 charges[(row.user, row.currency)] = row.charges
             measured_at, volumes = self.ledger.storage_now()
-            result = (
-                seconds,
-                charges,
-                StorageMetrics(measured_at, volumes, self.ledger.storage_sums()),
-            )
+            storage = StorageMetrics(measured_at, volumes, self.ledger.storage_sums())
+            result = (seconds, charges, storage, rows)
             self._metrics_cache = (time.monotonic(), result)
             return result
 
