@@ -197,7 +197,7 @@ def efficiency_families(rows=()) -> list:
         scaled = ((busy, busy_h, 3600), (idle, idle_h, 3600), (energy, kwh, 3_600_000))
         for family, value, scale in scaled:
             if value is not None:
-                family.add_metric([user], float(value) * scale)
+                family.add_metric([user], float(value * scale))
     return [busy, idle, energy, charged]
 
 
