@@ -262,16 +262,11 @@ class UsageReader:
             return usage.session_usage(s, now=now, minutes=found, measured=measured.get(s.id))
 
         def totals(since=None, until=None):
-            sums, sessions = self.ledger.usage_sums(user=user, since=since, until=until)
-            return usage.totals(
-                sessions,
-                now=now,
-                since=since,
-                until=until,
-                sums=sums,
-                storage=self.ledger.storage_sums(user=user, since=since, until=until),
-                efficiency=self.ledger.efficiency_by_user(user=user, since=since, until=until),
-            )
+            span = {"user": user, "since": since, "until": until}
+            sums, sessions = self.ledger.usage_sums(**span)
+            extra = {"storage": self.ledger.storage_sums(**span), "sums": sums}
+            extra["efficiency"] = self.ledger.efficiency_by_user(**span)
+            return usage.totals(sessions, now=now, since=since, until=until, **extra)
 
         all_time = totals()
 
@@ -306,16 +301,11 @@ class UsageReader:
         """Every user in the ledger: totals over [since, until), last active, sorted, one page."""
         now = self.clock()
         # the database adds up the closed sessions; only the others are read here
-        sums, sessions = self.ledger.usage_sums(since=since, until=until)
-        in_range = usage.totals_by_user(
-            sessions,
-            now=now,
-            since=since,
-            until=until,
-            sums=sums,
-            storage=self.ledger.storage_sums(since=since, until=until),
-            efficiency=self.ledger.efficiency_by_user(since=since, until=until),
-        )
+        span = {"since": since, "until": until}
+        sums, sessions = self.ledger.usage_sums(**span)
+        extra = {"storage": self.ledger.storage_sums(**span), "sums": sums}
+        extra["efficiency"] = self.ledger.efficiency_by_user(**span)
+        in_range = usage.totals_by_user(sessions, now=now, **span, **extra)
         rows = usage.user_table(in_range, self.ledger.last_active(now))
         rows = usage.sort_users(rows, sort, descending=order == "desc", currency=self.currency)
         limit = self.settings.users_page_size if limit is None else limit
