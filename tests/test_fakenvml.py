@@ -331,3 +331,81 @@ def test_subprocess_via_ld_library_path(two_gpus, tmp_path):
         cwd=tmp_path,
     )
     assert out.stdout.strip() == f"2 {H100}"
+
+
+def test_energy_counter_reset_and_unsupported(two_gpus):
+    assert pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(0)) == 0
+    two_gpus.set_energy(0, 2**50 + 1)  # 64 bits
+    two_gpus.set_energy(1, 10)
+    two_gpus.write()
+    assert pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(0)) == 2**50 + 1
+    assert two_gpus.add_energy(1, 5) == 15
+    two_gpus.write()
+    assert pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(1)) == 15
+    two_gpus.set_energy(1, 2)  # a reset: lower than before
+    two_gpus.set_unsupported(0, "energy")
+    two_gpus.write()
+    assert pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(1)) == 2
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(0))
+    with pytest.raises(ValueError, match="energy_mj"):
+        two_gpus.set_energy(0, -1)
+
+
+def gpm_request(sample1, sample2, *metrics):
+    request = pynvml.c_nvmlGpmMetricsGet_t()
+    request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = len(metrics)
+    request.sample1, request.sample2 = sample1, sample2
+    for i, metric in enumerate(metrics):
+        request.metrics[i].metricId = metric
+    return request
+
+
+def test_gpm_the_way_the_real_bindings_call_it(two_gpus, fake_nvml_lib):
+    from tests.fakenvml import gpm_samples_allocated
+
+    two_gpus.set_gpm(0, sm_activity=12.5)
+    two_gpus.write()
+    assert pynvml.nvmlGpmQueryDeviceSupport(handle(0)).isSupportedDevice == 1
+    assert pynvml.nvmlGpmQueryDeviceSupport(handle(1)).isSupportedDevice == 0
+    a, b, c = (pynvml.nvmlGpmSampleAlloc() for _ in range(3))
+    assert gpm_samples_allocated(fake_nvml_lib) == 3
+    pynvml.nvmlGpmSampleGet(handle(0), a)
+    two_gpus.set_sm_activity(0, 99.0)
+    two_gpus.write()
+    pynvml.nvmlGpmSampleGet(handle(0), b)
+    request = gpm_request(a, b, pynvml.NVML_GPM_METRIC_SM_UTIL, pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL)
+    pynvml.nvmlGpmMetricsGet(request)
+    sm, dram = request.metrics[0], request.metrics[1]
+    assert (sm.nvmlReturn, sm.value) == (pynvml.NVML_SUCCESS, 99.0)  # the later sample's
+    assert sm.metricInfo.shortName == b"sm_util"
+    assert dram.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # the later one first
+        pynvml.nvmlGpmMetricsGet(gpm_request(b, a, pynvml.NVML_GPM_METRIC_SM_UTIL))
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # never taken
+        pynvml.nvmlGpmMetricsGet(gpm_request(a, c, pynvml.NVML_GPM_METRIC_SM_UTIL))
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # a GPU without GPM
+        pynvml.nvmlGpmSampleGet(handle(1), c)
+    two_gpus.set_gpm(1)
+    two_gpus.write()
+    pynvml.nvmlGpmSampleGet(handle(1), c)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # two GPUs
+        pynvml.nvmlGpmMetricsGet(gpm_request(b, c, pynvml.NVML_GPM_METRIC_SM_UTIL))
+    stale = gpm_request(a, b, pynvml.NVML_GPM_METRIC_SM_UTIL)
+    stale.version = 2
+    with pytest.raises(pynvml.NVMLError_ArgumentVersionMismatch):
+        pynvml.nvmlGpmMetricsGet(stale)
+    two_gpus.set_lost(0)
+    two_gpus.write()
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlGpmMetricsGet(gpm_request(a, b, pynvml.NVML_GPM_METRIC_SM_UTIL))
+    for sample in (a, b, c):
+        pynvml.nvmlGpmSampleFree(sample)
+    assert gpm_samples_allocated(fake_nvml_lib) == 0
+    two_gpus.set_unsupported(1, "gpm")
+    two_gpus.write()
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlGpmQueryDeviceSupport(handle(1))
+    with pytest.raises(ValueError, match="sm_activity"):
+        two_gpus.set_sm_activity(1, "busy")

@@ -140,6 +140,7 @@ def test_readings_per_gpu(fake_nvml, tmp_path):
     fake_nvml.add_gpu(
         name="NVIDIA L4", memory_total=24152899584, util=0, power_mw=16500, temperature=41
     )
+    fake_nvml.set_energy(0, 2**40 + 7)  # mJ since the driver loaded: beyond 32 bits
     fake_nvml.set_power(0, 250123)
     fake_nvml.set_temperature(0, 55)
     sampler = open_sampler(fake_nvml, clock=lambda: T0)
@@ -159,9 +160,11 @@ def test_readings_per_gpu(fake_nvml, tmp_path):
             85520809984,
             250.123,
             55,
+            energy_mj=2**40 + 7,
         ),
-        GPUReading(fake_nvml.uuids[1], 1, "NVIDIA L4", 0, 0, 24152899584, 16.5, 41),
+        GPUReading(fake_nvml.uuids[1], 1, "NVIDIA L4", 0, 0, 24152899584, 16.5, 41, energy_mj=0),
     )
+    assert all(g.sm_activity is None for g in tick.gpus)  # no GPM on these
     assert all(g.healthy and g.problem == "" for g in tick.gpus)
 
 

@@ -1,8 +1,15 @@
-"""Which Docker container a GPU process runs in: host PID -> container id, from /proc.
+"""Where a GPU process runs: host PID -> (container id, where, name), from /proc.
 
-The NVIDIA driver reports host PIDs; ``/proc/<pid>/cgroup`` names the
-container (cgroup v1, v2 with systemd or cgroupfs, nested containers). Blocking
-(reads /proc): the samplers call it in their executor.
+The NVIDIA driver reports host PIDs. ``/proc/<pid>/stat`` gives the process's
+name (field 2, the same text as ``/proc/<pid>/comm``) and its start time (field
+22); ``/proc/<pid>/cgroup`` names the Docker container (cgroup v1, v2 with
+systemd or cgroupfs, nested containers). Blocking (reads /proc): the samplers
+call it in their executor.
+
+What a first sight of a PID costs: three small reads (stat, cgroup, stat again
+to see that the process did not end meanwhile). After that the answer is cached
+per process (PID and start time), so a PID seen before costs one stat read; the
+NVML sampler skips even that for PIDs it listed in the previous tick.
 """
 
 from __future__ import annotations
@@ -10,9 +17,28 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
+
+from .readings import WHERE_CONTAINER, WHERE_HOST, WHERE_UNKNOWN
 
 # cgroup v1 and cgroupfs v2: ".../docker/<id>"; systemd (v1 or v2): ".../docker-<id>.scope"
 _DOCKER_CGROUP = re.compile(r"/docker(?:/([0-9a-f]{64})|-([0-9a-f]{64})\.scope)(?=/|$)")
+
+
+class Attribution(NamedTuple):
+    """Where one process runs, as :class:`~.readings.ProcessReading` carries it."""
+
+    #: the Docker container (64 hex digits), None if none or unknown
+    container_id: str | None
+    #: WHERE_CONTAINER, WHERE_HOST or WHERE_UNKNOWN
+    where: str
+    #: the process's name (``comm``, at most 15 characters), "" when unknown
+    name: str
+
+
+#: what a PID whose /proc entry cannot be read gets: it ended, or it lives in
+#: another PID namespace than the one ``proc_root`` shows
+UNKNOWN = Attribution(None, WHERE_UNKNOWN, "")
 
 
 def container_from_cgroup(text: str) -> str | None:
@@ -30,60 +56,87 @@ def container_from_cgroup(text: str) -> str | None:
     return None
 
 
-def _start_time(proc_root: str, pid: int) -> bytes | None:
-    """Field 22 of ``/proc/<pid>/stat``: when the process started (clock ticks since boot)."""
+def _stat(proc_root: str, pid: int) -> tuple[bytes, str] | None:
+    """(start time, name) from ``/proc/<pid>/stat``; None when it cannot be read.
+
+    The start time is field 22 (clock ticks since boot); the name is field 2,
+    in parentheses, and may itself hold spaces and parentheses.
+    """
     try:
         with open(f"{proc_root}/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    fields = data[data.rfind(b")") + 2 :].split()  # fields[0] is field 3 (comm may hold spaces)
-    return fields[19] if len(fields) > 19 else None
+    close = data.rfind(b")")
+    fields = data[close + 2 :].split()  # fields[0] is field 3
+    if close < 0 or len(fields) <= 19:
+        return None
+    name = data[data.find(b"(") + 1 : close].decode("utf-8", "replace").strip()
+    return fields[19], name
 
 
 class ContainerLookup:
-    """Host PID -> Docker container id, cached per process.
+    """Host PID -> where the process runs, cached per process.
 
     A cache entry is keyed by the PID and the process's start time, so a reused
     PID never inherits the old process's container. At most ``maxsize`` entries,
-    least recently used dropped first.
+    least recently used dropped first. Calling the lookup gives the container id
+    only; :meth:`attribution` gives container, where and name. Thread-safe.
     """
 
     def __init__(self, maxsize: int = 4096) -> None:
         self.maxsize = maxsize
-        self._cache: OrderedDict[tuple[str, int, bytes], str | None] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, bytes], Attribution] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, pid: int, proc_root: str = "/proc") -> str | None:
+        return self.attribution(pid, proc_root).container_id
+
+    def attribution(self, pid: int, proc_root: str = "/proc") -> Attribution:
+        """Container id, where and name of host process ``pid``; :data:`UNKNOWN` if unreadable."""
         if pid <= 0:
-            return None
-        started = _start_time(proc_root, pid)
-        if started is None:
-            return None
+            return UNKNOWN
+        stat = _stat(proc_root, pid)
+        if stat is None:
+            return UNKNOWN
+        started, name = stat
         key = (proc_root, pid, started)
         with self._lock:
-            if key in self._cache:
+            found = self._cache.get(key)
+            if found is not None:
                 self._cache.move_to_end(key)
-                return self._cache[key]
+                return found
         try:
             with open(f"{proc_root}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
                 container = container_from_cgroup(f.read())
         except OSError:
-            container = None
-        if _start_time(proc_root, pid) != started:
-            return None  # the process ended (its PID maybe reused) while we read
+            return UNKNOWN  # ended meanwhile, or the file is closed to us: say nothing
+        again = _stat(proc_root, pid)
+        if again is None or again[0] != started:
+            return UNKNOWN  # the process ended (its PID maybe reused) while we read
+        found = Attribution(container, WHERE_CONTAINER if container else WHERE_HOST, name)
         with self._lock:
-            self._cache[key] = container
+            self._cache[key] = found
             while len(self._cache) > self.maxsize:
                 self._cache.popitem(last=False)
-        return container
+        return found
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
 
 
-_container_lookup = ContainerLookup()
+_lookup = ContainerLookup()
+
+
+def attribute_pid(pid: int, proc_root: str = "/proc") -> Attribution:
+    """Where host process ``pid`` runs: its container, "container"/"host"/"unknown", its name.
+
+    "unknown" (with no name) when ``<proc_root>/<pid>`` cannot be read: the
+    process ended, or it lives in another PID namespace. Blocking (reads
+    /proc); cached per process, shared with :func:`container_of_pid`.
+    """
+    return _lookup.attribution(pid, proc_root)
 
 
 def container_of_pid(pid: int, proc_root: str = "/proc") -> str | None:
@@ -93,4 +146,4 @@ def container_of_pid(pid: int, proc_root: str = "/proc") -> str | None:
     nested containers). None for a process outside Docker, a missing PID or an
     unreadable file. Blocking (reads /proc); cached per process.
     """
-    return _container_lookup(pid, proc_root)
+    return _lookup.attribution(pid, proc_root).container_id

@@ -2,32 +2,42 @@
 
 Per GPU and tick it calls ``nvmlDeviceGetUtilizationRates``,
 ``nvmlDeviceGetMemoryInfo``, ``nvmlDeviceGetPowerUsage``,
-``nvmlDeviceGetTemperature`` (GPU sensor), ``nvmlDeviceGetComputeRunningProcesses``
-and ``nvmlDeviceGetProcessUtilization(handle, last_seen)``. The last one returns
-every per-process sample newer than ``last_seen``, kept per GPU, so no sample is
-lost or counted twice between two ticks. The driver reports host PIDs;
-:func:`~jupyter_gpu_meter.sampler.attribution.container_of_pid` maps them to
-Docker containers.
+``nvmlDeviceGetTemperature`` (GPU sensor), ``nvmlDeviceGetTotalEnergyConsumption``,
+``nvmlDeviceGetComputeRunningProcesses``, on GPUs with GPM (Hopper and later)
+``nvmlGpmSampleGet`` and ``nvmlGpmMetricsGet`` (:mod:`.gpm`), and last
+``nvmlDeviceGetProcessUtilization(handle, last_seen)``. That one returns every
+per-process sample newer than ``last_seen``, kept per GPU, so no sample is lost
+or counted twice between two ticks. The driver reports host PIDs;
+:func:`~jupyter_gpu_meter.sampler.attribution.attribute_pid` says which Docker
+container each runs in (or the host, or unknown) and its name.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..clock import utcnow
 from ..gpus import Inventory
-from .attribution import container_of_pid
-from .readings import GPUReading, ProcessReading, SamplerUnavailable, Tick
+from .attribution import Attribution
+from .gpm import GpmSM
+from .processes import gpu_processes
+from .readings import GPUReading, SamplerUnavailable, Tick
 
 _log = logging.getLogger(__name__)
 
 _NO_DRIVER = "no NVIDIA driver library: metering runtime only, no utilization"
+_GPM_CALLS = "nvmlGpmSampleGet/nvmlGpmMetricsGet"
+
+# tuple.__new__ skips the named tuple's Python-level __new__ (every field is given, in
+# order); object.__getattribute__ skips pynvml's per-attribute wrapper of its
+# structures (it decodes bytes; these fields are numbers)
+_new = tuple.__new__
+_get = object.__getattribute__
 
 
 @dataclass
@@ -42,6 +52,10 @@ class _Device:
     #: newest process-utilization sample already counted (µs, the driver's clock)
     last_seen_us: int = 0
     problem: str = ""
+    #: all of the GPU's readings answered last time: read them in one go, not call by call
+    fast: bool = True
+    #: the GPU's GPM samples, None without GPM
+    gpm: GpmSM | None = None
     #: kinds of failure (NVML error class names) logged since the GPU was last healthy
     failures_logged: set[str] = field(default_factory=set)
     #: (call, error) pairs logged once for the life of the sampler
@@ -55,37 +69,24 @@ class _DeviceFailed(Exception):
         self.error = error
 
 
-def _sample_fields(samples) -> list[tuple[int, int, int]]:
-    """(pid, timeStamp, smUtil) of NVML process utilization samples.
-
-    Read through the ctypes fields themselves: pynvml's structures wrap every
-    attribute read in a Python method (it decodes bytes, which these integer
-    fields never are), and a tick reads three per process.
-    """
-    if not samples:
-        return []
-    kind = type(samples[0])
-    if not issubclass(kind, ctypes.Structure):
-        return [(s.pid, s.timeStamp, s.smUtil) for s in samples]
-    pid, stamp, sm_util = kind.pid.__get__, kind.timeStamp.__get__, kind.smUtil.__get__
-    return [(pid(s), stamp(s), sm_util(s)) for s in samples]
-
-
-def _mean(values: list[int] | None) -> int | None:
-    return round(sum(values) / len(values)) if values else None
-
-
 class NVMLSampler:
     """Reads every GPU through NVML. Blocking: call it off the event loop.
 
     An NVML error on one GPU never stops the tick or touches the other GPUs:
-    a call the GPU does not support (or may not be made) leaves that field None;
-    any other error (GPU lost, unknown) reports the GPU unhealthy with the error,
-    and its handle is fetched again on the next tick. Each kind of error is
-    logged once per GPU, and so is the recovery.
+    a call the GPU does not support (or may not be made, or the driver does
+    not have) leaves that field None; any other error (GPU lost, unknown)
+    reports the GPU unhealthy with the error, and its handle is fetched again
+    on the next tick. Each kind of error is logged once per GPU, and so is the
+    recovery.
+
+    Each process gets its container, where it runs and its name from
+    :func:`~.attribution.attribute_pid` when its PID first shows; a PID the
+    previous tick listed keeps what it had (no /proc read at all), see
+    :func:`~.processes.gpu_processes`.
 
     ``inventory`` names GPUs that NVML cannot even identify at ``open()``;
-    ``proc_root`` is where host PIDs are looked up.
+    ``proc_root`` is where host PIDs are looked up. All state belongs to the
+    thread that holds the sampler's lock (one tick at a time).
     """
 
     def __init__(
@@ -105,9 +106,8 @@ class NVMLSampler:
         self._nvml = None
         self._devices: list[_Device] = []
         self._running_processes: Callable | None = None
-        #: PID -> container of the processes of the previous and of this tick
-        self._containers_before: dict[int, str | None] = {}
-        self._containers_now: dict[int, str | None] = {}
+        #: PID -> attribution of the processes of the previous tick
+        self._attributed: dict[int, Attribution] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> NVMLSampler:
@@ -160,9 +160,10 @@ class NVMLSampler:
                     self._failed(device, failure)
                 device.last_seen_us = last_seen.get(device.uuid, 0)
             self.log.info(
-                "NVML sampler: driver %s, %d GPU(s)%s",
+                "NVML sampler: driver %s, %d GPU(s)%s%s",
                 self.driver_version,
                 count,
+                "".join(f", GPM on {d.index}" for d in self._devices if d.gpm),
                 "".join(
                     f", {d.index}: {d.uuid} unhealthy ({d.problem})"
                     for d in self._devices
@@ -171,11 +172,15 @@ class NVMLSampler:
             )
 
     def close(self) -> None:
-        """Shut NVML down (it is reference counted per process). Safe to call twice."""
+        """Free the GPM samples and shut NVML down (reference counted). Safe to call twice."""
         with self._lock:
             nvml, self._nvml = self._nvml, None
             if nvml is None:
                 return
+            for device in self._devices:
+                if device.gpm is not None:
+                    device.gpm.free()
+                    device.gpm = None
             try:
                 nvml.nvmlShutdown()
             except nvml.NVMLError as e:
@@ -189,12 +194,16 @@ class NVMLSampler:
             at = self.clock()
             started = time.perf_counter()
             gpus, processes = [], []
-            self._containers_now = {}
+            before, now, proc_root = self._attributed, {}, self.proc_root
             for device in self._devices:
-                reading, device_processes = self._read(device)
+                reading, running, samples = self._read(device)
                 gpus.append(reading)
-                processes.extend(device_processes)
-            self._containers_before = self._containers_now
+                if running or samples:
+                    found, device.last_seen_us = gpu_processes(
+                        device.uuid, running, samples, device.last_seen_us, before, now, proc_root
+                    )
+                    processes.extend(found)
+            self._attributed = now
             return Tick(at, tuple(gpus), tuple(processes), time.perf_counter() - started)
 
     # one GPU ---------------------------------------------------------------------
@@ -217,43 +226,67 @@ class NVMLSampler:
             device.uuid, device.last_seen_us = uuid, 0
         device.model = model
         device.handle = handle
+        device.fast = True
+        self._attach_gpm(device, handle)
 
-    def _read(self, device: _Device) -> tuple[GPUReading, list[ProcessReading]]:
+    def _attach_gpm(self, device: _Device, handle) -> None:
+        """Ask whether the GPU has GPM; keep (or allocate, or free) its two samples."""
+        nvml = self._nvml
+        try:
+            supported = bool(nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice)
+            if supported and device.gpm is None:
+                device.gpm = GpmSM(nvml)
+        except nvml.NVMLError as e:
+            self._note(device, "nvmlGpmQueryDeviceSupport", e, "no GPM SM activity")
+            supported = False
+        if device.gpm is not None:
+            if supported:
+                device.gpm.restart()
+            else:
+                device.gpm.free()
+                device.gpm = None
+
+    def _read(self, device: _Device) -> tuple[GPUReading, list, list]:
+        """The GPU's reading, its running processes and its new process samples."""
         nvml = self._nvml
         try:
             if device.handle is None:
                 self._attach(device)
             handle = device.handle
-            rates = self._call(
-                device, "nvmlDeviceGetUtilizationRates", nvml.nvmlDeviceGetUtilizationRates, handle
-            )
-            memory = self._call(
-                device, "nvmlDeviceGetMemoryInfo", nvml.nvmlDeviceGetMemoryInfo, handle
-            )
-            power_mw = self._call(
-                device, "nvmlDeviceGetPowerUsage", nvml.nvmlDeviceGetPowerUsage, handle
-            )
-            temperature = self._call(
-                device,
-                "nvmlDeviceGetTemperature",
-                nvml.nvmlDeviceGetTemperature,
-                handle,
-                nvml.NVML_TEMPERATURE_GPU,
-            )
-            running = self._call(
-                device, "nvmlDeviceGetComputeRunningProcesses", self._processes_of, handle
-            )
+            values = None
+            if device.fast:
+                try:
+                    values = (
+                        nvml.nvmlDeviceGetUtilizationRates(handle),
+                        nvml.nvmlDeviceGetMemoryInfo(handle),
+                        nvml.nvmlDeviceGetPowerUsage(handle),
+                        nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
+                        nvml.nvmlDeviceGetTotalEnergyConsumption(handle),
+                        self._processes_of(handle),
+                    )
+                except nvml.NVMLError:
+                    device.fast = False  # read call by call, now and until it is re-attached
+            if values is None:
+                values = self._read_each(device, handle)
+                device.fast = None not in values  # back to one go when all answer again
+            rates, memory, power_mw, temperature, energy_mj, running = values
+            sm_activity = None
+            if device.gpm is not None:
+                try:
+                    sm_activity = device.gpm.read(handle)
+                except nvml.NVMLError as e:
+                    self._optional(device, _GPM_CALLS, e)
             # last: once it returns, its samples are taken and last_seen moves on
-            samples = self._call(
-                device,
-                "nvmlDeviceGetProcessUtilization",
-                nvml.nvmlDeviceGetProcessUtilization,
-                handle,
-                device.last_seen_us,
-                quiet=(nvml.NVML_ERROR_NOT_FOUND, nvml.NVML_SUCCESS),  # no new samples
-            )
+            try:
+                samples = nvml.nvmlDeviceGetProcessUtilization(handle, device.last_seen_us)
+            except nvml.NVMLError_NotFound:
+                samples = None  # no new samples
+            except nvml.NVMLError as e:
+                samples = self._optional(device, "nvmlDeviceGetProcessUtilization", e)
         except _DeviceFailed as failure:
             device.handle = None
+            if device.gpm is not None:
+                device.gpm.restart()
             self._failed(device, failure)
             reading = GPUReading(
                 device.uuid,
@@ -265,63 +298,51 @@ class NVMLSampler:
                 healthy=False,
                 problem=device.problem,
             )
-            return reading, []
+            return reading, [], []
         if device.problem:
             self.log.info(
                 "GPU %d (%s) recovered (was: %s)", device.index, device.uuid, device.problem
             )
             device.problem = ""
             device.failures_logged.clear()
+        used = 0
         if memory is not None:
-            device.memory_total_bytes = memory.total
-        reading = GPUReading(
-            device.uuid,
-            device.index,
-            device.model,
-            None if rates is None else int(rates.gpu),
-            0 if memory is None else int(memory.used),
-            device.memory_total_bytes,
-            None if power_mw is None else power_mw / 1000.0,
-            None if temperature is None else int(temperature),
+            used = _get(memory, "used")
+            device.memory_total_bytes = _get(memory, "total")
+        reading = _new(
+            GPUReading,
+            (
+                device.uuid,
+                device.index,
+                device.model,
+                None if rates is None else _get(rates, "gpu"),
+                used,
+                device.memory_total_bytes,
+                None if power_mw is None else power_mw / 1000.0,
+                temperature,
+                True,
+                "",
+                energy_mj,
+                sm_activity,
+            ),
         )
-        return reading, self._processes(device, running or [], samples or [])
+        return reading, running or [], samples or []
 
-    def _processes(self, device: _Device, running, samples) -> list[ProcessReading]:
-        """Running processes, then processes that left samples but have exited since."""
-        sm: dict[int, list[int]] = {}
-        last_seen = newest = device.last_seen_us
-        for pid, timestamp, sm_util in _sample_fields(samples):
-            if timestamp > last_seen:  # never count one twice
-                sm.setdefault(pid, []).append(sm_util)
-                newest = max(newest, timestamp)
-        device.last_seen_us = newest
-        memory: dict[int, int | None] = {}
-        for process in running:  # the same PID once per MIG instance: add them up
-            pid, used = process.pid, process.usedGpuMemory
-            if pid in memory and memory[pid] is not None and used is not None:
-                used += memory[pid]
-            memory[pid] = used
-        pids = list(memory) + sorted(pid for pid in sm if pid not in memory)
-        return [
-            ProcessReading(
-                device.uuid, pid, self._container(pid), memory.get(pid), _mean(sm.get(pid))
+    def _read_each(self, device: _Device, handle) -> tuple:
+        """The readings call by call, for a GPU where one of them fails."""
+        nvml = self._nvml
+        values = [
+            self._call(device, name, getattr(nvml, name), handle, *args)
+            for name, args in (
+                ("nvmlDeviceGetUtilizationRates", ()),
+                ("nvmlDeviceGetMemoryInfo", ()),
+                ("nvmlDeviceGetPowerUsage", ()),
+                ("nvmlDeviceGetTemperature", (nvml.NVML_TEMPERATURE_GPU,)),
+                ("nvmlDeviceGetTotalEnergyConsumption", ()),
             )
-            for pid in pids
         ]
-
-    def _container(self, pid: int) -> str | None:
-        """container_of_pid, remembered while the PID stays on a GPU from one tick to the next.
-
-        A PID that NVML lists again one tick later is taken to be the same process
-        (its PID could only have been reused if the process ended and another GPU
-        process got the same PID within one interval); this spares the /proc reads.
-        """
-        if pid in self._containers_before:
-            container = self._containers_before[pid]
-        else:
-            container = container_of_pid(pid, self.proc_root)
-        self._containers_now[pid] = container
-        return container
+        name = "nvmlDeviceGetComputeRunningProcesses"
+        return (*values, self._call(device, name, self._processes_of, handle))
 
     def _processes_of(self, handle):
         """nvmlDeviceGetComputeRunningProcesses; the v2 struct where the driver has no v3."""
@@ -333,27 +354,37 @@ class NVMLSampler:
             self._running_processes = nvml.nvmlDeviceGetComputeRunningProcesses_v2
             return self._running_processes(handle)
 
-    def _call(self, device: _Device, call: str, func: Callable, *args, quiet: Iterable[int] = ()):
+    def _call(self, device: _Device, call: str, func: Callable, *args):
         """``func(*args)``; None when the GPU cannot answer this call; _DeviceFailed when broken."""
-        nvml = self._nvml
         try:
             return func(*args)
-        except nvml.NVMLError as e:
-            if e.value in quiet or e.value == nvml.NVML_ERROR_INSUFFICIENT_SIZE:
-                return None  # nothing new, or the list grew between two calls: next tick
-            if e.value not in (nvml.NVML_ERROR_NOT_SUPPORTED, nvml.NVML_ERROR_NO_PERMISSION):
-                raise _DeviceFailed(call, e) from e
-            note = (call, type(e).__name__)
-            if note not in device.notes_logged:
-                device.notes_logged.add(note)
-                self.log.info(
-                    "GPU %d (%s): %s: %s; that reading stays empty",
-                    device.index,
-                    device.uuid,
-                    call,
-                    e,
-                )
+        except self._nvml.NVMLError as e:
+            return self._optional(device, call, e)
+
+    def _optional(self, device: _Device, call: str, e: Exception):
+        """None for an error that leaves one reading empty; raise _DeviceFailed for the others.
+
+        Empty: the GPU does not support the call, may not make it, or the
+        driver has no such function (logged once); the process list grew
+        between two calls (the next tick reads it).
+        """
+        nvml = self._nvml
+        if e.value == nvml.NVML_ERROR_INSUFFICIENT_SIZE:
             return None
+        if e.value not in (
+            nvml.NVML_ERROR_NOT_SUPPORTED,
+            nvml.NVML_ERROR_NO_PERMISSION,
+            nvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+        ):
+            raise _DeviceFailed(call, e) from e
+        self._note(device, call, e, "that reading stays empty")
+        return None
+
+    def _note(self, device: _Device, call: str, e: Exception, meaning: str) -> None:
+        note = (call, type(e).__name__)
+        if note not in device.notes_logged:
+            device.notes_logged.add(note)
+            self.log.info("GPU %d (%s): %s: %s; %s", device.index, device.uuid, call, e, meaning)
 
     def _failed(self, device: _Device, failure: _DeviceFailed) -> None:
         device.problem = f"{failure.error} ({failure.call})"

@@ -1,4 +1,10 @@
-"""The simulated sampler: simulated GPUs' utilization from a JSON file a test or demo writes."""
+"""The simulated sampler: simulated GPUs' utilization from a JSON file a test or demo writes.
+
+Energy is simulated too: each GPU's counter starts at 0 when the sampler opens
+and grows by the GPU's power times the sampler clock's time since the previous
+sample (power from the file's ``"power_watts"``, else 60 W + 6 W per percent of
+utilization), in whole milliwatts and microseconds, so the counter is exact.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..clock import utcnow
 from ..gpus import GPU, Inventory
@@ -17,11 +23,21 @@ from .readings import GPUReading, Tick
 _log = logging.getLogger(__name__)
 
 
-def _simulated_values(data) -> dict[str, tuple[int, int]]:
-    """{uuid: (utilization, memory used)} from the simulated utilization file's JSON."""
+#: the simulated power of a GPU without "power_watts": idle watts, and watts per percent
+IDLE_WATTS = 60
+WATTS_PER_PERCENT = 6
+
+
+def simulated_power_mw(utilization: int) -> int:
+    """A simulated GPU's power (mW) at ``utilization`` percent: 60 W + 6 W per percent."""
+    return (IDLE_WATTS + WATTS_PER_PERCENT * utilization) * 1000
+
+
+def _simulated_values(data) -> dict[str, tuple[int, int, int]]:
+    """{uuid: (utilization, memory used, power in mW)} from the simulated file's JSON."""
     accepted = (
-        'expected {"GPU-uuid": 80} or '
-        '{"GPU-uuid": {"utilization": 80, "memory_used_bytes": 1073741824}}'
+        'expected {"GPU-uuid": 80} or {"GPU-uuid": {"utilization": 80, '
+        '"memory_used_bytes": 1073741824, "power_watts": 450}}'
     )
     if not isinstance(data, dict):
         raise ValueError(accepted)
@@ -29,24 +45,34 @@ def _simulated_values(data) -> dict[str, tuple[int, int]]:
     for uuid, value in data.items():
         if isinstance(value, dict):
             utilization, memory = value.get("utilization", 0), value.get("memory_used_bytes", 0)
+            power = value.get("power_watts")
         else:
-            utilization, memory = value, 0
-        if not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in (utilization, memory)
-        ):
+            utilization, memory, power = value, 0, None
+        numbers = (utilization, memory) if power is None else (utilization, memory, power)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
             raise ValueError(f"{uuid}: {value!r}: {accepted}")
-        values[uuid] = (max(0, min(100, round(utilization))), max(0, int(memory)))
+        utilization = max(0, min(100, round(utilization)))
+        power_mw = simulated_power_mw(utilization) if power is None else max(0, round(power * 1000))
+        values[uuid] = (utilization, max(0, int(memory)), power_mw)
     return values
+
+
+_IDLE_MW = simulated_power_mw(0)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class SimulatedSampler:
     """Readings for simulated GPUs, from a JSON file a test or demo writes.
 
     The file maps GPU UUIDs to a utilization percentage (``{"GPU-…": 80}``) or
-    to ``{"utilization": 80, "memory_used_bytes": 1073741824}``. It is read
-    again whenever it changes; a missing file or UUID reads as 0. A file that is
-    not valid JSON (caught mid-write, say) keeps the previous values. No
-    processes, no power, no temperature.
+    to ``{"utilization": 80, "memory_used_bytes": 1073741824, "power_watts":
+    450}`` (each key optional). It is read again whenever it changes; a missing
+    file or UUID reads as 0. A file that is not valid JSON (caught mid-write,
+    say) keeps the previous values. Each reading has the power (``power_watts``,
+    else 60 W + 6 W per percent) and an energy counter: mJ since :meth:`open`,
+    the reading's power times the clock's time since the previous sample (each
+    sample's power taken to have held since the one before). No processes, no
+    temperature, no GPM.
     """
 
     driver_version = ""
@@ -63,11 +89,17 @@ class SimulatedSampler:
         self.utilization_file = os.fspath(utilization_file) if utilization_file else None
         self.clock = clock
         self.log = log or _log
-        self._values: dict[str, tuple[int, int]] = {}
+        self._values: dict[str, tuple[int, int, int]] = {}
         self._seen: tuple[int, int, int] | None = None
+        #: energy so far per GPU, in nJ (mW x µs): whole numbers, so no rounding drifts
+        self._energy_nj: dict[str, int] = {}
+        self._last_at: datetime | None = None
         self._lock = threading.Lock()
 
     def open(self) -> None:
+        with self._lock:
+            self._energy_nj = {gpu.uuid: 0 for gpu in self.gpus}
+            self._last_at = self.clock()
         self.log.info(
             "simulated GPU sampler: %d GPU(s), utilization from %s",
             len(self.gpus),
@@ -89,20 +121,29 @@ class SimulatedSampler:
             at = self.clock()
             started = time.perf_counter()
             values = self._read()
-            gpus = tuple(
-                GPUReading(
-                    gpu.uuid,
-                    gpu.index,
-                    gpu.model,
-                    values.get(gpu.uuid, (0, 0))[0],
-                    values.get(gpu.uuid, (0, 0))[1],
-                    gpu.memory_total_bytes,
-                    healthy=gpu.healthy,
-                    problem=gpu.problem,
+            # before open(): the counters start at the first sample; a clock going back adds 0
+            last, self._last_at = self._last_at or at, at
+            elapsed_us = max(0, (at - last) // _MICROSECOND)
+            gpus = []
+            for gpu in self.gpus:
+                utilization, memory, power_mw = values.get(gpu.uuid) or (0, 0, _IDLE_MW)
+                energy_nj = self._energy_nj.get(gpu.uuid, 0) + power_mw * elapsed_us
+                self._energy_nj[gpu.uuid] = energy_nj
+                gpus.append(
+                    GPUReading(
+                        gpu.uuid,
+                        gpu.index,
+                        gpu.model,
+                        utilization,
+                        memory,
+                        gpu.memory_total_bytes,
+                        power_mw / 1000,
+                        healthy=gpu.healthy,
+                        problem=gpu.problem,
+                        energy_mj=energy_nj // 1_000_000,
+                    )
                 )
-                for gpu in self.gpus
-            )
-            return Tick(at, gpus, (), time.perf_counter() - started)
+            return Tick(at, tuple(gpus), (), time.perf_counter() - started)
 
     def _read(self) -> dict[str, tuple[int, int]]:
         if not self.utilization_file:

@@ -44,6 +44,11 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     memory_total = gauge("gpu_memory_total_bytes", "GPU memory in all.")
     power = gauge("gpu_power_watts", "GPU power draw at the last sample.")
     temperature = gauge("gpu_temperature_celsius", "GPU temperature at the last sample.")
+    energy = CounterMetricFamily(
+        PREFIX + "gpu_energy_joules",
+        "The GPU's energy counter at the last sample: joules since the driver loaded.",
+        labels=gpu_labels,
+    )
     healthy = gauge("gpu_healthy", "1 if the GPU answered the last sample, else 0.")
     allocated = gauge("gpu_allocated", "1 if a running server holds the GPU, else 0.")
     holder = gauge(
@@ -63,6 +68,8 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
             power.add_metric(labels, gpu.power_watts)
         if gpu.temperature_c is not None:
             temperature.add_metric(labels, gpu.temperature_c)
+        if gpu.energy_mj is not None:
+            energy.add_metric(labels, gpu.energy_mj / 1000)
         healthy.add_metric(labels, 1 if gpu.healthy else 0)
         allocated.add_metric(labels, 1 if gpu.uuid in holders else 0)
     for uuid, container in sorted(holders.items()):
@@ -87,7 +94,8 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
 
     sessions = GaugeMetricFamily(PREFIX + "running_sessions", "Servers running now.")
     sessions.add_metric([], len(running))
-    families = [utilization, memory_used, memory_total, power, temperature, healthy, allocated]
+    families = [utilization, memory_used, memory_total, power, temperature, energy, healthy]
+    families.append(allocated)
     if per_user is not None:
         families += [holder, gpu_seconds, charged, *storage_families(*storage)]
         families += efficiency_families(*efficiency)

@@ -38,6 +38,9 @@ the count is the highest index + 1)::
     gpu 0 ecc_corrected 0
     gpu 0 ecc_uncorrected 0
     gpu 0 retired_pages_pending 0
+    gpu 0 energy_mj 123456789         # nvmlDeviceGetTotalEnergyConsumption (mJ)
+    gpu 0 gpm 1                       # GPM (Hopper+): nvmlGpmQueryDeviceSupport says yes
+    gpu 0 sm_activity 42.5            # what nvmlGpmMetricsGet gives for SM_UTIL (%)
     gpu 0 lost 1                      # every call on it: NVML_ERROR_GPU_IS_LOST
     gpu 0 unsupported power           # that call: NVML_ERROR_NOT_SUPPORTED (repeatable)
     process 0 1234 used_memory 1073741824 gpu_instance 0 compute_instance 0
@@ -49,7 +52,16 @@ NVML_VALUE_NOT_AVAILABLE (pynvml turns it into ``None``), no instance ids mean
 0xFFFFFFFF (not MIG), like the real driver.  ``unsupported`` names, short or
 the NVML function name (a versioned function also matches its unversioned name):
 ``name uuid index minor pci compute_capability memory utilization power
-temperature ecc retired_pages topology processes process_utilization``.
+temperature ecc retired_pages topology processes process_utilization energy
+gpm`` (``gpm``: every GPM call, a driver without GPM).
+
+GPM: ``nvmlGpmSampleAlloc``/``Free`` hand out sample buffers (the non-NVML
+``fakeNvmlGpmSamplesAllocated()`` counts those not freed, see
+:func:`gpm_samples_allocated`); ``nvmlGpmSampleGet`` on a GPU with ``gpm 1``
+records its ``sm_activity`` (NOT_SUPPORTED without); ``nvmlGpmMetricsGet``
+between two samples of one GPU, the first taken first (else INVALID_ARGUMENT),
+gives the second sample's value for ``NVML_GPM_METRIC_SM_UTIL`` and a per-metric
+NOT_SUPPORTED for any other metric.
 
 Semantics: a missing state file at ``nvmlInit`` gives NVML_ERROR_DRIVER_NOT_LOADED
 (no driver); once initialized, a file that disappears keeps the last state; a line
@@ -77,6 +89,7 @@ __all__ = [
     "LIB_NAME",
     "SOURCE",
     "build",
+    "gpm_samples_allocated",
     "load",
     "reset",
     "subprocess_env",
@@ -169,6 +182,11 @@ def reset(lib_path: str | os.PathLike[str]) -> None:
     ctypes.CDLL(str(lib_path)).fakeNvmlReset()
 
 
+def gpm_samples_allocated(lib_path: str | os.PathLike[str]) -> int:
+    """How many GPM samples the code under test allocated and has not freed."""
+    return int(ctypes.CDLL(str(lib_path)).fakeNvmlGpmSamplesAllocated())
+
+
 def subprocess_env(
     lib_path: str | os.PathLike[str],
     state_path: str | os.PathLike[str],
@@ -204,8 +222,16 @@ _U32_FIELDS = (
     "minor",
     "pci_device_id",
     "retired_pages_pending",
+    "gpm",
 )
-_U64_FIELDS = ("memory_total", "memory_used", "memory_reserved", "ecc_corrected", "ecc_uncorrected")
+_U64_FIELDS = (
+    "memory_total",
+    "memory_used",
+    "memory_reserved",
+    "ecc_corrected",
+    "ecc_uncorrected",
+    "energy_mj",
+)
 
 
 class FakeNVML:
@@ -271,6 +297,9 @@ class FakeNVML:
         ecc_corrected: int = 0,
         ecc_uncorrected: int = 0,
         retired_pages_pending: int = 0,
+        energy_mj: int = 0,
+        gpm: bool = False,
+        sm_activity: float = 0.0,
     ) -> int:
         """Declare the next GPU; return its NVML index."""
         index = len(self.gpus)
@@ -304,6 +333,9 @@ class FakeNVML:
             ecc_corrected=ecc_corrected,
             ecc_uncorrected=ecc_uncorrected,
             retired_pages_pending=retired_pages_pending,
+            energy_mj=energy_mj,
+            gpm=gpm,
+            sm_activity=sm_activity,
         )
         return index
 
@@ -313,6 +345,12 @@ class FakeNVML:
         for key, value in fields.items():
             if key in ("uuid", "name", "pci"):
                 value = _check_text(value, key)
+            elif key == "gpm":
+                value = int(bool(value))
+            elif key == "sm_activity":
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"sm_activity must be a number (percent): {value!r}")
+                value = float(value)
             elif key in _U32_FIELDS:
                 value = _check_uint(value, key)
             elif key in _U64_FIELDS:
@@ -359,6 +397,26 @@ class FakeNVML:
 
     def set_temperature(self, index: int, celsius: int) -> None:
         self.set_gpu(index, temperature=celsius)
+
+    def set_energy(self, index: int, millijoules: int) -> None:
+        """The total-energy counter (mJ since the driver loaded); a lower value models a reset."""
+        self.set_gpu(index, energy_mj=millijoules)
+
+    def add_energy(self, index: int, millijoules: int) -> int:
+        """Move the energy counter on by ``millijoules``; return the new value."""
+        self.set_energy(index, self._gpu(index)["energy_mj"] + millijoules)
+        return self._gpu(index)["energy_mj"]
+
+    def set_gpm(self, index: int, supported: bool = True, sm_activity: float | None = None) -> None:
+        """GPM (Hopper and later) on or off, and the SM activity (%) its metrics give."""
+        fields: dict = {"gpm": supported}
+        if sm_activity is not None:
+            fields["sm_activity"] = sm_activity
+        self.set_gpu(index, **fields)
+
+    def set_sm_activity(self, index: int, percent: float) -> None:
+        """What nvmlGpmMetricsGet gives for SM_UTIL between two later samples of this GPU."""
+        self.set_gpu(index, sm_activity=percent)
 
     def set_lost(self, index: int, lost: bool = True) -> None:
         """Mark the GPU fallen off the bus (every call: GPU_IS_LOST), or recovered."""
@@ -456,6 +514,7 @@ class FakeNVML:
         for i, gpu in enumerate(self.gpus):
             for key in ("uuid", "name", "pci", *_U32_FIELDS, *_U64_FIELDS):
                 lines.append(f"gpu {i} {key} {gpu[key]}")
+            lines.append(f"gpu {i} sm_activity {gpu['sm_activity']!r}")
             major, minor = gpu["compute_capability"]
             lines.append(f"gpu {i} compute_capability {major}.{minor}")
             lines.append(f"gpu {i} lost {int(gpu['lost'])}")

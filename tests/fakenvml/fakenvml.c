@@ -72,8 +72,9 @@ typedef struct { unsigned int version; int sensorType; int temperature; } nvmlTe
 struct gpu {
     char uuid[96], name[96], busId[32], unsupported[512];
     unsigned int domain, bus, device, pci_device_id, minor, util, memory_util, power_mw,
-        temperature, lost, retired_pending, cc_major, cc_minor;
-    unsigned long long memory_total, memory_used, memory_reserved, ecc[2];
+        temperature, lost, retired_pending, cc_major, cc_minor, gpm;
+    unsigned long long memory_total, memory_used, memory_reserved, ecc[2], energy_mj;
+    double sm_activity; /* what nvmlGpmMetricsGet gives for NVML_GPM_METRIC_SM_UTIL */
 };
 typedef struct gpu *nvmlDevice_t;
 struct proc { unsigned int gpu, pid, gi, ci; unsigned long long used; };
@@ -155,6 +156,12 @@ static int parse_gpu_line(struct state *s, const char *line)
         sprintf(g->unsupported + n, "%s ", v); /* kept as " a b c " */
         return 0;
     }
+    if (!strcmp(key, "sm_activity")) {
+        char *end;
+        if (!*v) return -1;
+        g->sm_activity = strtod(v, &end);
+        return *end ? -1 : 0;
+    }
     if (!strcmp(key, "compute_capability"))
         return sscanf(v, "%u.%u%n", &g->cc_major, &g->cc_minor, &off) == 2 && !v[off] ? 0 : -1;
     static const struct { const char *key; size_t off; } u64s[] = {
@@ -163,6 +170,7 @@ static int parse_gpu_line(struct state *s, const char *line)
         {"memory_reserved", offsetof(struct gpu, memory_reserved)},
         {"ecc_corrected", offsetof(struct gpu, ecc[0])},
         {"ecc_uncorrected", offsetof(struct gpu, ecc[1])},
+        {"energy_mj", offsetof(struct gpu, energy_mj)},
     };
     static const struct { const char *key; size_t off; } u32s[] = {
         {"util", offsetof(struct gpu, util)},
@@ -173,6 +181,7 @@ static int parse_gpu_line(struct state *s, const char *line)
         {"minor", offsetof(struct gpu, minor)},
         {"pci_device_id", offsetof(struct gpu, pci_device_id)},
         {"retired_pages_pending", offsetof(struct gpu, retired_pending)},
+        {"gpm", offsetof(struct gpu, gpm)},
     };
     for (size_t k = 0; k < sizeof u64s / sizeof *u64s; k++)
         if (!strcmp(key, u64s[k].key))
@@ -742,4 +751,125 @@ nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t d, nvmlProcesses
     }
     return process_samples(d, info ? &info->processSamplesCount : NULL, info ? info->procUtilArray : NULL,
                            info ? info->lastSeenTimeStamp : 0, fill_info_v1, __func__);
+}
+
+/* ---- energy -------------------------------------------------------------- */
+
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t d, unsigned long long *energy)
+{
+    struct gpu *g;
+    nvmlReturn_t r = ENTER_DEV(d, "energy", &g);
+    OUT_ARG(energy) *energy = g->energy_mj;
+    return leave(r);
+}
+
+/* ---- GPM (Hopper and later) ---------------------------------------------- *
+ * A sample remembers the GPU and its sm_activity when it was taken; the
+ * metrics between two samples give the later sample's value.  A GPU is a GPM
+ * GPU when its state says "gpm 1"; "unsupported gpm" makes every GPM call on
+ * it NOT_SUPPORTED (a driver without GPM). */
+
+#define GPM_SAMPLE_MAGIC 0x47504d53u
+#define GPM_METRIC_SM_UTIL 2
+typedef struct { unsigned int version, isSupportedDevice; } nvmlGpmSupport_t;
+struct gpm_sample { unsigned int magic, gpu; int taken; double sm; unsigned long long seq; };
+typedef struct gpm_sample *nvmlGpmSample_t;
+typedef struct { const char *shortName, *longName, *unit; } nvmlGpmMetricInfo_t;
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    nvmlGpmMetricInfo_t metricInfo;
+} nvmlGpmMetric_t;
+typedef struct {
+    unsigned int version, numMetrics;
+    nvmlGpmSample_t sample1, sample2;
+    nvmlGpmMetric_t metrics[]; /* NVML_GPM_METRIC_MAX of them; numMetrics are read */
+} nvmlGpmMetricsGet_t;
+
+static unsigned long long gpm_seq;
+static int gpm_allocated;
+
+/* Not NVML: how many GPM samples are allocated and not freed. */
+int fakeNvmlGpmSamplesAllocated(void)
+{
+    pthread_mutex_lock(&lock);
+    int n = gpm_allocated;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+
+nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t d, nvmlGpmSupport_t *support)
+{
+    struct gpu *g;
+    nvmlReturn_t r = ENTER_DEV(d, "gpm", &g);
+    OUT_ARG(support) {
+        if (support->version != 1) return leave(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        support->isSupportedDevice = g->gpm ? 1 : 0;
+    }
+    return leave(r);
+}
+
+nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample)
+{
+    nvmlReturn_t r = enter();
+    OUT_ARG(sample) {
+        struct gpm_sample *s = calloc(1, sizeof *s);
+        if (!s) return leave(NVML_ERROR_MEMORY);
+        s->magic = GPM_SAMPLE_MAGIC;
+        *sample = s;
+        gpm_allocated++;
+    }
+    return leave(r);
+}
+
+nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample)
+{
+    nvmlReturn_t r = enter();
+    OUT_ARG(sample && sample->magic == GPM_SAMPLE_MAGIC) {
+        sample->magic = 0;
+        free(sample);
+        gpm_allocated--;
+    }
+    return leave(r);
+}
+
+nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t d, nvmlGpmSample_t sample)
+{
+    struct gpu *g;
+    nvmlReturn_t r = ENTER_DEV(d, "gpm", &g);
+    if (r == NVML_SUCCESS && !g->gpm) r = NVML_ERROR_NOT_SUPPORTED;
+    OUT_ARG(sample && sample->magic == GPM_SAMPLE_MAGIC) {
+        sample->gpu = index_of(g);
+        sample->sm = g->sm_activity;
+        sample->seq = ++gpm_seq;
+        sample->taken = 1;
+    }
+    return leave(r);
+}
+
+/* Two samples of one GPU, the first taken before the second, else INVALID_ARGUMENT. */
+nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *m)
+{
+    nvmlReturn_t r = enter();
+    OUT_ARG(m) {
+        const struct gpm_sample *a = m->sample1, *b = m->sample2;
+        if (m->version != 1) return leave(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        if (!a || !b || a->magic != GPM_SAMPLE_MAGIC || b->magic != GPM_SAMPLE_MAGIC || !a->taken ||
+            !b->taken || a->gpu != b->gpu || a->seq >= b->seq || m->numMetrics > 1000)
+            return leave(NVML_ERROR_INVALID_ARGUMENT);
+        if (a->gpu >= cur.ngpus || cur.gpus[a->gpu].lost) return leave(NVML_ERROR_GPU_IS_LOST);
+        for (unsigned int i = 0; i < m->numMetrics; i++) {
+            nvmlGpmMetric_t *x = &m->metrics[i];
+            if (x->metricId == GPM_METRIC_SM_UTIL) {
+                x->nvmlReturn = NVML_SUCCESS;
+                x->value = b->sm;
+                x->metricInfo = (nvmlGpmMetricInfo_t){"sm_util", "SM utilization", "%"};
+            } else {
+                x->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+                x->value = 0;
+            }
+        }
+    }
+    return leave(r);
 }
