@@ -13,7 +13,7 @@ from jupyter_gpu_meter import budgets, usage
 from jupyter_gpu_meter.ledger import SessionRecord
 from jupyter_gpu_meter.ledger.records import EfficiencySum, SessionEfficiency
 from jupyter_gpu_meter.pricing import PriceSnapshot
-from jupyter_gpu_meter.service.metrics import efficiency_families, gpu_energy_family
+from jupyter_gpu_meter.service.metrics import efficiency_families
 from jupyter_gpu_meter.usage.totals import UserTotals
 
 UTC = timezone.utc
@@ -258,17 +258,3 @@ def test_metrics_give_busy_and_idle_gpu_seconds_and_energy_per_user():
     assert value["jupyter_gpu_meter_user_idle_gpu_seconds"] == [972.0]
     assert value["jupyter_gpu_meter_user_energy_joules"] == [3_600_000.0]
     assert value["jupyter_gpu_meter_user_energy_charges"] == [0.3]
-
-
-def test_metrics_give_each_gpus_energy_counter_in_joules():
-    class GPU:
-        def __init__(self, uuid, energy_mj):
-            self.uuid, self.index, self.model, self.energy_mj = uuid, 0, H100, energy_mj
-
-    class Tick:
-        gpus = [GPU("GPU-a", 12_345), GPU("GPU-b", None)]
-
-    family = gpu_energy_family(Tick())
-    assert family.name == "jupyter_gpu_meter_gpu_energy_joules"
-    assert [(s.labels["uuid"], s.value) for s in family.samples] == [("GPU-a", 12.345)]
-    assert gpu_energy_family(None).samples == []

@@ -99,7 +99,7 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     if per_user is not None:
         families += [holder, gpu_seconds, charged, *storage_families(*storage)]
         families += efficiency_families(*efficiency)
-    families += [gpu_energy_family(tick), sessions]
+    families.append(sessions)
     tick_duration = GaugeMetricFamily(
         PREFIX + "sampler_tick_duration_seconds",
         "How long the last GPU sample took (absent while GPU sampling is off).",
@@ -154,20 +154,6 @@ def storage_families(storage=None) -> list:
         if storage.measured_at is not None:
             measured.add_metric([], storage.measured_at.timestamp())
     return [size, gb_hours, charged, measured]
-
-
-def gpu_energy_family(tick):
-    """Each GPU's energy counter at the last sample: joules since its driver loaded
-    (it starts again from 0 when the driver reloads, as a Prometheus counter may)."""
-    energy = CounterMetricFamily(
-        PREFIX + "gpu_energy_joules",
-        "GPU energy since the driver loaded, at the last sample (absent where not reported).",
-        labels=["uuid", "index", "model"],
-    )
-    for gpu in tick.gpus if tick is not None else ():
-        if getattr(gpu, "energy_mj", None) is not None:
-            energy.add_metric([gpu.uuid, str(gpu.index), gpu.model], gpu.energy_mj / 1000)
-    return energy
 
 
 def efficiency_families(rows=()) -> list:
