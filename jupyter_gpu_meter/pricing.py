@@ -64,10 +64,12 @@ class PriceSnapshot:
     billing_increment_s: int = 1
     #: the least a session with any duration costs
     minimum_charge: Decimal = Decimal(0)
+    #: per kWh of the session's GPUs' energy; 0: energy is not charged
+    energy_price_per_kwh: Decimal = Decimal(0)
 
     def __post_init__(self):
         # frozen: normalise through object.__setattr__
-        for name in ("price_per_gpu_hour", "cpu_price_per_hour", "minimum_charge"):
+        for name in _AMOUNTS:
             object.__setattr__(self, name, parse_money(getattr(self, name), name))
         object.__setattr__(self, "currency", parse_currency(self.currency))
         for name, least in (("gpus", 0), ("billing_increment_s", 1)):
@@ -96,6 +98,8 @@ class PriceSnapshot:
         for field in fields(cls):
             key = _label(field.name)
             if key not in (container_labels or {}):
+                if field.name in _LABELS_ADDED_LATER:
+                    continue  # an older container's: the field's default
                 raise ValueError(f"container label {key!r} is missing: no price snapshot")
             values[field.name] = container_labels[key]
         for name in ("gpus", "billing_increment_s"):
@@ -106,6 +110,12 @@ class PriceSnapshot:
                     f"container label {_label(name)!r} is {values[name]!r}, not a whole number"
                 ) from None
         return cls(**values)
+
+
+#: the snapshot's amounts of money
+_AMOUNTS = ("price_per_gpu_hour", "cpu_price_per_hour", "minimum_charge", "energy_price_per_kwh")
+#: labels containers started by older versions lack: they read as the field's default
+_LABELS_ADDED_LATER = frozenset({"energy_price_per_kwh"})
 
 
 def _label(name: str) -> str:
@@ -173,7 +183,19 @@ class Pricing(LoggingConfigurable):
         """,
     ).tag(config=True)
 
-    @validate("default_price", "cpu_price", "minimum_charge", "storage_price")
+    energy_price = Any(
+        Decimal(0),
+        help="""
+        Price per kWh of the energy a server's GPUs use, e.g. ``"0.30"``, in
+        ``currency``. The meter reads each GPU's energy counter (NVML's total
+        energy, in millijoules) and charges a session the energy its GPUs used
+        while it held them: 2 kWh at 0.30 costs 0.60, on top of the GPU time.
+        The price in force when a server starts is the one it pays. Default 0:
+        energy is not charged, but still measured and shown.
+        """,
+    ).tag(config=True)
+
+    @validate("default_price", "cpu_price", "minimum_charge", "storage_price", "energy_price")
     def _check_amount(self, proposal):
         return parse_money(proposal.value, f"Pricing.{proposal.trait.name}")
 
@@ -219,6 +241,7 @@ class Pricing(LoggingConfigurable):
             currency=self.currency,
             billing_increment_s=self.billing_increment,
             minimum_charge=self.minimum_charge,
+            energy_price_per_kwh=self.energy_price,
         )
 
 
@@ -390,3 +413,36 @@ def from_storage_units(units: int) -> Decimal:
 def from_byte_hours(byte_hours: int) -> Decimal:
     """Byte-hours as GB-hours (exact)."""
     return Decimal(byte_hours).scaleb(-9)
+
+
+# --- energy --------------------------------------------------------------------------
+
+#: millijoules in a kWh: 3.6 × 10**6 J
+MILLIJOULES_PER_KWH = 3_600_000_000
+
+
+def _check_energy(energy_mj) -> int:
+    if isinstance(energy_mj, bool) or not isinstance(energy_mj, int) or energy_mj < 0:
+        raise ValueError(f"energy_mj must be a whole number of millijoules >= 0, got {energy_mj!r}")
+    return energy_mj
+
+
+def energy_kwh(energy_mj: int) -> Decimal:
+    """Millijoules as kWh, to 28 significant digits (mJ / 3,600,000,000)."""
+    return _CONTEXT.divide(Decimal(_check_energy(energy_mj)), Decimal(MILLIJOULES_PER_KWH))
+
+
+def energy_units(energy_mj: int, price_per_kwh) -> int:
+    """What `energy_mj` costs at `price_per_kwh`, in :data:`CHARGE_UNITS` parts, half up.
+
+    mJ / 3.6 × 10**9 × price × 3.6 × 10**9 parts: the energy in mJ × the price
+    in millionths / 10**6, so the only rounding is below a millionth of a
+    millionth of the currency per session. Whole numbers add up exactly.
+    """
+    price_millionths = int(parse_money(price_per_kwh, "price_per_kwh").scaleb(MONEY_PLACES))
+    return _divide_half_up(_check_energy(energy_mj) * price_millionths, 10**MONEY_PLACES)
+
+
+def energy_charge(energy_mj: int, price_per_kwh) -> Decimal:
+    """What `energy_mj` costs at `price_per_kwh` (:func:`energy_units` as an amount)."""
+    return from_charge_units(energy_units(energy_mj, price_per_kwh))

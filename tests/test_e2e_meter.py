@@ -64,7 +64,14 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
     assert len(user_sessions(hub, "ada")) == 1
     with Ledger(hub.ledger_url) as ledger:
         rollups = ledger.rollups(container.id)
+        efficiency = ledger.efficiency_of([session.id])[session.id]
     assert 10 <= sum(r.samples for r in rollups) <= seconds + 1  # ~1 sample a second
+    # busy time: utilization x the ~1 s each tick stands for, what the rollups hold
+    util_seconds = sum(r.util_mean * r.samples for r in rollups) / 100
+    assert efficiency.busy_gpu_ms == sum(r.busy_ms for r in rollups)
+    assert abs(efficiency.busy_gpu_ms - util_seconds * 1000) <= 0.25 * util_seconds * 1000
+    assert efficiency.busy_source == "utilization"
+    assert efficiency.memory_max_bytes == 5 << 30
     assert {r.gpu_uuid for r in rollups} == {uuid}
     assert max(r.util_max for r in rollups) == 73
     assert max(r.memory_max_bytes for r in rollups) == 5 << 30

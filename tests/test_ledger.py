@@ -23,8 +23,10 @@ from sqlalchemy.exc import OperationalError, StatementError
 from jupyter_gpu_meter.ledger import (
     Ledger,
     LedgerSchemaError,
+    Money,
     Rollup,
     RollupRow,
+    UTCDateTime,
     WriteBuffer,
 )
 from jupyter_gpu_meter.ledger import schema as ledger_schema
@@ -130,6 +132,40 @@ def rollup(minute_s=0, writer="meter-a", samples=30, mean=50.0, top=80, memory=1
     )
 
 
+#: the sessions table's columns since revision 0001
+OLD_SESSIONS = sa.table(
+    "sessions",
+    *(sa.column(name, sa.String()) for name in ("container_id", "username", "server")),
+    *(sa.column(name, sa.String()) for name in ("gpu_uuids", "gpu_model", "profile", "currency")),
+    *(sa.column(name, Money()) for name in ("price_per_gpu_hour", "cpu_price_per_hour")),
+    sa.column("minimum_charge", Money()),
+    *(sa.column(name, sa.Integer()) for name in ("gpu_count", "billing_increment_s")),
+    *(sa.column(name, UTCDateTime()) for name in ("started_at", "last_seen_at")),
+)
+
+
+def insert_old_session(connection, container_id="c1", *, user="alice", gpus=("GPU-a",)):
+    """A session as an older revision's meter wrote it: only the columns of 0001."""
+    connection.execute(
+        OLD_SESSIONS.insert().values(
+            container_id=container_id,
+            username=user,
+            server="",
+            gpu_uuids=",".join(gpus),
+            gpu_model=H100 if gpus else "",
+            profile="gpu-1",
+            currency="USD",
+            price_per_gpu_hour=Decimal("2.49"),
+            cpu_price_per_hour=Decimal("0.05"),
+            minimum_charge=Decimal(0),
+            gpu_count=len(gpus),
+            billing_increment_s=1,
+            started_at=T0,
+            last_seen_at=T0,
+        )
+    )
+
+
 @contextmanager
 def write_lock(url):
     """Another connection holding the lock the ledger's writes need, until the block ends."""
@@ -182,7 +218,7 @@ def test_older_revision_is_not_migrated_behind_the_admins_back(make_ledger):
     ledger = make_ledger()
     with ledger.engine.begin() as connection:
         ledger_schema.upgrade(connection, "0001")
-    assert open_session(ledger) is True  # sessions exist since 0001
+        insert_old_session(connection)  # sessions exist since 0001
     for check in (ledger.check_revision, ledger.ensure_schema):
         with pytest.raises(LedgerSchemaError) as error:
             check()

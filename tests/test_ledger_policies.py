@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from jupyter_gpu_meter.ledger import BudgetChange, BudgetRecord, DecisionRecord
 from jupyter_gpu_meter.ledger import schema as ledger_schema
 from tests import test_ledger
-from tests.test_ledger import T0, at, open_session
+from tests.test_ledger import T0, at, insert_old_session, open_session
 
 # the same databases as test_ledger.py: a SQLite file and PostgreSQL
 db_url = test_ledger.db_url
@@ -46,7 +46,7 @@ def test_upgrading_from_0002_keeps_the_sessions_and_adds_the_tables(make_ledger)
     ledger = make_ledger()
     with ledger.engine.begin() as connection:
         ledger_schema.upgrade(connection, "0002")
-    open_session(ledger)
+        insert_old_session(connection)
     ledger.upgrade()
     ledger.check_revision()
     assert ledger.get_session("c1").user == "alice"

@@ -14,6 +14,10 @@ from jupyter_gpu_meter.pricing import (
     billable_seconds,
     charge,
     charge_units,
+    energy_charge,
+    energy_kwh,
+    energy_units,
+    from_charge_units,
     gpu_microseconds,
     gpu_seconds,
     round_money,
@@ -194,6 +198,8 @@ def test_floats_are_read_through_their_repr():
         ("currency", "dollars", r"Pricing.currency 'dollars' is not an ISO 4217 code.*'USD'"),
         ("currency", "US1", r"not an ISO 4217 code: use e.g. 'USD' or 'EUR'"),
         ("billing_increment", 0, r"at least 1 second: use 1 to bill per second or 60"),
+        ("energy_price", "-0.30", r"Pricing.energy_price '-0.30' is not allowed.*e.g. 2.49"),
+        ("energy_price", "0.0000001", r"Pricing.energy_price .* more than 6 decimal places"),
     ],
 )
 def test_bad_settings_say_how_to_fix_them(trait, value, message):
@@ -256,3 +262,60 @@ def test_snapshot_fields_are_checked():
 )
 def test_round_money_to_the_minor_unit(amount, currency, shown):
     assert str(round_money(Decimal(amount), currency)) == shown
+
+
+# --- energy ----------------------------------------------------------------------------
+
+
+def test_energy_in_kwh_is_exact():
+    assert energy_kwh(3_600_000_000) == 1
+    assert energy_kwh(0) == 0
+    assert energy_kwh(1_800_000) == Decimal("0.0005")
+    # a recurring decimal: 28 significant digits
+    assert energy_kwh(1) == Decimal(1) / Decimal(3_600_000_000)
+
+
+def test_energy_charge_in_charge_units_half_up():
+    # 2 kWh at 0.30: 0.60
+    assert energy_charge(7_200_000_000, "0.30") == Decimal("0.6")
+    assert energy_units(7_200_000_000, "0.30") == Decimal("0.6") * CHARGE_UNITS
+    # units are mJ x price in millionths / 10**6: 1 mJ at 0.500000 is half a unit, up
+    assert energy_units(1, "0.5") == 1
+    assert energy_units(1, "0.499999") == 0
+    assert energy_units(3, "0.5") == 2  # 1.5 -> 2
+    assert energy_units(10**15, "0") == 0
+    assert energy_charge(1, "0.5") == from_charge_units(1)
+
+
+@pytest.mark.parametrize(
+    "energy, price, message",
+    [
+        (-1, "0.30", "energy_mj must be a whole number of millijoules >= 0, got -1"),
+        (1.5, "0.30", "got 1.5"),
+        (True, "0.30", "got True"),
+        (1, "-1", "price_per_kwh '-1' is not allowed"),
+    ],
+)
+def test_bad_energy_is_refused(energy, price, message):
+    with pytest.raises(ValueError, match=message):
+        energy_units(energy, price)
+
+
+def test_the_energy_price_is_in_the_snapshot_and_its_labels():
+    pricing = Pricing(prices={H100: "2.49"}, energy_price="0.30", currency="EUR")
+    taken = pricing.snapshot(H100, 1)
+    assert taken.energy_price_per_kwh == Decimal("0.30")
+    assert pricing.snapshot("", 0).energy_price_per_kwh == Decimal("0.30")  # CPU only too
+    labels = taken.to_labels()
+    assert labels[LABEL_PREFIX + "energy-price-per-kwh"] == "0.30"
+    assert PriceSnapshot.from_labels(labels) == taken
+    assert Pricing().energy_price == 0  # energy is not charged by default
+
+
+def test_an_older_containers_labels_have_no_energy_price_and_read_as_zero():
+    labels = snapshot(energy_price_per_kwh="0.30").to_labels()
+    del labels[LABEL_PREFIX + "energy-price-per-kwh"]
+    assert PriceSnapshot.from_labels(labels).energy_price_per_kwh == 0
+    labels[LABEL_PREFIX + "energy-price-per-kwh"] = "cheap"
+    with pytest.raises(ValueError, match=r"energy_price_per_kwh 'cheap' is not a number"):
+        PriceSnapshot.from_labels(labels)

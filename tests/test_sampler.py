@@ -564,7 +564,9 @@ def test_rollups_mean_and_max_per_minute_over_a_moving_clock():
             tick_at(at, ("GPU-a", util, 1000 + second), ("GPU-b", None, 5), ("GPU-c", 99, 9)),
             owners,
         )
-    assert rollup.rows() == [RollupRow(C1, "GPU-a", T0, "writer-1", 4, 40.0, 90, 1003)]
+    # busy: 10% of the first interval (1 s), then of 2 s each (the longest a tick stands for)
+    busy = 100 + 400 + 1800 + 800
+    assert rollup.rows() == [RollupRow(C1, "GPU-a", T0, "writer-1", 4, 40.0, 90, 1003, busy)]
 
 
 def test_rollups_split_at_minute_boundaries_and_are_cumulative():
@@ -572,20 +574,21 @@ def test_rollups_split_at_minute_boundaries_and_are_cumulative():
     owners = {"GPU-a": C1, "GPU-b": C2}
     rollup.add(tick_at(T0 + timedelta(seconds=59.999), ("GPU-a", 50, 7)), owners)
     first = rollup.rows()
-    assert first == [RollupRow(C1, "GPU-a", T0, "w", 1, 50.0, 50, 7)]
+    assert first == [RollupRow(C1, "GPU-a", T0, "w", 1, 50.0, 50, 7, 500)]
     assert rollup.rows() == first  # asking again changes nothing
     rollup.add(tick_at(T0 + timedelta(seconds=60), ("GPU-a", 0, 3), ("GPU-b", 30, 4)), owners)
     rollup.add(tick_at(T0 + timedelta(seconds=61), ("GPU-a", 100, 2), ("GPU-b", 10, 8)), owners)
     minute = T0 + timedelta(minutes=1)
     assert rollup.rows() == [
         first[0],
-        RollupRow(C1, "GPU-a", minute, "w", 2, 50.0, 100, 3),
-        RollupRow(C2, "GPU-b", minute, "w", 2, 20.0, 30, 8),
+        RollupRow(C1, "GPU-a", minute, "w", 2, 50.0, 100, 3, 1000),
+        RollupRow(C2, "GPU-b", minute, "w", 2, 20.0, 30, 8, 100),
     ]
     assert rollup.rows(include_current=False) == first
     # a late tick for the first minute grows its row (cumulative)
     rollup.add(tick_at(T0 + timedelta(seconds=30), ("GPU-a", 100, 9)), owners)
-    assert rollup.rows(include_current=False) == [RollupRow(C1, "GPU-a", T0, "w", 2, 75.0, 100, 9)]
+    late = RollupRow(C1, "GPU-a", T0, "w", 2, 75.0, 100, 9, 500)  # a late tick stands for no time
+    assert rollup.rows(include_current=False) == [late]
     assert all(row.minute.tzinfo is not None for row in rollup.rows())
 
 

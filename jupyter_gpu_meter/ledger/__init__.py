@@ -1,4 +1,4 @@
-"""The ledger: sessions, rollups, storage, meter state, decisions, budgets (SQLAlchemy 2).
+"""The ledger: sessions, rollups, processes, storage, state, decisions, budgets (SQLAlchemy 2).
 
 One module per aggregate, behind the :class:`Ledger` facade (see :mod:`.store`).
 """

@@ -62,6 +62,8 @@ class SessionModel(Base):
     currency: Mapped[str] = mapped_column(String(3))
     billing_increment_s: Mapped[int] = mapped_column(Integer)
     minimum_charge: Mapped[Decimal] = mapped_column(Money)
+    #: per kWh of the GPUs' energy, in `currency`; 0: energy not charged
+    energy_price_per_kwh: Mapped[Decimal] = mapped_column(Money, server_default="0")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: None while running
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -114,6 +116,39 @@ class RollupModel(Base):
     util_mean: Mapped[float] = mapped_column(Float)
     util_max: Mapped[int] = mapped_column(Integer)
     memory_max_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: busy GPU-time in the minute: busy% / 100 × each tick's time, ms
+    busy_ms: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    #: the GPU's energy in the minute (its counter's deltas), mJ; None: no counter read
+    energy_mj: Mapped[int | None] = mapped_column(BigInteger)
+    #: where busy% came from: "utilization" or "sm-activity" (GPM)
+    busy_source: Mapped[str] = mapped_column(String(16), server_default="utilization")
+
+
+class ProcessUsageModel(Base):
+    """One meter process's cumulative figures of one process group of a session.
+
+    Each writer replaces only its own row; readers merge the writers (sums,
+    max of maxima).
+    """
+
+    __tablename__ = "process_usage"
+
+    session_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: the process name ("python", "torchrun"), "unknown" or "other"
+    process_group: Mapped[str] = mapped_column(String(64), primary_key=True)
+    writer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: ticks the group was seen in
+    samples: Mapped[int] = mapped_column(Integer)
+    #: GPU-time the group held a context, summed over its processes and GPUs, ms
+    present_ms: Mapped[int] = mapped_column(BigInteger)
+    #: sm_utilization / 100 × that time, ms
+    busy_ms: Mapped[int] = mapped_column(BigInteger)
+    #: peak of the group's memory over its processes and GPUs at one tick
+    memory_max_bytes: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class StateModel(Base):

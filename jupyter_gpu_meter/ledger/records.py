@@ -238,6 +238,12 @@ class Rollup:
     memory_max_bytes: int
     #: how many meter processes wrote to this minute
     writers: int
+    #: busy GPU-time, ms, summed over the writers
+    busy_ms: int = 0
+    #: energy, mJ, summed over the writers; None when none read an energy counter
+    energy_mj: int | None = None
+    #: "utilization" or "sm-activity" ("mixed" where writers differ)
+    busy_source: str = "utilization"
 
 
 class MinuteUtilization(NamedTuple):

@@ -11,6 +11,9 @@ from .engine import Database, aware
 from .models import RollupModel, SessionModel
 from .records import MinuteUtilization, Rollup, RollupRow, truncate_to_minute
 
+#: what ``busy_source`` may be
+BUSY_SOURCES = ("utilization", "sm-activity")
+
 _rollups = RollupModel.__table__
 _sessions = SessionModel.__table__
 
@@ -35,6 +38,10 @@ class RollupStore:
             aware("minute", row.minute)
             if row.samples < 0 or not row.writer or not row.gpu_uuid:
                 raise ValueError(f"{row!r}: needs samples >= 0, a writer and a GPU UUID")
+            if row.busy_ms < 0 or (row.energy_mj is not None and row.energy_mj < 0):
+                raise ValueError(f"{row!r}: busy_ms and energy_mj cannot be negative")
+            if row.busy_source not in BUSY_SOURCES:
+                raise ValueError(f"{row!r}: busy_source must be one of {BUSY_SOURCES}")
         if not rows:
             return []
         statement = self.db.insert(_rollups)
@@ -43,7 +50,15 @@ class RollupStore:
             index_elements=list(key),
             set_={
                 name: statement.excluded[name]
-                for name in ("samples", "util_mean", "util_max", "memory_max_bytes")
+                for name in (
+                    "samples",
+                    "util_mean",
+                    "util_max",
+                    "memory_max_bytes",
+                    "busy_ms",
+                    "energy_mj",
+                    "busy_source",
+                )
             },
         )
         with self.db.write() as connection:
@@ -68,6 +83,9 @@ class RollupStore:
                     "util_mean": float(row.util_mean),
                     "util_max": int(row.util_max),
                     "memory_max_bytes": int(row.memory_max_bytes),
+                    "busy_ms": int(row.busy_ms),
+                    "energy_mj": None if row.energy_mj is None else int(row.energy_mj),
+                    "busy_source": row.busy_source,
                 }
                 # one statement may not touch a row twice: the last row for a key wins
                 values[tuple(value[name] for name in key)] = value
@@ -90,6 +108,10 @@ class RollupStore:
                 func.max(r.util_max).label("util_max"),
                 func.max(r.memory_max_bytes).label("memory_max_bytes"),
                 func.count().label("writers"),
+                func.sum(r.busy_ms).label("busy_ms"),
+                func.sum(r.energy_mj).label("energy_mj"),
+                func.min(r.busy_source).label("source_min"),
+                func.max(r.busy_source).label("source_max"),
             )
             .join(_sessions, _sessions.c.id == r.session_id)
             .where(_sessions.c.container_id == container_id)
@@ -107,6 +129,9 @@ class RollupStore:
                     util_max=int(row.util_max),
                     memory_max_bytes=int(row.memory_max_bytes),
                     writers=int(row.writers),
+                    busy_ms=int(row.busy_ms),
+                    energy_mj=None if row.energy_mj is None else int(row.energy_mj),
+                    busy_source=row.source_min if row.source_min == row.source_max else "mixed",
                 )
                 for row in connection.execute(statement)
             ]

@@ -22,6 +22,7 @@ TABLES = (
     "budgets",
     "budget_changes",
     "storage_periods",
+    "process_usage",
 )
 
 

@@ -41,6 +41,7 @@ def _record(row) -> SessionRecord:
             row.currency,
             row.billing_increment_s,
             row.minimum_charge,
+            row.energy_price_per_kwh,
         ),
         started_at=row.started_at,
         ended_at=row.ended_at,
@@ -150,6 +151,7 @@ class SessionStore:
                 currency=price.currency,
                 billing_increment_s=price.billing_increment_s,
                 minimum_charge=price.minimum_charge,
+                energy_price_per_kwh=price.energy_price_per_kwh,
                 started_at=started_at,
                 last_seen_at=started_at,
             )

@@ -7,6 +7,8 @@ takes the one :class:`~.engine.Database` (engine, transactions, clock):
 :mod:`.engine`            the URL, the engine, transactions, schema revision
 :mod:`.sessions`          sessions and their totals
 :mod:`.rollups`           per-minute GPU statistics
+:mod:`.processes`         sessions' GPU processes by process group
+:mod:`.efficiency`        busy GPU-time and energy per session and per user
 :mod:`.state`             the meter's state between runs
 :mod:`.decisions`         policy decisions
 :mod:`.budgets`           budgets, their changes, budget status
@@ -33,7 +35,9 @@ from datetime import datetime
 from ..clock import utcnow
 from .budgets import BudgetStore
 from .decisions import DecisionStore
+from .efficiency import EfficiencyStore
 from .engine import DEFAULT_URL, Database, make_engine
+from .processes import ProcessStore
 from .rollups import RollupStore
 from .sessions import SessionStore
 from .state import StateStore
@@ -55,7 +59,7 @@ def _delegate(store: str, method: Callable) -> Callable:
 
 
 class Ledger:
-    """Sessions, rollups, meter state, decisions, budgets and storage in SQLite or PostgreSQL.
+    """Sessions, rollups, processes, state, decisions, budgets, storage (SQLite or PostgreSQL).
 
     ``Ledger("sqlite:///jupyter_gpu_meter.sqlite")`` or
     ``Ledger("postgresql+psycopg://jgm:secret@db/jgm")``. Nothing connects
@@ -73,6 +77,8 @@ class Ledger:
         self.db = Database(url, clock=clock, lock_timeout=lock_timeout)
         self.session_store = SessionStore(self.db)
         self.rollup_store = RollupStore(self.db)
+        self.process_store = ProcessStore(self.db)
+        self.efficiency_store = EfficiencyStore(self.db)
         self.state_store = StateStore(self.db)
         self.decision_store = DecisionStore(self.db)
         self.storage_store = StorageStore(self.db)
@@ -135,6 +141,12 @@ class Ledger:
     add_rollups = _delegate("rollup_store", RollupStore.add_rollups)
     rollups = _delegate("rollup_store", RollupStore.rollups)
     utilization_of = _delegate("rollup_store", RollupStore.utilization_of)
+
+    # processes and efficiency
+    add_process_usage = _delegate("process_store", ProcessStore.add_process_usage)
+    process_groups = _delegate("process_store", ProcessStore.process_groups)
+    efficiency_of = _delegate("efficiency_store", EfficiencyStore.efficiency_of)
+    efficiency_by_user = _delegate("efficiency_store", EfficiencyStore.efficiency_by_user)
 
     # meter state
     get_state = _delegate("state_store", StateStore.get_state)

@@ -58,7 +58,7 @@ from .loops import DockerEvents, every, follow_the_hub, handle_events
 from .policy_runner import Policies, PolicyRunner
 from .state import LedgerWrites, MeterState, error_class, error_summary
 from .web import create_application
-from .writes import queue_decision, queue_session_writes, refused_openings, write_rollups
+from .writes import queue_decision, queue_rollups, queue_session_writes, refused_openings
 
 
 class MeterService(Application):
@@ -210,7 +210,6 @@ class MeterService(Application):
         self.tracker = SessionTracker(
             self.ledger, self.docker_api, self.pricing, hub_id=self.hub_id, clock=self.clock
         )
-        self.aggregator = RollupAggregator(self.writer_id)
         self.policies = Policies(parent=self)
         self.runner = PolicyRunner(
             self.policies,
@@ -226,6 +225,7 @@ class MeterService(Application):
             budget_of=self._budget_of,
         )
         self.sampler_config = GPUSampler(parent=self)
+        self.aggregator = RollupAggregator(self.writer_id, self.sampler_config.interval)
         self.sampler = None
         self.sampler_problem = ""
         self._stops = set()  # tasks stopping unbilled servers (kept until done)
@@ -302,10 +302,7 @@ class MeterService(Application):
             task.add_done_callback(self._stops.discard)
 
     async def _flush(self):
-        rows = self.aggregator.rows()
-        if rows:
-            self.buffer.add(write_rollups, self.ledger, self.log, rows)
-            self.aggregator.forget_before(rows[-1].minute)  # earlier minutes are complete
+        queue_rollups(self.buffer, self.ledger, self.log, self.aggregator, self.state.running)
         if self.state.running:
             # "seen running at": the end of a session whose end Docker forgot
             # (engine restarted, container gone) is known to within one flush
@@ -337,7 +334,7 @@ class MeterService(Application):
             self.sampler_executor, self.sampler.sample
         )
         self.state.sampled(tick)
-        self.aggregator.add(tick, self.state.gpu_owners())
+        self.aggregator.add(tick, self.state.gpu_owners(), self.state.running.keys())
         self.runner.observe(tick)
 
     def storage_pass(self, now: datetime) -> storage_pass.StoragePass:

@@ -1,8 +1,8 @@
 """The meter's ledger writes, queued in a :class:`~jupyter_gpu_meter.ledger.WriteBuffer`.
 
-The event loop queues them (:func:`queue_session_writes`, rollups, :func:`queue_decision`);
-the ledger thread runs them in order through the buffer, which keeps them
-while the database is unavailable. The functions queued here are what the
+The event loop queues them (:func:`queue_session_writes`, :func:`queue_rollups`,
+:func:`queue_decision`); the ledger thread runs them in order through the
+buffer, which keeps them while the database is unavailable. The functions queued here are what the
 buffer calls in that thread.
 """
 
@@ -70,6 +70,32 @@ def write_rollups(ledger, log, rows) -> None:
     if unplaced:
         log.error(
             "%d utilization row(s) for container(s) without a session were not recorded: %s",
+            len(unplaced),
+            sorted({row.container_id[:12] for row in unplaced}),
+        )
+
+
+def queue_rollups(buffer, ledger, log, aggregator, running) -> None:
+    """Queue what the aggregator holds: its minutes' rollups (then forget the complete
+    ones) and every session's process groups (then forget those of sessions no
+    longer `running`, container id -> container: the rows queued now are final)."""
+    rows = aggregator.rows()
+    if rows:
+        buffer.add(write_rollups, ledger, log, rows)
+        aggregator.forget_before(rows[-1].minute)  # earlier minutes are complete
+    groups = aggregator.process_rows()
+    if groups:
+        buffer.add(write_process_usage, ledger, log, groups)
+        aggregator.forget_sessions({row.container_id for row in groups} - running.keys())
+
+
+def write_process_usage(ledger, log, rows) -> None:
+    """Write sessions' process groups (in the ledger thread, through the buffer), after
+    the rollups of the same flush; a row it cannot place means its session's open failed."""
+    unplaced = ledger.add_process_usage(rows)
+    if unplaced:
+        log.error(
+            "%d process group row(s) for container(s) without a session were not recorded: %s",
             len(unplaced),
             sorted({row.container_id[:12] for row in unplaced}),
         )

@@ -1,0 +1,321 @@
+"""Busy time, energy and process groups in the ledger, on SQLite and PostgreSQL
+(see test_ledger.py): migration 0006, the rollups' new figures, process groups,
+efficiency per session and per user."""
+
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from jupyter_gpu_meter.ledger import (
+    EfficiencySum,
+    ProcessGroupUsage,
+    ProcessUsageRow,
+    SessionEfficiency,
+)
+from jupyter_gpu_meter.ledger import schema as ledger_schema
+from jupyter_gpu_meter.pricing import Pricing, energy_units
+from tests import test_ledger
+from tests.test_ledger import H100, T0, at, insert_old_session, open_session, rollup
+
+db_url = test_ledger.db_url
+clock = test_ledger.clock
+make_ledger = test_ledger.make_ledger
+ledger = test_ledger.ledger
+
+KWH = 3_600_000_000  # mJ
+
+
+def start(ledger, container_id, user="alice", *, gpus=("GPU-a",), energy="0", currency="USD"):
+    model = H100 if gpus else ""
+    pricing = Pricing(prices={H100: "2.49"}, energy_price=energy, currency=currency)
+    assert ledger.open_session(
+        container_id=container_id,
+        user=user,
+        server="",
+        gpu_uuids=gpus,
+        gpu_model=model,
+        profile="p",
+        price=pricing.snapshot(model, len(gpus)),
+        started_at=T0,
+    )
+    return ledger.get_session(container_id).id
+
+
+def group(name="python", writer="meter-a", container_id="c1", **kw):
+    values = dict(
+        container_id=container_id,
+        process_group=name,
+        writer=writer,
+        samples=10,
+        present_ms=10_000,
+        busy_ms=5_000,
+        memory_max_bytes=1 << 30,
+        first_seen=at(0),
+        last_seen=at(9),
+    )
+    return ProcessUsageRow(**{**values, **kw})
+
+
+# --- migration 0006 -----------------------------------------------------------------
+
+
+def test_upgrading_from_0005_keeps_old_rows_with_defaults(make_ledger):
+    ledger = make_ledger()
+    with ledger.engine.begin() as connection:
+        ledger_schema.upgrade(connection, "0005")
+        insert_old_session(connection)
+        old_rollups = sa.table(
+            "rollups",
+            *(sa.column(name) for name in ("session_id", "gpu_uuid", "writer", "samples")),
+            *(sa.column(name) for name in ("util_mean", "util_max", "memory_max_bytes")),
+            sa.column("minute", test_ledger.UTCDateTime()),
+        )
+        session_id = connection.execute(sa.text("SELECT id FROM sessions")).scalar_one()
+        connection.execute(
+            old_rollups.insert().values(
+                session_id=session_id,
+                gpu_uuid="GPU-a",
+                writer="old",
+                samples=60,
+                util_mean=50.0,
+                util_max=90,
+                memory_max_bytes=1 << 30,
+                minute=at(0).replace(second=0, microsecond=0),
+            )
+        )
+    ledger.upgrade()
+    ledger.check_revision()
+    session = ledger.get_session("c1")
+    assert session.price.energy_price_per_kwh == Decimal(0)
+    [merged] = ledger.rollups("c1")
+    assert (merged.busy_ms, merged.energy_mj, merged.busy_source) == (0, None, "utilization")
+    assert ledger.efficiency_of([session.id]) == {
+        session.id: SessionEfficiency(session.id, 0, 1 << 30, None, "utilization")
+    }
+    assert ledger.add_process_usage([group()]) == []
+
+
+def test_downgrading_to_0005_drops_only_what_0006_added(ledger):
+    open_session(ledger)
+    ledger.add_rollups([rollup(busy_ms=1)])
+    with ledger.engine.begin() as connection:
+        command.downgrade(ledger_schema.alembic_config(connection), "0005")
+    inspector = sa.inspect(ledger.engine)
+    assert "process_usage" not in inspector.get_table_names()
+    rollup_columns = {column["name"] for column in inspector.get_columns("rollups")}
+    assert not {"busy_ms", "energy_mj", "busy_source"} & rollup_columns
+    session_columns = {column["name"] for column in inspector.get_columns("sessions")}
+    assert "energy_price_per_kwh" not in session_columns
+    with ledger.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM rollups")).scalar_one() == 1
+
+
+# --- rollups' busy time and energy --------------------------------------------------
+
+
+def test_the_energy_price_snapshot_is_stored_with_the_session(ledger):
+    start(ledger, "c1", energy="0.30", currency="EUR")
+    price = ledger.get_session("c1").price
+    assert (price.energy_price_per_kwh, price.currency) == (Decimal("0.30"), "EUR")
+
+
+def test_writers_of_a_minute_add_up_busy_time_and_energy(ledger):
+    open_session(ledger)
+    assert (
+        ledger.add_rollups(
+            [
+                rollup(writer="a", busy_ms=20_000, energy_mj=None),
+                rollup(writer="b", busy_ms=10_000, energy_mj=7_000),
+                rollup(writer="c", busy_ms=1, energy_mj=3_000),
+                rollup(minute_s=60, writer="a", energy_mj=None, busy_source="sm-activity"),
+            ]
+        )
+        == []
+    )
+    first, second = ledger.rollups("c1")
+    assert (first.writers, first.busy_ms, first.energy_mj) == (3, 30_001, 10_000)
+    assert first.busy_source == "utilization"
+    assert (second.busy_ms, second.energy_mj, second.busy_source) == (0, None, "sm-activity")
+    # a writer's row again replaces its own: cumulative
+    ledger.add_rollups([rollup(writer="b", busy_ms=15_000, energy_mj=9_000)])
+    first, _ = ledger.rollups("c1")
+    assert (first.busy_ms, first.energy_mj) == (35_001, 12_000)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(busy_ms=-1), "busy_ms and energy_mj cannot be negative"),
+        (dict(energy_mj=-5), "busy_ms and energy_mj cannot be negative"),
+        (dict(busy_source="gpm"), "busy_source must be one of"),
+    ],
+)
+def test_impossible_rollup_figures_are_refused(ledger, change, message):
+    open_session(ledger)
+    with pytest.raises(ValueError, match=message):
+        ledger.add_rollups([rollup(**change)])
+
+
+# --- process groups -----------------------------------------------------------------
+
+
+def test_process_groups_are_upserted_and_merged_over_writers(ledger):
+    session_id = start(ledger, "c1")
+    rows = [
+        group("python", "a"),
+        group("python", "b", samples=5, busy_ms=1_000, memory_max_bytes=2 << 30, last_seen=at(20)),
+        group("torchrun", "a", present_ms=90_000, busy_ms=5_000, first_seen=at(-5)),
+        group("unknown", "a", busy_ms=0, present_ms=500),
+        group("bash", "a", busy_ms=0, present_ms=800),
+    ]
+    assert ledger.add_process_usage(rows) == []
+    assert ledger.add_process_usage(rows) == []  # a retried write changes nothing
+    assert ledger.process_groups(session_id) == [
+        # the busiest first
+        ProcessGroupUsage("python", 15, 20_000, 6_000, 2 << 30, at(0), at(20)),
+        ProcessGroupUsage("torchrun", 10, 90_000, 5_000, 1 << 30, at(-5), at(9)),
+        # equal busy time: the longer present first
+        ProcessGroupUsage("bash", 10, 800, 0, 1 << 30, at(0), at(9)),
+        ProcessGroupUsage("unknown", 10, 500, 0, 1 << 30, at(0), at(9)),
+    ]
+    # cumulative: the writer's newer row replaces its older one; the last of a batch wins
+    ledger.add_process_usage([group("python", "a", busy_ms=1), group("python", "a", busy_ms=2)])
+    python = [g for g in ledger.process_groups(session_id) if g.process_group == "python"]
+    assert python[0].busy_ms == 1_002
+    assert ledger.process_groups(session_id + 100) == []
+
+
+def test_process_rows_of_unknown_containers_come_back(ledger):
+    start(ledger, "c1")
+    stranger = group(container_id="nobody")
+    assert ledger.add_process_usage([group(), stranger]) == [stranger]
+    assert ledger.add_process_usage([]) == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(process_group=""), "needs a writer and a process group"),
+        (dict(writer=""), "needs a writer and a process group"),
+        (dict(process_group="x" * 65), "at most 64 characters"),
+        (dict(present_ms=-1), "cannot be negative"),
+        (dict(first_seen=T0.replace(tzinfo=None)), "first_seen .* refused"),
+    ],
+)
+def test_impossible_process_rows_are_refused(ledger, change, message):
+    start(ledger, "c1")
+    with pytest.raises(ValueError, match=message):
+        ledger.add_process_usage([replace(group(), **change)])
+
+
+def test_a_session_row_going_takes_its_process_groups(ledger):
+    session_id = start(ledger, "c1")
+    ledger.add_process_usage([group()])
+    with ledger.engine.begin() as connection:
+        if ledger.dialect == "sqlite":
+            assert connection.execute(sa.text("PRAGMA foreign_keys")).scalar_one() == 1
+        connection.execute(sa.text("DELETE FROM sessions WHERE id = :id"), {"id": session_id})
+    assert ledger.process_groups(session_id) == []
+
+
+# --- efficiency per session ---------------------------------------------------------
+
+
+def test_efficiency_of_sessions_in_one_query(ledger):
+    one = start(ledger, "c1", gpus=("GPU-a", "GPU-b"))
+    two = start(ledger, "c2", gpus=("GPU-c",))
+    cpu = start(ledger, "c3", gpus=())
+    ledger.add_rollups(
+        [
+            rollup(container_id="c1", gpu_uuid="GPU-a", busy_ms=30_000, energy_mj=5, memory=3),
+            rollup(container_id="c1", gpu_uuid="GPU-b", busy_ms=1_000, energy_mj=None, memory=7),
+            rollup(container_id="c1", gpu_uuid="GPU-b", minute_s=60, busy_ms=500, memory=2),
+            rollup(container_id="c2", gpu_uuid="GPU-c", busy_ms=10, busy_source="sm-activity"),
+            # a minute with energy but no sample: says nothing of where busy time came from
+            rollup(container_id="c2", gpu_uuid="GPU-c", minute_s=60, samples=0, energy_mj=9),
+        ]
+    )
+    # both sources among c1's GPUs
+    ledger.add_rollups(
+        [
+            rollup(
+                container_id="c1", gpu_uuid="GPU-b", writer="b", memory=1, busy_source="sm-activity"
+            )
+        ]
+    )
+    assert ledger.efficiency_of([two, one, cpu, 999, one]) == {
+        one: SessionEfficiency(one, 31_500, 7, 5, "mixed"),
+        two: SessionEfficiency(two, 10, 1 << 30, 9, "sm-activity"),
+        cpu: SessionEfficiency(cpu, None, None, None, ""),
+        999: SessionEfficiency(999, None, None, None, ""),
+    }
+    assert ledger.efficiency_of([]) == {}
+
+
+def test_a_session_with_only_energy_rows_has_no_busy_time(ledger):
+    one = start(ledger, "c1")
+    ledger.add_rollups([rollup(samples=0, energy_mj=40)])
+    assert ledger.efficiency_of([one]) == {one: SessionEfficiency(one, None, None, 40, "")}
+
+
+# --- efficiency per user over a range -----------------------------------------------
+
+
+@pytest.fixture
+def month(ledger):
+    """alice: two sessions at two energy prices and one in EUR; bob: one without energy."""
+    start(ledger, "a1", "alice", energy="0.30")
+    start(ledger, "a2", "alice", gpus=("GPU-b",), energy="0.50")
+    start(ledger, "a3", "alice", gpus=("GPU-c",), energy="0.20", currency="EUR")
+    start(ledger, "b1", "bob", gpus=("GPU-d",), energy="0.30")
+    start(ledger, "z1", "zoe", gpus=())  # CPU only: no rollups
+    rows = []
+    for minute in range(5):  # minutes 0..4 after T0's minute
+        rows += [
+            rollup(minute * 60, container_id="a1", busy_ms=1_000, energy_mj=KWH),
+            rollup(minute * 60, container_id="a2", gpu_uuid="GPU-b", busy_ms=10, energy_mj=KWH),
+            rollup(minute * 60, container_id="a3", gpu_uuid="GPU-c", energy_mj=3),
+            rollup(minute * 60, container_id="b1", gpu_uuid="GPU-d", busy_ms=7),
+        ]
+    ledger.add_rollups(rows)
+    return ledger
+
+
+def units(kwh, price):
+    return energy_units(kwh * KWH, price)
+
+
+def test_efficiency_by_user_prices_energy_per_session(month):
+    assert month.efficiency_by_user() == [
+        EfficiencySum("alice", 0, 15, energy_units(15, "0.20"), "EUR"),
+        EfficiencySum("alice", 5 * 1_010, 10 * KWH, units(5, "0.30") + units(5, "0.50"), "USD"),
+        EfficiencySum("bob", 35, None, 0, "USD"),
+    ]
+    assert units(5, "0.30") + units(5, "0.50") == 4 * 3_600_000_000  # 1.50 + 2.50 = 4.00
+
+
+def test_efficiency_by_user_counts_the_minutes_inside_the_range(month):
+    minute = T0.replace(second=0, microsecond=0)
+    since, until = minute + timedelta(minutes=1), minute + timedelta(minutes=3)
+    [usd] = [
+        s
+        for s in month.efficiency_by_user(user="alice", since=since, until=until)
+        if s.currency == "USD"
+    ]
+    assert (usd.busy_gpu_ms, usd.energy_mj) == (2 * 1_010, 4 * KWH)
+    assert usd.energy_units == units(2, "0.30") + units(2, "0.50")
+    assert month.efficiency_by_user(user="bob", since=minute + timedelta(minutes=5)) == []
+    assert month.efficiency_by_user(user="zoe") == []
+    # a range before any session: nothing, whatever the rollups hold
+    assert month.efficiency_by_user(until=minute) == []
+
+
+def test_efficiency_by_user_refuses_naive_times(month):
+    with pytest.raises(ValueError, match="since .* refused"):
+        month.efficiency_by_user(since=T0.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="until .* refused"):
+        month.efficiency_by_user(until=T0.replace(tzinfo=None))
