@@ -20,9 +20,9 @@ ENERGY_KWH_PLACES = 3
 
 
 class ReportCommand(_LedgerCommand):
-    """Per user: sessions, GPU-hours and charges, storage (GB-hours and charges), busy
-    and idle GPU-hours, and energy (kWh and charges), from the ledger. ``charges`` is
-    GPU and CPU time; ``storage_charges`` and ``energy_charges`` come on top."""
+    """Per user: sessions, GPU-hours and charges, and storage (GB-hours and charges),
+    from the ledger. ``charges`` is GPU and CPU time; ``storage_charges`` comes on top.
+    Then busy and idle GPU-hours, and energy (kWh; ``energy_charges`` on top)."""
 
     name = "jupyter-gpu-meter report"
     description = __doc__
@@ -72,8 +72,8 @@ def render_report(rows, fmt: str) -> str:
     def money(amount, currency):
         return format_money(amount, currency, code=False, grouping=False)
 
-    def known(value, places=HOURS_PLACES):  # "" where unknown: no GPU sample, no counter
-        return "" if value is None else decimal_string(value, places)
+    def known(value, places=HOURS_PLACES):  # None where unknown: no GPU sample, no counter
+        return None if value is None else decimal_string(value, places)
 
     records = [
         {
@@ -114,4 +114,5 @@ def render_report(rows, fmt: str) -> str:
         writer.writeheader()
         writer.writerows(records)
         return out.getvalue()
-    return table(columns, records)
+    # unknown shows as "–" in the table, empty in the CSV, null in JSON
+    return table(columns, [{k: "–" if v is None else v for k, v in r.items()} for r in records])
