@@ -165,6 +165,7 @@ async def test_users_sort_by_idle_gpu_hours_and_the_fleet_total_is_shown(app):
     ).body.decode()
     assert re.findall(r'<tr data-user="([^"]+)"', page) == ["bob", "ada", "cyd"]
     assert re.search(r'id="total-idle-gpu-hours">2\.07<', page)
+    assert re.search(r'<span class="gpu-meter-busy">73%</span> busy', page)  # ada's
     assert 'aria-sort="descending"' in page and 'data-sort="idle_gpu_hours"' in page
     assert re.search(r'id="total-energy">0\.100 kWh<', page)
 
