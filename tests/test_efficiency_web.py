@@ -146,6 +146,9 @@ async def test_the_user_page_shows_each_sessions_charge_busy_share_and_energy(ap
     assert cell(row, "energy-charge") == "0.03 USD"
     assert cell(row, "memory") == "10.0 GiB"
     assert re.search(r'id="range-busy">73%<', page)
+    assert re.search(r'id="all-busy">73%<', page)
+    assert re.search(r'id="all-energy">0\.100 kWh<', page)
+    assert re.search(r'id="all-energy-charges">0\.03 USD<', page)
 
 
 async def test_users_sort_by_idle_gpu_hours_and_the_fleet_total_is_shown(app):

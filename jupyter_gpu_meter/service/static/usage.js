@@ -50,6 +50,11 @@
     m.setText("month-charges", data.this_month.charges_text);
     m.setText("all-gpu-hours", data.all_time.gpu_hours_text);
     m.setText("all-charges", data.all_time.charges_text);
+    [["month", data.this_month], ["all", data.all_time]].forEach(function (pair) {
+      m.setText(pair[0] + "-busy", pair[1].busy_share_text);
+      m.setText(pair[0] + "-energy", pair[1].energy.kwh_text);
+      m.setText(pair[0] + "-energy-charges", pair[1].energy.charges_text);
+    });
   }
 
   m.every(config.refresh_s, function () { return m.getJSON(config.url).then(show); });
