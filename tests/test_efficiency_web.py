@@ -26,6 +26,7 @@ import pytest
 from jupyter_gpu_meter.budgets import budget_view
 from jupyter_gpu_meter.cli.report import ReportCommand
 from jupyter_gpu_meter.ledger import Ledger, RollupRow
+from jupyter_gpu_meter.ledger.records import ProcessUsageRow
 from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.service.state import MeterState
 from tests.test_usage_web import H100, NOW, add_session, fetch, serve_app
@@ -70,6 +71,16 @@ def ledger(request, tmp_path):
     bob = add_session(ledger, pricing, "bob", START, START + hour, gpus=2)
     add_session(ledger, pricing, "cyd", START, START + hour, gpus=0)
     ledger.add_rollups(rollups(ada, "GPU-ada-0", busy=0.73, energy_mj=MINUTE_MJ))
+    ledger.add_process_usage(
+        [
+            ProcessUsageRow(
+                ada, "python", "host:1:1", 3480, 3_480_000, 2_550_000, 2**33, START, START + hour
+            ),
+            ProcessUsageRow(
+                ada, "torchrun", "host:1:1", 120, 120_000, 0, 2**30, START, START + hour
+            ),
+        ]
+    )
     ledger.add_rollups(rollups(bob, "GPU-bob-0", busy=0.2, energy_mj=None))
     ledger.add_rollups(rollups(bob, "GPU-bob-1", busy=0, energy_mj=None))
     ledger.set_budget(
@@ -118,6 +129,8 @@ async def test_api_usage_gives_each_session_its_busy_share_and_energy_next_to_it
     assert item["energy_kwh"] == "0.100000000" and item["energy_kwh_text"] == "0.100 kWh"
     assert item["energy_charge"] == {"amount": "0.030000", "currency": "USD", "text": "0.03 USD"}
     assert item["memory_max_bytes"] == 10 * 2**30
+    assert item["processes_text"] == "python 58 min, torchrun 2 min"
+    assert item["processes"][0]["busy_gpu_seconds"] == "2550.000000"
     totals = data["all_time"]
     assert totals["busy_gpu_hours"] == "0.730000" and totals["idle_gpu_hours"] == "0.270000"
     assert totals["busy_share_text"] == "73%"
@@ -145,6 +158,7 @@ async def test_the_user_page_shows_each_sessions_charge_busy_share_and_energy(ap
     assert cell(row, "energy") == "0.100 kWh"
     assert cell(row, "energy-charge") == "0.03 USD"
     assert cell(row, "memory") == "10.0 GiB"
+    assert cell(row, "processes") == "python 58 min, torchrun 2 min"
     assert re.search(r'id="range-busy">73%<', page)
     assert re.search(r'id="all-busy">73%<', page)
     assert re.search(r'id="all-energy">0\.100 kWh<', page)

@@ -11,7 +11,7 @@ import pytest
 
 from jupyter_gpu_meter import budgets, usage
 from jupyter_gpu_meter.ledger import SessionRecord
-from jupyter_gpu_meter.ledger.records import EfficiencySum, SessionEfficiency
+from jupyter_gpu_meter.ledger.records import EfficiencySum, ProcessGroupUsage, SessionEfficiency
 from jupyter_gpu_meter.pricing import PriceSnapshot
 from jupyter_gpu_meter.service.metrics import efficiency_families
 from jupyter_gpu_meter.usage.totals import UserTotals
@@ -153,6 +153,32 @@ def test_the_session_usage_the_api_gives_carries_its_efficiency():
     data = item.to_json()
     assert data["busy_share_text"] == "73%" and data["energy_kwh_text"] == "0.100 kWh"
     assert data["charge"]["text"] == "2.00 USD"
+
+
+def group(name, present_ms, busy_ms=0):
+    return ProcessGroupUsage(
+        name, 10, present_ms, busy_ms, 2**30, START, START + timedelta(hours=1)
+    )
+
+
+def test_where_a_sessions_gpu_time_went_by_process_group():
+    groups = [group("python", 3_480_000, 2_550_000), group("torchrun", 120_000)]
+    assert usage.format_processes(groups) == "python 58 min, torchrun 2 min"
+    many = [*groups, group("a", 59_000), group("b", 1_000), group("c", 500)]
+    assert usage.format_processes(many) == "python 58 min, torchrun 2 min, a 59 s, + 2 more"
+    assert usage.format_processes([]) == ""
+    (first, _) = usage.processes_json(groups)
+    assert first == {
+        "group": "python",
+        "gpu_seconds": "3480.000000",
+        "busy_gpu_seconds": "2550.000000",
+        "memory_max_bytes": 2**30,
+        "first_seen": "2026-11-20T10:00:00Z",
+        "last_seen": "2026-11-20T11:00:00Z",
+    }
+    item = usage.session_usage(session(), now=START, processes=groups).to_json()
+    assert item["processes_text"] == "python 58 min, torchrun 2 min"
+    assert [g["group"] for g in item["processes"]] == ["python", "torchrun"]
 
 
 # --- per user ------------------------------------------------------------------------

@@ -256,10 +256,12 @@ class UsageReader:
         shown = [s.container_id for s in [*page, *running] if s.gpu_count]
         minutes = self.ledger.utilization_of(shown)
         measured = self.ledger.efficiency_of(s.id for s in [*page, *running])
+        # each shown GPU session's process groups: one small query each, a page at most
+        groups = {s.id: self.ledger.process_groups(s.id) for s in [*page, *running] if s.gpu_count}
 
         def with_usage(s):
-            found = minutes.get(s.container_id)
-            return usage.session_usage(s, now=now, minutes=found, measured=measured.get(s.id))
+            extra = {"measured": measured.get(s.id), "processes": groups.get(s.id, ())}
+            return usage.session_usage(s, now=now, minutes=minutes.get(s.container_id), **extra)
 
         def totals(since=None, until=None):
             span = {"user": user, "since": since, "until": until}

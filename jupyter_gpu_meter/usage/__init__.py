@@ -34,7 +34,9 @@ from .efficiency import (
     ENERGY_PLACES,
     Efficiency,
     format_energy,
+    format_processes,
     format_share,
+    processes_json,
     session_efficiency,
 )
 from .export import (
@@ -120,6 +122,7 @@ __all__ = [
     "format_energy",
     "format_money",
     "format_percent",
+    "format_processes",
     "format_quantity",
     "format_rate",
     "format_share",
@@ -130,6 +133,7 @@ __all__ = [
     "month_start",
     "parse_money",
     "parse_time",
+    "processes_json",
     "round_money",
     "session_efficiency",
     "session_usage",

@@ -25,6 +25,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Context, Decimal
 
 from .. import pricing
+from .dates import format_duration, isoformat
 from .money import decimal_string, format_quantity, money
 
 _MS = Decimal(1000)
@@ -140,3 +141,33 @@ def add_known(a, b):
     if a is None:
         return b
     return a if b is None else a + b
+
+
+# --- process groups: where a session's GPU time went ------------------------------------
+
+
+def processes_json(groups) -> list[dict]:
+    """A session's process groups (:class:`~jupyter_gpu_meter.ledger.ProcessGroupUsage`,
+    the busiest first) as the API gives them: GPU-seconds present and busy, exact."""
+    return [
+        {
+            "group": g.process_group,
+            "gpu_seconds": decimal_string(_CONTEXT.divide(Decimal(g.present_ms), _MS)),
+            "busy_gpu_seconds": decimal_string(_CONTEXT.divide(Decimal(g.busy_ms), _MS)),
+            "memory_max_bytes": g.memory_max_bytes,
+            "first_seen": isoformat(g.first_seen),
+            "last_seen": isoformat(g.last_seen),
+        }
+        for g in groups
+    ]
+
+
+def format_processes(groups, shown: int = 3) -> str:
+    """Where a session's GPU time went, for people: ``python 58 min, torchrun 2 min``
+    (GPU-time each group held a GPU, the busiest first), ``+ 2 more`` past `shown`;
+    "" without any."""
+    groups = list(groups)
+    parts = [f"{g.process_group} {format_duration(g.present_ms / 1000)}" for g in groups[:shown]]
+    if len(groups) > shown:
+        parts.append(f"+ {len(groups) - shown} more")
+    return ", ".join(parts)
