@@ -253,23 +253,20 @@ class NVMLSampler:
             if device.handle is None:
                 self._attach(device)
             handle = device.handle
-            values = None
             if device.fast:
                 try:
-                    values = (
-                        nvml.nvmlDeviceGetUtilizationRates(handle),
-                        nvml.nvmlDeviceGetMemoryInfo(handle),
-                        nvml.nvmlDeviceGetPowerUsage(handle),
-                        nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
-                        nvml.nvmlDeviceGetTotalEnergyConsumption(handle),
-                        self._processes_of(handle),
-                    )
-                except nvml.NVMLError:
-                    device.fast = False  # read call by call, now and until it is re-attached
-            if values is None:
+                    rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+                    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                    power_mw = nvml.nvmlDeviceGetPowerUsage(handle)
+                    temperature = nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
+                    energy_mj = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                    running = self._running_processes(handle)
+                except (nvml.NVMLError, nvml.NVMLLibraryMismatchError):
+                    device.fast = False  # read call by call (a reading the GPU cannot give)
+            if not device.fast:
                 values = self._read_each(device, handle)
                 device.fast = None not in values  # back to one go when all answer again
-            rates, memory, power_mw, temperature, energy_mj, running = values
+                rates, memory, power_mw, temperature, energy_mj, running = values
             sm_activity = None
             if device.gpm is not None:
                 try:
