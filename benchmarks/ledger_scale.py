@@ -714,7 +714,15 @@ class PostgreSQLDatabase(Database):
 
     def drop(self) -> None:
         with self.connect() as connection:
-            for table in ("rollups", "budget_changes", "budgets", "decisions", "meter_state"):
+            for table in (
+                "rollups",
+                "process_usage",
+                "storage_periods",
+                "budget_changes",
+                "budgets",
+                "decisions",
+                "meter_state",
+            ):
                 connection.execute(f"DROP TABLE IF EXISTS {table}")
             connection.execute("DROP TABLE IF EXISTS sessions")
             connection.execute("DROP TABLE IF EXISTS alembic_version")

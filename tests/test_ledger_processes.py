@@ -17,6 +17,7 @@ from jupyter_gpu_meter.ledger import (
     SessionEfficiency,
 )
 from jupyter_gpu_meter.ledger import schema as ledger_schema
+from jupyter_gpu_meter.ledger.models import RollupModel
 from jupyter_gpu_meter.pricing import Pricing, energy_units
 from tests import test_ledger
 from tests.test_ledger import H100, T0, at, insert_old_session, open_session, rollup
@@ -91,6 +92,10 @@ def test_upgrading_from_0005_keeps_old_rows_with_defaults(make_ledger):
     ledger.check_revision()
     session = ledger.get_session("c1")
     assert session.price.energy_price_per_kwh == Decimal(0)
+    with ledger.engine.connect() as connection:
+        stored = connection.exec_driver_sql("SELECT energy_price_per_kwh FROM sessions").scalar()
+    # stored as the ledger writes money (SQLite: fixed-point text, compared as text)
+    assert str(stored) == "0.000000"
     [merged] = ledger.rollups("c1")
     assert (merged.busy_ms, merged.energy_mj, merged.busy_source) == (0, None, "utilization")
     assert ledger.efficiency_of([session.id]) == {
@@ -319,3 +324,147 @@ def test_efficiency_by_user_refuses_naive_times(month):
         month.efficiency_by_user(since=T0.replace(tzinfo=None))
     with pytest.raises(ValueError, match="until .* refused"):
         month.efficiency_by_user(until=T0.replace(tzinfo=None))
+
+
+# --- stored sums of closed sessions -------------------------------------------------
+
+
+def expected_by_rollups(ledger, since, until):
+    """efficiency_by_user the slow way: every rollup row in range, priced per session."""
+    per_session: dict[int, list] = {}
+    sessions = {s.id: s for s in ledger.sessions()}
+    r = RollupModel.__table__.c
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(r.session_id, r.minute, r.samples, r.busy_ms, r.energy_mj)
+        ).all()
+    for session_id, minute, samples, busy, energy in rows:
+        if (since and minute < since) or (until and minute >= until):
+            continue
+        entry = per_session.setdefault(session_id, [0, 0, None])
+        entry[0] += samples
+        entry[1] += busy
+        if energy is not None:
+            entry[2] = (entry[2] or 0) + energy
+    sums = {}
+    for session_id, (samples, busy, energy) in per_session.items():
+        session = sessions[session_id]
+        entry = sums.setdefault((session.user, session.price.currency), [None, None, 0])
+        if samples:
+            entry[0] = (entry[0] or 0) + busy
+        if energy is not None:
+            entry[1] = (entry[1] or 0) + energy
+            entry[2] += energy_units(energy, session.price.energy_price_per_kwh)
+    return [EfficiencySum(u, b, e, n, c) for (u, c), (b, e, n) in sorted(sums.items())]
+
+
+def test_closed_sessions_are_added_up_from_their_stored_sums_to_the_same_totals(ledger):
+    minute = T0.replace(second=0, microsecond=0)
+    plan = [  # container, user, energy price, first minute, minutes, closed
+        ("a1", "alice", "0.30", 0, 10, True),
+        ("a2", "alice", "0.50", 5, 20, False),  # running
+        ("a3", "alice", "0.20", 30, 5, True),
+        ("b1", "bob", "0.30", -5, 50, True),  # crosses every edge below
+        ("c1", "cy", "0", 0, 3, True),  # energy not charged
+        ("d1", "dee", "0.30", 0, 0, True),  # closed without a rollup
+    ]
+    for n, (container, user, price, first, minutes, closed) in enumerate(plan):
+        gpu = f"GPU-{n}"
+        start(ledger, container, user, gpus=(gpu,), energy=price)
+        ledger.add_rollups(
+            rollup(
+                (first + m) * 60,
+                container_id=container,
+                gpu_uuid=gpu,
+                busy_ms=1_000 + m,
+                energy_mj=None if m == 2 else 7 * KWH // 1000 + m,
+            )
+            for m in range(minutes)
+        )
+        if closed:
+            ledger.close_session(
+                container, ended_at=minute + timedelta(minutes=first + minutes), reason="stopped"
+            )
+    stored = ledger.get_session  # the stored sums are what makes the totals fast
+    with ledger.engine.connect() as connection:
+        unsummed = connection.execute(
+            sa.text("SELECT container_id FROM sessions WHERE rollup_samples IS NULL")
+        ).all()
+    assert unsummed == [("a2",)] and stored("a2").ended_at is None
+    for since_m, until_m in [(None, None), (0, 60), (3, 12), (6, None), (None, 31), (40, 41)]:
+        since = None if since_m is None else minute + timedelta(minutes=since_m)
+        until = None if until_m is None else minute + timedelta(minutes=until_m)
+        expected = expected_by_rollups(ledger, since, until)
+        assert ledger.efficiency_by_user(since=since, until=until) == expected, (since_m, until_m)
+        for user in ("alice", "bob", "dee"):
+            mine = [s for s in expected if s.user == user]
+            assert ledger.efficiency_by_user(user=user, since=since, until=until) == mine
+
+
+def test_rollups_written_after_a_session_closed_update_its_sums(ledger):
+    start(ledger, "c1", energy="0.30")
+    ledger.add_rollups([rollup(0, container_id="c1", busy_ms=10, energy_mj=KWH)])
+    ledger.close_session("c1", ended_at=at(30), reason="stopped")
+    [before] = ledger.efficiency_by_user()
+    # the meter's last flush comes after the session closed: another writer, the same minute
+    ledger.add_rollups([rollup(0, container_id="c1", writer="late", busy_ms=5, energy_mj=KWH)])
+    [after] = ledger.efficiency_by_user()
+    assert (before.busy_gpu_ms, before.energy_mj) == (10, KWH)
+    assert (after.busy_gpu_ms, after.energy_mj, after.energy_units) == (
+        15,
+        2 * KWH,
+        units(2, "0.30"),
+    )
+
+
+def test_a_session_whose_energy_charge_would_not_fit_64_bits_is_added_up_from_rollups(ledger):
+    start(ledger, "c1", energy="999999999999")
+    ledger.add_rollups([rollup(0, container_id="c1", busy_ms=10, energy_mj=10**7)])
+    ledger.close_session("c1", ended_at=at(30), reason="stopped")
+    with ledger.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT rollup_samples FROM sessions").scalar() is None
+    [total] = ledger.efficiency_by_user()
+    assert total.energy_units == energy_units(10**7, "999999999999") > 2**63
+
+
+def test_upgrading_adds_up_the_closed_sessions_rollups(make_ledger):
+    ledger = make_ledger()
+    with ledger.engine.begin() as connection:
+        ledger_schema.upgrade(connection, "0005")
+        for container, gpus in (("c1", ("GPU-a",)), ("c2", ("GPU-b",)), ("c3", ())):
+            insert_old_session(connection, container, gpus=gpus)
+        connection.exec_driver_sql(
+            "UPDATE sessions SET ended_at = last_seen_at WHERE container_id != 'c2'"
+        )
+        ids = dict(connection.exec_driver_sql("SELECT container_id, id FROM sessions").all())
+        old_rollups = sa.table(
+            "rollups",
+            *(sa.column(name) for name in ("session_id", "gpu_uuid", "writer", "samples")),
+            *(sa.column(name) for name in ("util_mean", "util_max", "memory_max_bytes")),
+            sa.column("minute", test_ledger.UTCDateTime()),
+        )
+        for container, minutes in (("c1", (0, 1, 2)), ("c2", (0,))):
+            for m in minutes:
+                connection.execute(
+                    old_rollups.insert().values(
+                        session_id=ids[container],
+                        gpu_uuid="GPU-a",
+                        writer="old",
+                        samples=60,
+                        util_mean=50.0,
+                        util_max=90,
+                        memory_max_bytes=1,
+                        minute=at(m * 60).replace(second=0, microsecond=0),
+                    )
+                )
+    ledger.upgrade()
+    with ledger.engine.connect() as connection:
+        stored = {
+            row[0]: tuple(row[1:])
+            for row in connection.exec_driver_sql(
+                "SELECT container_id, rollup_samples, busy_ms, energy_mj, energy_units "
+                "FROM sessions"
+            )
+        }
+    assert stored == {"c1": (180, 0, None, 0), "c2": (None,) * 4, "c3": (0, 0, None, 0)}
+    assert ledger.efficiency_by_user() == [EfficiencySum("alice", 0, None, 0, "USD")]

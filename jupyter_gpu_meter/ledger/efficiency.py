@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import bindparam, case, func, select, update
 
 from ..pricing import energy_units
 from .engine import Database, aware
@@ -92,47 +92,154 @@ class EfficiencyStore:
     ) -> list[EfficiencySum]:
         """Busy GPU-time, energy and its charge per user and currency over [since, until).
 
-        Counts the rollup minutes that start inside the range, of the sessions
-        that overlap it (found by the sessions' indexes, their rollups by the
-        rollups' primary key). Each session's energy is priced at its own
-        snapshot's ``energy_price_per_kwh`` (rounded per session, half up, to a
-        :data:`~jupyter_gpu_meter.pricing.CHARGE_UNITS` part) and the parts are
-        added up per user and currency. Users without a rollup in the range are
-        not listed; by user, then currency.
+        Counts the rollup minutes that start inside the range. Each session's
+        energy is priced at its own snapshot's ``energy_price_per_kwh`` (rounded
+        per session, half up, to a :data:`~jupyter_gpu_meter.pricing.CHARGE_UNITS`
+        part) and the parts added up per user and currency. Users without a
+        rollup in the range are not listed; by user, then currency.
+
+        Split like :meth:`~.sessions.SessionStore.usage_sums`: the database
+        adds up the stored sums of the closed sessions whose rollups all lie
+        inside the range; the running ones (sums not stored) and those whose
+        rollups cross an edge of the range are added up from their rollups in
+        the range. Each part has an index.
         """
         s, r = _sessions.c, _rollups.c
-        conditions = [] if user is None else [s.username == user]
+        since = None if since is None else aware("since", since)
+        until = None if until is None else aware("until", until)
+        mine = [] if user is None else [s.username == user]
+        inside = [*mine, s.rollup_samples.is_not(None), s.rollups_until.is_not(None)]
         if since is not None:
-            since = aware("since", since)
-            conditions += [or_(s.ended_at.is_(None), s.ended_at > since), r.minute >= since]
+            inside += [s.rollups_from >= since, s.rollups_until >= since]
         if until is not None:
-            until = aware("until", until)
-            conditions += [s.started_at < until, r.minute < until]
-        statement = (
+            inside.append(s.rollups_until < until)
+        # the rest, in pieces that each have an index: not summed, crossing an edge
+        pieces = [[*mine, s.rollup_samples.is_(None)]]
+        for edge in (since, until):
+            if edge is not None:
+                pieces.append([*mine, s.rollups_until >= edge, s.rollups_from < edge])
+        summed = (
             select(
                 s.username,
                 s.currency,
-                s.energy_price_per_kwh,
-                func.sum(r.samples),
-                func.sum(r.busy_ms),
-                func.sum(r.energy_mj),
+                func.sum(s.rollup_samples),
+                func.sum(s.busy_ms),
+                func.sum(s.energy_mj),
+                func.sum(s.energy_units),
             )
-            .select_from(_sessions.join(_rollups, r.session_id == s.id))
-            .where(*conditions)
-            .group_by(s.id, s.username, s.currency, s.energy_price_per_kwh)
+            .where(*inside)
+            .group_by(s.username, s.currency)
         )
         sums: dict[tuple[str, str], list] = {}
-        with self.db.read() as connection:
-            for name, currency, price, samples, busy, energy in connection.execute(statement):
-                entry = sums.setdefault((name, currency), [None, None, 0])
-                if samples:
-                    entry[0] = (entry[0] or 0) + int(busy)
-                if energy is not None:
-                    entry[1] = (entry[1] or 0) + int(energy)
-                    entry[2] += energy_units(int(energy), price)
+        with self.db.snapshot() as connection:
+            for name, currency, samples, busy, energy, units in connection.execute(summed):
+                _add(sums, name, currency, samples, busy, energy, int(units or 0))
+            others = {}
+            for piece in pieces:
+                for row in connection.execute(
+                    select(s.id, s.username, s.currency, s.energy_price_per_kwh).where(*piece)
+                ):
+                    others[row.id] = row
+            ids = sorted(others)
+            for chunk in (ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)):
+                in_range = [r.session_id.in_(chunk)]
+                if since is not None:
+                    in_range.append(r.minute >= since)
+                if until is not None:
+                    in_range.append(r.minute < until)
+                statement = (
+                    select(
+                        r.session_id,
+                        func.sum(r.samples),
+                        func.sum(r.busy_ms),
+                        func.sum(r.energy_mj),
+                    )
+                    .where(*in_range)
+                    .group_by(r.session_id)
+                )
+                for session_id, samples, busy, energy in connection.execute(statement):
+                    session = others[session_id]
+                    units = (
+                        0
+                        if energy is None
+                        else energy_units(int(energy), session.energy_price_per_kwh)
+                    )
+                    _add(sums, session.username, session.currency, samples, busy, energy, units)
         return [
             EfficiencySum(
                 user=name, busy_gpu_ms=busy, energy_mj=energy, energy_units=units, currency=currency
             )
             for (name, currency), (busy, energy, units) in sorted(sums.items())
         ]
+
+
+#: session ids per statement of the rollups' part
+_CHUNK = 500
+
+
+def _add(sums: dict, user: str, currency: str, samples, busy, energy, units: int) -> None:
+    """Add one session's (or one sum's) figures to `user`'s in `currency`."""
+    entry = sums.setdefault((user, currency), [None, None, 0])
+    if samples:
+        entry[0] = (entry[0] or 0) + int(busy)
+    if energy is not None:
+        entry[1] = (entry[1] or 0) + int(energy)
+    entry[2] += units
+
+
+#: the largest whole number a database's BIGINT holds
+_BIGINT_MAX = 2**63 - 1
+
+
+def refresh_sums(connection, session_ids: Iterable[int]) -> None:
+    """Store the rollups of these sessions, added up, in their rows, where they are closed
+    (in the caller's transaction: when a session closes, and when rollups of a closed
+    session are written later). A session whose energy charge would not fit 64 bits
+    keeps no sums: totals then add up its rollups."""
+    ids = sorted(set(session_ids))
+    if not ids:
+        return
+    s, r = _sessions.c, _rollups.c
+    found = {
+        row.session_id: row
+        for row in connection.execute(
+            select(
+                r.session_id,
+                func.sum(r.samples).label("samples"),
+                func.sum(r.busy_ms).label("busy"),
+                func.sum(r.energy_mj).label("energy"),
+                func.min(r.minute).label("first"),
+                func.max(r.minute).label("last"),
+            )
+            .where(r.session_id.in_(ids))
+            .group_by(r.session_id)
+        )
+    }
+    values = []
+    for session_id, price in connection.execute(
+        select(s.id, s.energy_price_per_kwh).where(s.id.in_(ids), s.ended_at.is_not(None))
+    ):
+        row = found.get(session_id)
+        value = {"row_id": session_id, "s": 0, "b": 0, "e": None, "u": 0, "f": None, "l": None}
+        if row is not None:
+            energy = None if row.energy is None else int(row.energy)
+            units = 0 if energy is None else energy_units(energy, price)
+            value.update(s=int(row.samples), b=int(row.busy), e=energy, u=units)
+            value.update(f=row.first, l=row.last)
+            if units > _BIGINT_MAX:
+                value.update(s=None, b=None, e=None, u=None)
+        values.append(value)
+    if values:
+        connection.execute(
+            update(_sessions)
+            .where(s.id == bindparam("row_id"))
+            .values(
+                rollup_samples=bindparam("s"),
+                busy_ms=bindparam("b"),
+                energy_mj=bindparam("e"),
+                energy_units=bindparam("u"),
+                rollups_from=bindparam("f"),
+                rollups_until=bindparam("l"),
+            ),
+            values,
+        )

@@ -63,7 +63,7 @@ class SessionModel(Base):
     billing_increment_s: Mapped[int] = mapped_column(Integer)
     minimum_charge: Mapped[Decimal] = mapped_column(Money)
     #: per kWh of the GPUs' energy, in `currency`; 0: energy not charged
-    energy_price_per_kwh: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    energy_price_per_kwh: Mapped[Decimal] = mapped_column(Money, server_default="0.000000")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: None while running
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -78,12 +78,35 @@ class SessionModel(Base):
     #: its charge in CHARGE_UNITS parts (:func:`jupyter_gpu_meter.pricing.charge_units`);
     #: both None also where either would not fit 64 bits (charged from the snapshot instead)
     charge_units: Mapped[int | None] = mapped_column(BigInteger)
+    # its rollups added up, written when it closes and again whenever a rollup of it is
+    # written later (None while running): what busy time and energy totals add up in SQL
+    #: readings over its GPUs
+    rollup_samples: Mapped[int | None] = mapped_column(BigInteger)
+    #: busy GPU-time, ms
+    busy_ms: Mapped[int | None] = mapped_column(BigInteger)
+    #: its GPUs' energy, mJ (None also where no reading had an energy counter)
+    energy_mj: Mapped[int | None] = mapped_column(BigInteger)
+    #: that energy's charge at energy_price_per_kwh, in CHARGE_UNITS parts
+    energy_units: Mapped[int | None] = mapped_column(BigInteger)
+    #: the first and the last minute of its rollups (None without any)
+    rollups_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rollups_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index(None, "username", "started_at"),
         Index(None, "username", "ended_at"),
         Index(None, "started_at"),
         Index(None, "ended_at", "started_at"),
+        # the sessions whose rollups end within a range: busy time and energy totals
+        Index(None, "rollups_until"),
+        Index(None, "username", "rollups_until"),
+        # the sessions whose rollups are not added up: running, mostly
+        Index(
+            "ix_sessions_unrolled",
+            "username",
+            sqlite_where=text("rollup_samples IS NULL"),
+            postgresql_where=text("rollup_samples IS NULL"),
+        ),
         # the few sessions totals must price one by one: running, or too large to sum
         Index(
             "ix_sessions_unsummed",

@@ -7,6 +7,7 @@ from datetime import timezone
 
 from sqlalchemy import func, select
 
+from .efficiency import refresh_sums
 from .engine import Database, aware
 from .models import RollupModel, SessionModel
 from .records import MinuteUtilization, Rollup, RollupRow, truncate_to_minute
@@ -62,13 +63,13 @@ class RollupStore:
             },
         )
         with self.db.write() as connection:
-            session_ids = dict(
-                connection.execute(
-                    select(_sessions.c.container_id, _sessions.c.id).where(
-                        _sessions.c.container_id.in_({row.container_id for row in rows})
-                    )
-                ).all()
-            )
+            found = connection.execute(
+                select(
+                    _sessions.c.container_id, _sessions.c.id, _sessions.c.ended_at.is_not(None)
+                ).where(_sessions.c.container_id.in_({row.container_id for row in rows}))
+            ).all()
+            session_ids = {container_id: session_id for container_id, session_id, _ in found}
+            closed = {session_id for _, session_id, ended in found if ended}
             values, unplaced = {}, []
             for row in rows:
                 if row.container_id not in session_ids:
@@ -91,6 +92,10 @@ class RollupStore:
                 values[tuple(value[name] for name in key)] = value
             if values:
                 connection.execute(statement, list(values.values()))
+                # a closed session's stored sums follow its rollups written late
+                refresh_sums(
+                    connection, closed & {value["session_id"] for value in values.values()}
+                )
         return unplaced
 
     def rollups(self, container_id: str) -> list[Rollup]:

@@ -10,6 +10,7 @@ from sqlalchemy import Integer, String, and_, false, func, or_, select, text, up
 from sqlalchemy.exc import OperationalError
 
 from ..pricing import PriceSnapshot, session_sums
+from .efficiency import refresh_sums
 from .engine import Database, aware
 from .models import SessionModel
 from .records import SessionRecord, UsageSum
@@ -190,7 +191,10 @@ class SessionStore:
                     charge_units=units,
                 )
             )
-            return connection.execute(statement).rowcount == 1
+            if connection.execute(statement).rowcount != 1:
+                return False
+            refresh_sums(connection, [session.id])  # its rollups, added up for totals
+            return True
 
     def touch_sessions(self, container_ids: Iterable[str], at: datetime) -> int:
         """Note that these containers were seen running at `at`; how many sessions moved on.
