@@ -1,8 +1,8 @@
 """A finished session's charge, busy share and energy, as a person sees them.
 
 A real hub with one simulated H100 and the meter; ada starts a 1-GPU server,
-the simulated utilization file holds her GPU at 73 % (and, where the simulated
-sampler gives energy, at a known power), she stops it, and her page in
+the simulated utilization file holds her GPU at 73 % and 3,600 W (the simulated
+sampler integrates the power into its energy counter), she stops it, and her page in
 headless Chromium shows that finished session's charge next to its busy
 share and energy, the same as ``api/usage`` says.
 """
@@ -22,7 +22,7 @@ from tests.test_e2e_pages import Person, chromium  # noqa: F401 (a fixture)
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
 H100 = "NVIDIA H100 80GB HBM3"
-#: one watt-hour a second, where the simulated sampler takes the file's power
+#: one watt-hour a second: the simulated sampler integrates the file's power
 POWER_WATTS = 3600
 
 
@@ -125,14 +125,15 @@ def test_a_finished_sessions_charge_busy_share_and_energy_on_the_page(hub, chrom
             "energy": energy_text(item),
         }
         # measured, not unknown: busy at most the file's 73 % (the ticks before the
-        # file was written were idle), energy where the simulated GPU gives a counter
+        # file was written were idle); energy from the simulated counter, at most one
+        # watt-hour a second of the session (3,600 W; 60 W before the file was written)
         assert 0 < item["busy_share"] <= 0.73
         assert item["busy_source"] == "utilization"
         assert Decimal(item["busy_gpu_seconds"]) >= Decimal("7.3")
-        if item["energy_kwh"] is not None:
-            assert Decimal(item["energy_kwh"]) > 0
-            charge = Decimal(item["energy_charge"]["amount"])
-            assert abs(charge - Decimal(item["energy_kwh"]) * Decimal("0.30")) <= Decimal("1e-6")
+        watt_hours = Decimal(item["energy_kwh"]) * 1000
+        assert 7 < watt_hours <= Decimal(item["duration_s"]).quantize(Decimal(1)) + 1
+        charge = Decimal(item["energy_charge"]["amount"])
+        assert abs(charge - Decimal(item["energy_kwh"]) * Decimal("0.30")) <= Decimal("1e-6")
         ada.page.screenshot(path=str(hub.dir / "efficiency-page.png"), full_page=True)
     finally:
         ada.close()
