@@ -355,7 +355,9 @@ class UsageReader:
         (:func:`~jupyter_gpu_meter.usage.storage_row`), by user and volume."""
         now = self.clock()
         sessions = self.ledger.sessions(user=user, since=since, until=until)
-        measured = self.ledger.efficiency_of(s.id for s in sessions)
+        measured = {}
+        for i in range(0, len(sessions), 1000):  # SQLite takes at most 32,766 bound values
+            measured.update(self.ledger.efficiency_of(s.id for s in sessions[i : i + 1000]))
         rows = usage.export_rows(sessions, now=now, since=since, until=until, measured=measured)
         lines = self.ledger.storage_sums(user=user, since=since, until=until, by_volume=True)
         rows += [usage.storage_row(line) for line in lines]
