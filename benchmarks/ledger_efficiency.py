@@ -14,9 +14,8 @@ EXPLAIN ANALYZE). Usage, from the repository root:
     .venv/bin/python benchmarks/ledger_scale.py --db both --postgresql-url URL --keep ...
     .venv/bin/python benchmarks/ledger_efficiency.py sqlite:///PATH URL --fill-sums [--samples 200]
 
-ledger_scale.py fills the tables past the ledger's writes, so the closed
-sessions' stored sums (what migration 0006 and closing a session write) are
-missing: --fill-sums adds them up first, as the migration does, and times it.
+--fill-sums adds up the closed sessions' rollups into their rows first, as
+migration 0006 does, and times it (ledger_scale.py's fill does it already).
 """
 
 import argparse

@@ -545,6 +545,9 @@ class SQLiteDatabase(Database):
             done += len(chunk)
             if done % 2_000_000 < 200_000:
                 log(f"  {done:,} rollup rows in")
+        for statement in ROLLUP_SUMS:
+            connection.execute(statement)
+        log("  closed sessions' rollup sums in")
         connection.execute("PRAGMA journal_mode=WAL")
         connection.close()
 
@@ -671,6 +674,10 @@ class PostgreSQLDatabase(Database):
             )
             connection.commit()
             log("  key and foreign key of rollups built")
+            for statement in ROLLUP_SUMS:
+                connection.execute(statement)
+            connection.commit()
+            log("  closed sessions' rollup sums in")
         with self.connect(autocommit=True) as connection:
             # what autovacuum does to tables this size in steady state
             connection.execute("VACUUM (ANALYZE) sessions")
@@ -728,6 +735,19 @@ class PostgreSQLDatabase(Database):
             connection.execute("DROP TABLE IF EXISTS alembic_version")
 
 
+#: what the ledger stores with a closed session (its rollups added up, see migration
+#: 0006), added after the bulk fill in two statements; the fill has no busy time or energy
+ROLLUP_SUMS = (
+    "UPDATE sessions SET rollup_samples = s.samples, busy_ms = s.busy, energy_units = 0, "
+    "rollups_from = s.first, rollups_until = s.last FROM (SELECT session_id, "
+    "sum(samples) AS samples, sum(busy_ms) AS busy, min(minute) AS first, "
+    "max(minute) AS last FROM rollups GROUP BY session_id) AS s "
+    "WHERE sessions.id = s.session_id AND sessions.ended_at IS NOT NULL",
+    "UPDATE sessions SET rollup_samples = 0, busy_ms = 0, energy_units = 0 "
+    "WHERE ended_at IS NOT NULL AND rollup_samples IS NULL",
+)
+
+
 # --- checks ---------------------------------------------------------------------------------
 
 
@@ -775,6 +795,8 @@ def check_fill_format(plan: Plan, folder: Path) -> None:
             for m in range(3)
         ],
     )
+    for statement in ROLLUP_SUMS:
+        connection.execute(statement)
     connection.close()
     stored = []
     for database in (by_ledger, by_fill):

@@ -43,7 +43,8 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
     hub.start_server("ada", {"gpus": 1})
     container = hub.container_of("ada")
     (uuid,) = hub.gpus_held()["ada/"]
-    utilization.write_text(json.dumps({uuid: {"utilization": 73, "memory_used_bytes": 5 << 30}}))
+    reading = {"utilization": 73, "memory_used_bytes": 5 << 30, "power_watts": 400}
+    utilization.write_text(json.dumps({uuid: reading}))
     opened = wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
     assert opened.ended_at is None and opened.gpu_uuids == (uuid,)
     # it runs until the meter has recorded 10 samples of it (one a second)
@@ -72,6 +73,11 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
     assert abs(efficiency.busy_gpu_ms - util_seconds * 1000) <= 0.25 * util_seconds * 1000
     assert efficiency.busy_source == "utilization"
     assert efficiency.memory_max_bytes == 5 << 30
+    # energy: the simulated counter's deltas while the session held the GPU, 400 W
+    # once the file says so (60 W + 6 W per percent before); never past its end
+    samples_taken = sum(r.samples for r in rollups)
+    assert efficiency.energy_mj == sum(r.energy_mj or 0 for r in rollups)
+    assert 60_000 * (samples_taken - 2) <= efficiency.energy_mj <= 400_000 * (seconds + 1)
     assert {r.gpu_uuid for r in rollups} == {uuid}
     assert max(r.util_max for r in rollups) == 73
     assert max(r.memory_max_bytes for r in rollups) == 5 << 30

@@ -23,6 +23,7 @@ MAX_LINES = 500
 PURE = (
     "jupyter_gpu_meter.usage",
     "jupyter_gpu_meter.policies",
+    "jupyter_gpu_meter.isolation",
     "jupyter_gpu_meter.choice",
     "jupyter_gpu_meter.allocation",
     "jupyter_gpu_meter.labels",

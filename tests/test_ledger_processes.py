@@ -468,3 +468,34 @@ def test_upgrading_adds_up_the_closed_sessions_rollups(make_ledger):
         }
     assert stored == {"c1": (180, 0, None, 0), "c2": (None,) * 4, "c3": (0, 0, None, 0)}
     assert ledger.efficiency_by_user() == [EfficiencySum("alice", 0, None, 0, "USD")]
+
+
+def test_sqlite_plans_find_efficiency_through_indexes_not_whole_tables(tmp_path):
+    """What keeps busy time and energy totals fast on a big SQLite ledger
+    (docs/benchmarks.md): no statement walks the sessions or the rollups table."""
+    ledger = test_ledger.Ledger(f"sqlite:///{tmp_path / 'plans.sqlite'}")
+    ledger.ensure_schema()
+    statements = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    start(ledger, "c1")  # running: its rollups are read for the totals
+    ledger.add_rollups([rollup(container_id="c1")])
+    sa.event.listen(ledger.engine, "before_cursor_execute", record)
+    ledger.efficiency_by_user(since=at(0))
+    ledger.efficiency_by_user(since=at(0), until=at(3600))
+    ledger.efficiency_by_user(user="alice", since=at(0), until=at(3600))
+    ledger.efficiency_of([1, 2])
+    ledger.process_groups(1)
+    sa.event.remove(ledger.engine, "before_cursor_execute", record)
+    assert len(statements) == 4 + 5 + 5 + 1 + 1  # sums, running, edges, their rollups
+    with ledger.engine.connect() as connection:
+        for statement, parameters in statements:
+            plan = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            steps = [row[3] for row in plan]
+            walks = {"SCAN sessions", "SCAN rollups", "SCAN process_usage"}
+            assert not walks & set(steps), (statement, steps)
+            assert all("INDEX" in step or "B-TREE" in step for step in steps), (statement, steps)
+    ledger.close()

@@ -86,14 +86,18 @@ class DecisionStore:
         user: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        policy: str | None = None,
     ) -> list[DecisionRecord]:
-        """Recorded decisions, newest first: at most `limit`, at or after `since`."""
+        """Recorded decisions, newest first: at most `limit`, at or after `since`
+        (of `user`, of `policy`, when given)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit {limit!r} is not allowed: give a whole number >= 1")
         d = _decisions.c
         conditions = []
         if user is not None:
             conditions.append(d.username == user)
+        if policy is not None:
+            conditions.append(d.policy == policy)
         if since is not None:
             conditions.append(d.at >= aware("since", since))
         statement = select(_decisions).where(*conditions).order_by(d.at.desc(), d.id.desc())

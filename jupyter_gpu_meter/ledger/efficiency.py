@@ -128,7 +128,9 @@ class EfficiencyStore:
                 func.sum(s.energy_units),
             )
             .where(*inside)
-            .group_by(s.username, s.currency)
+            # currency first: grouping by username would tempt SQLite's planner (no
+            # statistics) to walk all of (username, rollups_until) instead of the range
+            .group_by(s.currency, s.username)
         )
         sums: dict[tuple[str, str], list] = {}
         with self.db.snapshot() as connection:

@@ -337,6 +337,7 @@ class MeterService(Application):
         self.state.sampled(tick)
         self.aggregator.add(tick, self.state.gpu_owners(), self.state.running.keys())
         self.runner.observe(tick)
+        await self.runner.check_isolation(tick)
 
     def storage_pass(self, now: datetime) -> storage_pass.StoragePass:
         """Measure this hub's homes and snapshots and record their periods up to `now`.

@@ -7,8 +7,13 @@ shows of them (``*_text``), so the page's script formats nothing.
 
 from __future__ import annotations
 
-from .. import usage
+from datetime import timedelta
+
+from .. import isolation, usage
 from ..usage import format_percent, format_quantity
+
+#: how far back the admin page's isolation box lists decisions
+ISOLATION_DECISIONS_DAYS = 7
 
 
 async def gpu_list(context, viewer) -> list[dict]:
@@ -16,12 +21,14 @@ async def gpu_list(context, viewer) -> list[dict]:
     live = context.live
     tick = live.tick()
     inventory = None if tick is not None else await context.reader.call(live.inventory)
+    view = live.view()
     return gpu_rows(
         tick,
         inventory,
-        live.running(),
+        view.running,
         viewer=viewer.name,
         sees_everyone=viewer.sees_everyone,
+        breaches=view.breaches,
     )
 
 
@@ -40,15 +47,49 @@ def _texts(row: dict) -> dict:
     }
 
 
-def gpu_rows(tick, inventory, running: dict, *, viewer: str, sees_everyone: bool) -> list[dict]:
-    """Each GPU now: model, memory, utilization, power, health and who holds it. Pure.
+def breach_rows(breaches, running, *, details: bool) -> dict[str, list[dict]]:
+    """GPU UUID -> its current isolation breaches, as ``api/gpus`` gives them. Pure.
+
+    `breaches`: (:class:`~jupyter_gpu_meter.isolation.Breach`, first seen) pairs.
+    With `details` (a viewer who sees everyone): the process's PID, name, where
+    it runs, its container and its server's user and server name (None when it
+    runs in no server). Without: every field None but ``since``: that a foreign
+    process uses the GPU, and since when.
+    """
+    rows: dict[str, list[dict]] = {}
+    for breach, since in breaches:
+        row = dict.fromkeys(
+            ("pid", "process_name", "where", "container_id", "user", "server"), None
+        )
+        if details:
+            own = running.get(breach.container_id) if breach.container_id else None
+            row.update(
+                pid=breach.pid,
+                process_name=breach.process_name,
+                where=breach.where,
+                container_id=breach.container_id,
+                user=own.user if own is not None else None,
+                server=own.server if own is not None else None,
+            )
+        row["since"] = usage.isoformat(since)
+        rows.setdefault(breach.gpu_uuid, []).append(row)
+    return rows
+
+
+def gpu_rows(
+    tick, inventory, running: dict, *, viewer: str, sees_everyone: bool, breaches=()
+) -> list[dict]:
+    """Each GPU now: model, memory, utilization, power, health, who holds it, breaches. Pure.
 
     From the last sample (`tick`) when there is one, else from `inventory`
     (GPU sampling off: no readings). `running` maps container ids to the
-    running containers. A viewer who does not see everyone sees the readings
-    and the holder of their own GPUs only; of the others, whether they are
-    allocated.
+    running containers; `breaches` are the meter's current isolation breaches
+    (see :func:`breach_rows`). A viewer who does not see everyone sees the
+    readings and the holder of their own GPUs only, and of the processes that
+    should not be on them only how many there are; of the others' GPUs, whether
+    they are allocated.
     """
+    by_gpu = breach_rows(breaches, running, details=sees_everyone)
     holders = {
         uuid: container
         for container in running.values()
@@ -105,5 +146,57 @@ def gpu_rows(tick, inventory, running: dict, *, viewer: str, sees_everyone: bool
             # another user's GPU: its readings are their usage
             for key in ("utilization", "memory_used_bytes", "power_watts", "temperature_c"):
                 row[key] = None
+        # foreign processes: every one for those who see everyone, on one's own GPUs for users
+        row["breaches"] = by_gpu.get(reading["uuid"], []) if sees_everyone or mine else []
         rows.append({**row, **_texts(row)})
     return rows
+
+
+def _server_text(container) -> str:
+    if container is None:
+        return ""
+    return f"{container.user}/{container.server}" if container.server else container.user
+
+
+def isolation_rows(breaches, running, tick) -> list[dict]:
+    """The current breaches as the admin page lists them: GPU, its holder, the process and
+    the process's server, in words. Pure."""
+    index = {gpu.uuid: gpu.index for gpu in tick.gpus} if tick is not None else {}
+    rows = []
+    for breach, since in breaches:
+        own = running.get(breach.container_id) if breach.container_id else None
+        if breach.where == isolation.WHERE_UNMANAGED:
+            place = f"unmetered container {breach.container_id[:12]}"
+        elif breach.where == isolation.WHERE_CONTAINER:
+            place = "server " + _server_text(own) if own is not None else "a server"
+        else:
+            place = breach.where
+        rows.append(
+            {
+                "gpu_uuid": breach.gpu_uuid,
+                "gpu_index": index.get(breach.gpu_uuid),
+                "holder": _server_text(running.get(breach.gpu_owner)) if breach.gpu_owner else "",
+                "pid": breach.pid,
+                "process_name": breach.process_name,
+                "where": breach.where,
+                "place": place,
+                "since": since,
+            }
+        )
+    return rows
+
+
+async def isolation_section(context) -> dict:
+    """The admin page's "Isolation breaches" box: the breaches now, and the decisions
+    of the policy ``isolation`` of the last days (the ledger read off the loop)."""
+    view = context.live.view()
+    reader = context.reader
+    since = reader.clock() - timedelta(days=ISOLATION_DECISIONS_DAYS)
+    decisions = await reader.call(
+        reader.ledger.decisions, policy=isolation.POLICY, since=since, limit=10
+    )
+    return {
+        "breaches": isolation_rows(view.breaches, view.running, view.last_tick),
+        "decisions": decisions,
+        "days": ISOLATION_DECISIONS_DAYS,
+    }

@@ -216,6 +216,24 @@ def failure_families(health: dict) -> list:
     return [open_failures, unbilled, policy_errors]
 
 
+def isolation_families(view) -> list:
+    """Isolation breaches (:mod:`jupyter_gpu_meter.isolation`) from the meter's state
+    (a :class:`~jupyter_gpu_meter.service.state.MeterView`): how many appeared since the
+    meter started, and how many there are now. They name nobody."""
+    appeared = CounterMetricFamily(
+        PREFIX + "isolation_breaches",
+        "Isolation breaches that appeared since the meter started: a process on a GPU "
+        "its server does not own, or outside every server on a GPU a server holds.",
+    )
+    appeared.add_metric([], view.breaches_total)
+    now = GaugeMetricFamily(
+        PREFIX + "isolation_breaches",
+        "Isolation breaches at the last GPU sample (processes on GPUs they should not use).",
+    )
+    now.add_metric([], len(view.breaches))
+    return [appeared, now]
+
+
 class _Families:
     def __init__(self, families):
         self.families = families
@@ -246,6 +264,7 @@ class MetricsHandler(Authenticated, JSONHandler):
         if self.viewer.sees_everyone:
             per_user = await reader.call(reader.metrics_totals)
         live = context.live
-        body = exposition(metric_families(live.tick(), live.running(), live.health(), per_user))
+        families = metric_families(live.tick(), live.running(), live.health(), per_user)
+        body = exposition([*families, *isolation_families(live.view())])
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(body)

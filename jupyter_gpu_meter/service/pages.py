@@ -23,7 +23,7 @@ from .. import budgets, usage
 from .._version import __version__
 from .auth import READ_ALL_SCOPE, Authenticated, PageUser, Viewer
 from .charts import bar_chart_svg, sparkline_svg
-from .gpus import format_gib, gpu_list
+from .gpus import format_gib, gpu_list, isolation_section
 from .query import UsageArgumentError, parse_choice, parse_count, parse_range
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,7 @@ class AdminPageHandler(PageHandler):
         from .home_api import homes_section  # (it builds on this module's handlers)
 
         homes = await homes_section(self.context, viewer)
+        isolation = await isolation_section(self.context)
         range_args = {"since": since_text, "until": until_text}
 
         def url(**changes):
@@ -289,6 +290,7 @@ class AdminPageHandler(PageHandler):
             may_stop=lambda user, server: (user, server) in stoppable,
             homes=homes,
             homes_message=self.query("homes"),
+            isolation=isolation,
             live={
                 "url": self.context.prefix + "api/gpus",
                 "refresh_s": self.context.settings.refresh_interval,

@@ -26,6 +26,7 @@ from traitlets.config import LoggingConfigurable
 from .. import policies
 from ..budgets import Budgets, hourly_usage
 from ..policies import STOP, WARN, Decision, ServerState, track_idle
+from .isolation_check import IsolationCheck
 from .state import MeterState, error_class
 
 #: the policy name of the stop of a server whose session the ledger refused
@@ -94,6 +95,18 @@ class Policies(LoggingConfigurable):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError(f"per_profile[{slug!r}][{key!r}] must be seconds >= 0")
         return proposal.value
+
+    stop_on_isolation_breach = Bool(
+        False,
+        help="""
+        Stop a server one of whose processes uses a GPU the server does not own
+        (an isolation breach: see :mod:`jupyter_gpu_meter.isolation`), with the
+        reason "isolation breach: ...", e.g. True. Never the server whose GPU
+        it is; a process in no server of this hub stops nothing. Off (the
+        default): each breach is logged, recorded as a decision of the policy
+        ``isolation`` and shown, and nothing is stopped. ``dry_run`` applies.
+        """,
+    ).tag(config=True)
 
     keep_alive = Bool(
         True,
@@ -207,6 +220,8 @@ class PolicyRunner:
         self.activity: dict[str, tuple] = {}
         #: GPU UUID -> problem, for the GPUs the last tick found unhealthy
         self.unhealthy: dict[str, str] = {}
+        #: the isolation check of each tick (jupyter_gpu_meter.service.isolation_check)
+        self.isolation = IsolationCheck(self)
 
     def observe(self, tick):
         """Fold one sampler tick into each running server's idle/busy times."""
@@ -227,6 +242,10 @@ class PolicyRunner:
             self.activity[container.container_id] = (idle_since, busy_at)
         for container_id in set(self.activity) - set(self.state.running):
             del self.activity[container_id]
+
+    async def check_isolation(self, tick) -> None:
+        """The isolation check of one tick: new breaches logged, recorded, maybe stopped."""
+        await self.isolation.check(tick)
 
     def server_state(self, container, started_at=None) -> ServerState:
         idle_since, busy_at = self.activity.get(container.container_id, (None, None))
@@ -256,6 +275,7 @@ class PolicyRunner:
     async def run_once(self):
         now = self.clock()
         await self.stop_unbilled(now)
+        await self.isolation.retry_stops()
         await self.check_budgets(now)
         for container in list(self.state.running.values()):
             if container.started_at is None or container.container_id in self.state.stop_reasons:

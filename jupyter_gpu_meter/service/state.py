@@ -115,6 +115,11 @@ class MeterView:
     last_session_open_failure: str
     policy_errors: int
     last_policy_error: str
+    #: the isolation breaches of the last tick: (:class:`~jupyter_gpu_meter.isolation.Breach`,
+    #: when first seen), by GPU then PID
+    breaches: tuple = ()
+    #: how many breaches appeared since the meter started
+    breaches_total: int = 0
 
 
 @dataclass
@@ -146,6 +151,11 @@ class MeterState:
     last_policy_error: str = ""
     #: when the last completed policy check began (the meter's clock), None before one
     policies_checked_at: datetime | None = None
+    #: the isolation breaches of the last tick: (Breach, when first seen), by GPU then
+    #: PID; replaced whole (jupyter_gpu_meter.service.isolation_check)
+    breaches: tuple = ()
+    #: how many breaches appeared since the meter started
+    breaches_total: int = 0
     #: the time (ns since the epoch) of the last Docker event handled; replaced whole,
     #: read by the events thread when it reconnects
     events_since_ns: int = 0
@@ -237,6 +247,11 @@ class MeterState:
     def sampled(self, tick) -> None:
         self.last_tick = tick
 
+    def isolation_checked(self, breaches: tuple, new: int) -> None:
+        """The isolation check of a tick found `breaches`, `new` of them not there before."""
+        self.breaches = breaches
+        self.breaches_total += new
+
     # --- readers ---------------------------------------------------------------
 
     def view(self) -> MeterView:
@@ -249,6 +264,8 @@ class MeterState:
             last_session_open_failure=self.last_session_open_failure,
             policy_errors=self.policy_errors,
             last_policy_error=self.last_policy_error,
+            breaches=self.breaches,
+            breaches_total=self.breaches_total,
         )
 
     def health(self) -> dict:
