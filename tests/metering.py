@@ -58,7 +58,7 @@ def add_closed_session(
 
     Closed sessions only: the meter's reconcile would close an open one whose
     container it does not know. `utilization`: one percentage a minute, on its
-    first GPU.
+    first GPU, written as the meter writes it (busy time: that share of the minute).
     """
     container_id = f"{abs(hash((user, started_at))):x}".rjust(64, "0")
     uuids = [f"GPU-old-{user}-{i}" for i in range(gpus)]
@@ -77,7 +77,17 @@ def add_closed_session(
             container_id, ended_at=started_at + timedelta(hours=hours), reason="stopped"
         )
         ledger.add_rollups(
-            RollupRow(container_id, uuids[0], started_at + timedelta(minutes=m), "t", 60, u, u, 0)
+            RollupRow(
+                container_id,
+                uuids[0],
+                started_at + timedelta(minutes=m),
+                "t",
+                60,
+                u,
+                u,
+                0,
+                busy_ms=u * 600,
+            )
             for m, u in enumerate(utilization)
         )
     return container_id

@@ -85,6 +85,11 @@ def test_report_per_user(ledger_url):
         "charges": "4.98",
         "storage_gb_hours": "0.0000",
         "storage_charges": "0.00",
+        # no GPU sample, no energy counter in this ledger: unknown, not 0
+        "busy_gpu_hours": None,
+        "idle_gpu_hours": None,
+        "energy_kwh": None,
+        "energy_charges": "0.00",
         "currency": "USD",
     }
     assert (rows["eve"]["sessions"], rows["eve"]["charges"]) == (0, "0.00")
@@ -118,6 +123,10 @@ def test_report_as_csv_and_table(ledger_url):
         "charges": "4.98",
         "storage_gb_hours": "0.0000",
         "storage_charges": "0.00",
+        "busy_gpu_hours": "",
+        "idle_gpu_hours": "",
+        "energy_kwh": "",
+        "energy_charges": "0.00",
         "currency": "USD",
     }
     table = cli("report", "--db-url", ledger_url).stdout.splitlines()
@@ -129,9 +138,16 @@ def test_report_as_csv_and_table(ledger_url):
         "charges",
         "storage_gb_hours",
         "storage_charges",
+        "busy_gpu_hours",
+        "idle_gpu_hours",
+        "energy_kwh",
+        "energy_charges",
         "currency",
     ]
-    assert table[1].split() == ["ada", "2", "0", "2.0000", "4.98", "0.0000", "0.00", "USD"]
+    assert table[1].split() == [
+        *("ada", "2", "0", "2.0000", "4.98", "0.0000", "0.00"),
+        *("–", "–", "–", "0.00", "USD"),
+    ]
 
 
 def test_report_on_a_database_without_the_schema_says_what_to_run(tmp_path):

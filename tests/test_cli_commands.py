@@ -77,6 +77,7 @@ def test_help_lists_the_commands_as_before():
 report
     Per user: sessions, GPU-hours and charges, and storage (GB-hours and charges),
     from the ledger. ``charges`` is GPU and CPU time; ``storage_charges`` comes on top.
+    Then busy and idle GPU-hours, and energy (kWh; ``energy_charges`` on top).
 upgrade-db
     Create the ledger's tables, or migrate them to this version (alembic).
 budget

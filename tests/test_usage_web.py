@@ -224,7 +224,10 @@ def body(response):
 def expected_totals(ledger, user, *, since=None, until=None):
     sessions = ledger.sessions(user=user)
     storage = ledger.storage_sums(user=user, since=since, until=until)
-    totals = usage.totals(sessions, now=NOW, since=since, until=until, storage=storage)
+    efficiency = ledger.efficiency_by_user(user=user, since=since, until=until)
+    totals = usage.totals(
+        sessions, now=NOW, since=since, until=until, storage=storage, efficiency=efficiency
+    )
     return totals.to_json("EUR")
 
 
@@ -337,7 +340,8 @@ async def test_users_is_for_admins_sorted_and_paged_with_grand_totals(app):
     bob = users["items"][0]
     expected = expected_totals(ledger, "bob")
     assert {k: bob[k] for k in expected} == expected
-    everyone = usage.totals(ledger.sessions(), now=NOW).to_json("EUR")
+    efficiency = ledger.efficiency_by_user(since=None, until=None)
+    everyone = usage.totals(ledger.sessions(), now=NOW, efficiency=efficiency).to_json("EUR")
     assert data["totals"] == {"users": 4, **everyone}
     by_name = body(await fetch(app, "api/users?sort=user&order=asc", "auditor-token"))
     assert [u["user"] for u in by_name["users"]["items"]] == sorted(

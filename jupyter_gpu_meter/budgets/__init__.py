@@ -18,7 +18,8 @@ sessions, and compute what is left. Nothing here touches a database.
 Storage (homes and snapshots) counts against money budgets: the ledger adds
 up its charge over the period (:meth:`~jupyter_gpu_meter.ledger.Ledger.storage_sums`,
 each measured period at its own storage price) and the functions here add
-that in. GPU-hour budgets count GPU time only.
+that in. Energy counts likewise (:meth:`~jupyter_gpu_meter.ledger.Ledger.efficiency_by_user`,
+each session's energy at its own energy price). GPU-hour budgets count GPU time only.
 
 :class:`Budgets` (:mod:`.settings`) is the one configurable here: the settings
 that both the spawner and the meter read; the rules are pure (:mod:`.rules`).
@@ -43,6 +44,7 @@ from .rules import (
     Budget,
     BudgetStatus,
     Change,
+    Energy,
     Session,
     Storage,
     budget_currency,
@@ -69,6 +71,7 @@ __all__ = [
     "Budgets",
     "CHANGES",
     "Change",
+    "Energy",
     "GPU_HOURS",
     "GRANT",
     "GROUP",

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Protocol
 
-from ..pricing import PriceSnapshot, charge, gpu_seconds, parse_currency
+from ..pricing import PriceSnapshot, charge, from_charge_units, gpu_seconds, parse_currency
 from ..usage import (
     clip,
     decimal_string,
@@ -86,6 +86,16 @@ class Storage(Protocol):
     currency: str
     #: exact amount
     charge: Decimal
+
+
+class Energy(Protocol):
+    """What the functions here read of a user's energy over the budget's period so far
+    (the ledger's ``EfficiencySum``)."""
+
+    user: str
+    currency: str
+    #: the energy charge in :data:`~jupyter_gpu_meter.pricing.CHARGE_UNITS` parts
+    energy_units: int
 
 
 # --- validation ------------------------------------------------------------------
@@ -233,16 +243,17 @@ def spent(
     since: datetime,
     now: datetime,
     storage: Iterable[Storage] = (),
+    energy: Iterable[Energy] = (),
 ) -> Decimal:
-    """What `sessions` (and `storage`) used in [since, now]: money in `currency`, or
-    GPU-hours. Exact.
+    """What `sessions` (and `storage` and `energy`) used in [since, now]: money in
+    `currency`, or GPU-hours. Exact.
 
     Only the part of each session inside the window counts, charged at the
     price snapshot it started with (like ``jupyter-gpu-meter report --since``);
     running sessions count up to `now`. A money budget counts only sessions
     charged in its currency: amounts in another currency cannot be converted.
-    `storage` (already over [since, now]) counts for money budgets only, in
-    their currency; a GPU-hour budget counts GPU time alone.
+    `storage` and `energy` (already over [since, now]) count for money budgets
+    only, in their currency; a GPU-hour budget counts GPU time alone.
     """
     total = Decimal(0)
     for session in sessions:
@@ -256,6 +267,8 @@ def spent(
             total += gpu_seconds(session.price, *span) / _HOUR
     if unit == MONEY:
         total += sum((part.charge for part in storage if part.currency == currency), Decimal(0))
+        units = sum(part.energy_units for part in energy if part.currency == currency)
+        total += from_charge_units(units)
     return total
 
 
@@ -304,12 +317,14 @@ def budget_status(
     now: datetime,
     user: str | None = None,
     storage: Iterable[Storage] = (),
+    energy: Iterable[Energy] = (),
 ) -> BudgetStatus:
     """Where `user` stands against `budget` at `now`.
 
     `user` defaults to the budget's name for a user budget; a group budget
-    applies to each member, so say which. Only that user's sessions and
-    `storage` count (others' are ignored; storage only for money).
+    applies to each member, so say which. Only that user's sessions,
+    `storage` and `energy` count (others' are ignored; storage and energy only
+    for money).
     The limit is the budget's amount plus the grants made in the current
     period to the budget's owner and, for a group budget, to the user
     themself (in the budget's unit and currency).
@@ -330,6 +345,7 @@ def budget_status(
         since=start,
         now=now,
         storage=(part for part in storage if part.user == user),
+        energy=(part for part in energy if part.user == user),
     )
     return BudgetStatus(
         user=user,

@@ -52,14 +52,18 @@ def _change_record(row) -> BudgetChange:
 class BudgetStore:
     """Set, grant, remove and read budgets (every change recorded); budget status.
 
-    Status reads the user's sessions and storage of the budget's period
-    through the `sessions` and `storage` stores.
+    Status reads the user's sessions, storage and energy of the budget's period
+    through the `sessions`, `storage` and `efficiency` stores (without an
+    `efficiency` store, energy counts nothing).
     """
 
-    def __init__(self, db: Database, sessions: SessionStore, storage: StorageStore):
+    def __init__(
+        self, db: Database, sessions: SessionStore, storage: StorageStore, efficiency=None
+    ):
         self.db = db
         self._sessions = sessions
         self._storage = storage
+        self._efficiency = efficiency
 
     def user_budget_status(
         self, user: str, groups: Iterable[str], now: datetime
@@ -78,8 +82,8 @@ class BudgetStore:
     ) -> rules.BudgetStatus:
         """Where `user` stands against `budget` at `now`.
 
-        Reads the grants, `user`'s sessions and storage of the budget's current
-        period, and composes them with
+        Reads the grants, `user`'s sessions, storage and energy of the budget's
+        current period, and composes them with
         :func:`jupyter_gpu_meter.budgets.budget_status`: the one place that
         does, for the meter's pages and policies, the spawner and ``budget show``.
         """
@@ -91,7 +95,14 @@ class BudgetStore:
             now=now,
             user=user,
             storage=self._storage.storage_sums(user=user, since=since, until=now),
+            energy=self._energy(user, since, now),
         )
+
+    def _energy(self, user: str, since: datetime, now: datetime) -> list:
+        """`user`'s energy charges over [since, now) (:class:`~.records.EfficiencySum`)."""
+        if self._efficiency is None:
+            return []
+        return self._efficiency.efficiency_by_user(user=user, since=since, until=now)
 
     def set_budget(
         self,

@@ -82,7 +82,9 @@ class Ledger:
         self.state_store = StateStore(self.db)
         self.decision_store = DecisionStore(self.db)
         self.storage_store = StorageStore(self.db)
-        self.budget_store = BudgetStore(self.db, self.session_store, self.storage_store)
+        self.budget_store = BudgetStore(
+            self.db, self.session_store, self.storage_store, self.efficiency_store
+        )
 
     @property
     def engine(self):

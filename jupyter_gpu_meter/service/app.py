@@ -79,7 +79,8 @@ class MeterService(Application):
         "report": (
             "jupyter_gpu_meter.cli.report.ReportCommand",
             "Per user: sessions, GPU-hours and charges, and storage (GB-hours and charges),\n"
-            "from the ledger. ``charges`` is GPU and CPU time; ``storage_charges`` comes on top.",
+            "from the ledger. ``charges`` is GPU and CPU time; ``storage_charges`` comes on top.\n"
+            "Then busy and idle GPU-hours, and energy (kWh; ``energy_charges`` on top).",
         ),
         "upgrade-db": (
             "jupyter_gpu_meter.cli.db.UpgradeDBCommand",

@@ -75,7 +75,8 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     for uuid, container in sorted(holders.items()):
         holder.add_metric([uuid, container.user, container.server], 1)
 
-    seconds, charges, *storage = per_user if per_user is not None else ({}, {})
+    seconds, charges, *rest = per_user if per_user is not None else ({}, {})
+    storage, efficiency = rest[:1], rest[1:]
     gpu_seconds = CounterMetricFamily(
         PREFIX + "user_gpu_seconds",
         "GPU-seconds used per user, all time (running sessions up to the scrape).",
@@ -97,6 +98,7 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     families.append(allocated)
     if per_user is not None:
         families += [holder, gpu_seconds, charged, *storage_families(*storage)]
+        families += efficiency_families(*efficiency)
     families.append(sessions)
     tick_duration = GaugeMetricFamily(
         PREFIX + "sampler_tick_duration_seconds",
@@ -152,6 +154,45 @@ def storage_families(storage=None) -> list:
         if storage.measured_at is not None:
             measured.add_metric([], storage.measured_at.timestamp())
     return [size, gb_hours, charged, measured]
+
+
+def efficiency_families(rows=()) -> list:
+    """Per user, all time: busy and idle GPU-seconds and the energy of their sessions'
+    GPUs, and its charges (`rows`: :class:`~jupyter_gpu_meter.usage.UserUsage`)."""
+    busy = CounterMetricFamily(
+        PREFIX + "user_busy_gpu_seconds",
+        "Busy GPU-seconds per user (SM activity or utilization x time), all time.",
+        labels=["user"],
+    )
+    idle = CounterMetricFamily(
+        PREFIX + "user_idle_gpu_seconds",
+        "GPU-seconds paid for and not busy per user, all time (absent without GPU samples).",
+        labels=["user"],
+    )
+    energy = CounterMetricFamily(
+        PREFIX + "user_energy_joules",
+        "Energy of the GPUs of each user's sessions, all time (absent without energy readings).",
+        labels=["user"],
+    )
+    charged = CounterMetricFamily(
+        PREFIX + "user_energy_charges",
+        "Energy charges per user in the currency of the label, all time, unrounded.",
+        labels=["user", "currency"],
+    )
+    sums: dict[str, list] = {}
+    for row in rows:
+        entry = sums.setdefault(row.user, [None, None, None])
+        for i, value in enumerate((row.busy_gpu_hours, row.idle_gpu_hours, row.energy_kwh)):
+            if value is not None:
+                entry[i] = (entry[i] or 0) + value
+        if row.energy_charges:
+            charged.add_metric([row.user, row.currency], float(row.energy_charges))
+    for user, (busy_h, idle_h, kwh) in sorted(sums.items()):
+        scaled = ((busy, busy_h, 3600), (idle, idle_h, 3600), (energy, kwh, 3_600_000))
+        for family, value, scale in scaled:
+            if value is not None:
+                family.add_metric([user], float(value * scale))
+    return [busy, idle, energy, charged]
 
 
 def failure_families(health: dict) -> list:

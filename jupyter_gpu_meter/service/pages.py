@@ -23,7 +23,7 @@ from .. import budgets, usage
 from .._version import __version__
 from .auth import READ_ALL_SCOPE, Authenticated, PageUser, Viewer
 from .charts import bar_chart_svg, sparkline_svg
-from .gpus import gpu_list, isolation_section
+from .gpus import format_gib, gpu_list, isolation_section
 from .query import UsageArgumentError, parse_choice, parse_count, parse_range
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ def make_templates(hub_template_paths=(), template_vars: dict | None = None) -> 
         rate=usage.format_rate,
         utc=usage.format_time,
         percent=usage.format_percent,
+        share=usage.format_share,
+        energy=usage.format_energy,
+        gib=format_gib,
+        idle_hours=format_known_hours,
         gb=format_gb,
     )
     env.globals["template_vars"] = {
@@ -75,6 +79,11 @@ def make_templates(hub_template_paths=(), template_vars: dict | None = None) -> 
 
 
 # --- words (for people; the API gives exact decimals): the usage core's, and sizes ------
+
+
+def format_known_hours(value: Decimal | None) -> str:
+    """GPU-hours that may be unknown (idle, busy: no GPU sample): ``1.25``, or "–"."""
+    return "–" if value is None else usage.format_quantity(value)
 
 
 def format_gb(value: int | None) -> str:

@@ -255,16 +255,20 @@ class UsageReader:
         running = self.ledger.open_sessions(user=user)
         shown = [s.container_id for s in [*page, *running] if s.gpu_count]
         minutes = self.ledger.utilization_of(shown)
+        measured = self.ledger.efficiency_of(s.id for s in [*page, *running])
+        # each shown GPU session's process groups: one small query each, a page at most
+        groups = {s.id: self.ledger.process_groups(s.id) for s in [*page, *running] if s.gpu_count}
 
-        def with_usage(session):
-            return usage.session_usage(session, now=now, minutes=minutes.get(session.container_id))
+        def with_usage(s):
+            extra = {"measured": measured.get(s.id), "processes": groups.get(s.id, ())}
+            return usage.session_usage(s, now=now, minutes=minutes.get(s.container_id), **extra)
 
         def totals(since=None, until=None):
-            sums, sessions = self.ledger.usage_sums(user=user, since=since, until=until)
-            storage = self.ledger.storage_sums(user=user, since=since, until=until)
-            return usage.totals(
-                sessions, now=now, since=since, until=until, sums=sums, storage=storage
-            )
+            span = {"user": user, "since": since, "until": until}
+            sums, sessions = self.ledger.usage_sums(**span)
+            extra = {"storage": self.ledger.storage_sums(**span), "sums": sums}
+            extra["efficiency"] = self.ledger.efficiency_by_user(**span)
+            return usage.totals(sessions, now=now, since=since, until=until, **extra)
 
         all_time = totals()
 
@@ -299,11 +303,11 @@ class UsageReader:
         """Every user in the ledger: totals over [since, until), last active, sorted, one page."""
         now = self.clock()
         # the database adds up the closed sessions; only the others are read here
-        sums, sessions = self.ledger.usage_sums(since=since, until=until)
-        storage = self.ledger.storage_sums(since=since, until=until)
-        in_range = usage.totals_by_user(
-            sessions, now=now, since=since, until=until, sums=sums, storage=storage
-        )
+        span = {"since": since, "until": until}
+        sums, sessions = self.ledger.usage_sums(**span)
+        extra = {"storage": self.ledger.storage_sums(**span), "sums": sums}
+        extra["efficiency"] = self.ledger.efficiency_by_user(**span)
+        in_range = usage.totals_by_user(sessions, now=now, **span, **extra)
         rows = usage.user_table(in_range, self.ledger.last_active(now))
         rows = usage.sort_users(rows, sort, descending=order == "desc", currency=self.currency)
         limit = self.settings.users_page_size if limit is None else limit
@@ -351,14 +355,18 @@ class UsageReader:
         (:func:`~jupyter_gpu_meter.usage.storage_row`), by user and volume."""
         now = self.clock()
         sessions = self.ledger.sessions(user=user, since=since, until=until)
-        rows = usage.export_rows(sessions, now=now, since=since, until=until)
+        measured = {}
+        for i in range(0, len(sessions), 1000):  # SQLite takes at most 32,766 bound values
+            measured.update(self.ledger.efficiency_of(s.id for s in sessions[i : i + 1000]))
+        rows = usage.export_rows(sessions, now=now, since=since, until=until, measured=measured)
         lines = self.ledger.storage_sums(user=user, since=since, until=until, by_volume=True)
         rows += [usage.storage_row(line) for line in lines]
         return paginate(rows, limit=len(rows) if limit is None else limit, offset=offset)
 
     def metrics_totals(self) -> tuple:
-        """All-time (GPU-seconds per user, charges per user and currency, storage), cached
-        briefly; storage is :class:`StorageMetrics`."""
+        """All-time (GPU-seconds per user, charges per user and currency, storage,
+        efficiency), cached briefly; storage is :class:`StorageMetrics`, efficiency
+        the user rows of :func:`~jupyter_gpu_meter.usage.usage_by_user`."""
         with self._metrics_lock:
             cached = self._metrics_cache
             if cached and time.monotonic() - cached[0] < self.settings.metrics_cache_seconds:
@@ -367,15 +375,14 @@ class UsageReader:
             seconds: dict[str, Decimal] = {}
             charges: dict[tuple[str, str], Decimal] = {}
             sums, sessions = self.ledger.usage_sums()
-            for row in usage.usage_by_user(sessions, now=now, sums=sums):
+            efficiency = self.ledger.efficiency_by_user(since=None, until=None)
+            rows = usage.usage_by_user(sessions, now=now, sums=sums, efficiency=efficiency)
+            for row in rows:
                 seconds[row.user] = seconds.get(row.user, Decimal(0)) + row.gpu_hours * 3600
                 charges[(row.user, row.currency)] = row.charges
             measured_at, volumes = self.ledger.storage_now()
-            result = (
-                seconds,
-                charges,
-                StorageMetrics(measured_at, volumes, self.ledger.storage_sums()),
-            )
+            storage = StorageMetrics(measured_at, volumes, self.ledger.storage_sums())
+            result = (seconds, charges, storage, rows)
             self._metrics_cache = (time.monotonic(), result)
             return result
 

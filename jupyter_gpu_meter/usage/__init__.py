@@ -12,6 +12,8 @@ to the last digit:
   :func:`format_time`, :func:`format_day`, :func:`format_duration`, :func:`month_start`;
 - :mod:`.totals`: :func:`clip`, :class:`Totals`, :func:`usage_by_user`;
 - :mod:`.sessions`: one session's usage, GPU-hours per day;
+- :mod:`.efficiency`: a session's busy share, idle GPU-time and energy,
+  :func:`format_share`, :func:`format_energy`;
 - :mod:`.export`: the CSV's invoice lines.
 
 Reading query arguments lives with the API (:mod:`jupyter_gpu_meter.service.query`),
@@ -28,7 +30,17 @@ from .dates import (
     month_start,
     parse_time,
 )
+from .efficiency import (
+    ENERGY_PLACES,
+    Efficiency,
+    format_energy,
+    format_processes,
+    format_share,
+    processes_json,
+    session_efficiency,
+)
 from .export import (
+    EFFICIENCY_COLUMNS,
     EXPORT_COLUMNS,
     SESSION_LINE,
     STORAGE_LINE,
@@ -79,6 +91,8 @@ PLACES = MONEY_PLACES
 
 __all__ = [
     "DAILY_DAYS",
+    "EFFICIENCY_COLUMNS",
+    "ENERGY_PLACES",
     "EXPORT_COLUMNS",
     "MONEY_LIMIT",
     "MONEY_PLACES",
@@ -87,6 +101,7 @@ __all__ = [
     "STORAGE_LINE",
     "TIME_EXAMPLE",
     "USER_SORT_KEYS",
+    "Efficiency",
     "SessionUsage",
     "Totals",
     "UserTotals",
@@ -104,10 +119,13 @@ __all__ = [
     "format_charges",
     "format_day",
     "format_duration",
+    "format_energy",
     "format_money",
     "format_percent",
+    "format_processes",
     "format_quantity",
     "format_rate",
+    "format_share",
     "format_time",
     "isoformat",
     "minor_unit",
@@ -115,7 +133,9 @@ __all__ = [
     "month_start",
     "parse_money",
     "parse_time",
+    "processes_json",
     "round_money",
+    "session_efficiency",
     "session_usage",
     "sort_users",
     "storage_row",

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 from .. import pricing
 from .dates import isoformat
+from .efficiency import ENERGY_PLACES, SHARE_PLACES, energy_price, session_efficiency
 from .money import decimal_string
 from .sessions import what_ran
 from .totals import clip
@@ -44,18 +45,34 @@ EXPORT_COLUMNS = (
     "volume_kind",
     "storage_gb_hours",
     "price_per_gb_month",
+    # added with efficiency and energy: the whole session's, on the line that reaches its end
+    "busy_gpu_seconds",
+    "busy_share",
+    "busy_source",
+    "memory_max_bytes",
+    "energy_kwh",
+    "energy_price_per_kwh",
+    "energy_charge",
 )
+#: the efficiency columns, empty on every line but a session's last
+EFFICIENCY_COLUMNS = EXPORT_COLUMNS[-7:]
 #: ``kind`` of a server session's line and of a volume's storage line
 SESSION_LINE, STORAGE_LINE = "session", "storage"
 
 
-def export_row(session, *, now: datetime, since=None, until=None) -> dict | None:
+def export_row(session, *, now: datetime, since=None, until=None, measured=None) -> dict | None:
     """One invoice line: the part of `session` inside [since, until), at its own prices.
 
     ``billed_from``/``billed_until`` are that part; a running session is billed up
     to `now` and has no ``ended_at``. ``billed_seconds`` is what is charged for:
     that part's length rounded up to the billing increment (a whole number).
     ``gpu_hours`` is exact GPU time, not rounded. None when no part is inside the range.
+
+    The efficiency columns (:data:`EFFICIENCY_COLUMNS`, from what the ledger
+    `measured` of the session, see :func:`efficiency_cells`) are the whole
+    session's, filled only on the line that reaches its end (``billed_until``
+    is when it ended, or `now` while it runs): a session split over two months'
+    exports counts its energy once, in the month it ends.
     """
     span = clip(session, now=now, since=since, until=until)
     if span is None:
@@ -83,7 +100,30 @@ def export_row(session, *, now: datetime, since=None, until=None) -> dict | None
         "volume_kind": "",
         "storage_gb_hours": "",
         "price_per_gb_month": "",
+        **efficiency_cells(session, measured, now=now, last=end == session.end(now)),
     }
+
+
+def efficiency_cells(session, measured, *, now: datetime, last: bool = True) -> dict:
+    """The efficiency columns of `session`'s line: empty but for its `last` line, and
+    empty where unknown (no GPU sample, no energy counter)."""
+    if not last:
+        return dict.fromkeys(EFFICIENCY_COLUMNS, "")
+    found = session_efficiency(session, measured, now=now)
+    share = found.busy_share
+    return {
+        "busy_gpu_seconds": _cell(found.busy_gpu_seconds),
+        "busy_share": "" if share is None else f"{share:.{SHARE_PLACES}f}",
+        "busy_source": found.busy_source,
+        "memory_max_bytes": "" if found.memory_max_bytes is None else found.memory_max_bytes,
+        "energy_kwh": _cell(found.energy_kwh, ENERGY_PLACES),
+        "energy_price_per_kwh": decimal_string(energy_price(session.price)),
+        "energy_charge": _cell(None if found.energy_kwh is None else found.energy_charge),
+    }
+
+
+def _cell(value: Decimal | None, places: int = 6) -> str:
+    return "" if value is None else decimal_string(value, places)
 
 
 def storage_row(line) -> dict:
@@ -104,7 +144,14 @@ def storage_row(line) -> dict:
     }
 
 
-def export_rows(sessions: Iterable, *, now: datetime, since=None, until=None) -> list[dict]:
-    """:func:`export_row` of every session with a part in the range, oldest first."""
-    rows = (export_row(s, now=now, since=since, until=until) for s in sessions)
+def export_rows(
+    sessions: Iterable, *, now: datetime, since=None, until=None, measured=None
+) -> list[dict]:
+    """:func:`export_row` of every session with a part in the range, oldest first;
+    `measured`: session id -> :class:`~jupyter_gpu_meter.ledger.SessionEfficiency`."""
+    measured = measured or {}
+    rows = (
+        export_row(s, now=now, since=since, until=until, measured=measured.get(s.id))
+        for s in sessions
+    )
     return [row for row in rows if row is not None]

@@ -10,6 +10,7 @@ from decimal import Decimal
 from .. import pricing
 from ..clock import as_utc
 from .dates import day_start, format_duration, format_time, isoformat
+from .efficiency import Efficiency, format_processes, processes_json, session_efficiency
 from .money import decimal_string, format_rate, money
 from .totals import clip
 
@@ -103,6 +104,15 @@ class SessionUsage:
     charge: Decimal
     utilization_avg: float | None = None
     utilization: tuple[float, ...] = ()
+    #: busy share, energy and peak memory; None where the ledger was not asked
+    efficiency: Efficiency | None = None
+    #: its process groups (:class:`~jupyter_gpu_meter.ledger.ProcessGroupUsage`), busiest first
+    processes: tuple = ()
+
+    @property
+    def processes_text(self) -> str:
+        """Where its GPU time went: ``python 58 min, torchrun 2 min`` ("" without any)."""
+        return format_processes(self.processes)
 
     def to_json(self) -> dict:
         s = self.session
@@ -126,12 +136,20 @@ class SessionUsage:
             else round(self.utilization_avg, 2),
             "utilization_avg_text": format_percent(self.utilization_avg),
             "utilization": [round(value, 1) for value in self.utilization],
+            **(self.efficiency.to_json() if self.efficiency is not None else {}),
+            "processes": processes_json(self.processes),
+            "processes_text": self.processes_text,
         }
 
 
-def session_usage(session, *, now: datetime, minutes: Sequence | None = None) -> SessionUsage:
+def session_usage(
+    session, *, now: datetime, minutes: Sequence | None = None, measured=None, processes=()
+) -> SessionUsage:
     """`session` as it stands at `now` (the whole session, not clipped), with its
-    utilization from `minutes` (see :func:`average_utilization`) when given."""
+    utilization from `minutes` (see :func:`average_utilization`) when given, and
+    its busy share and energy from what the ledger `measured` of it (a
+    :class:`~jupyter_gpu_meter.ledger.SessionEfficiency`, or None: nothing yet) and
+    its `processes` (process groups, the busiest first)."""
     return SessionUsage(
         session,
         session.duration(now).total_seconds(),
@@ -139,4 +157,6 @@ def session_usage(session, *, now: datetime, minutes: Sequence | None = None) ->
         session.charge(now),
         average_utilization(minutes) if minutes is not None else None,
         tuple(utilization_series(minutes)) if minutes is not None else (),
+        session_efficiency(session, measured, now=now),
+        tuple(processes),
     )

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from .. import pricing
+from .efficiency import add_known, busy_hours, busy_share, format_energy, format_share, idle
 from .money import charges_list, decimal_string, format_charges, format_quantity
 
 
@@ -45,6 +46,17 @@ class UserUsage:
     #: homes and snapshots kept: GB-hours and their charge (not in `charges`)
     storage_gb_hours: Decimal = Decimal(0)
     storage_charges: Decimal = Decimal(0)
+    #: busy GPU-hours (rollup minutes in the range); None without any GPU sample
+    busy_gpu_hours: Decimal | None = None
+    #: the GPUs' energy, kWh; None when no GPU reported an energy counter
+    energy_kwh: Decimal | None = None
+    #: the energy's charge at each session's energy price (not in `charges`)
+    energy_charges: Decimal = Decimal(0)
+
+    @property
+    def idle_gpu_hours(self) -> Decimal | None:
+        """GPU-hours paid for and not busy: GPU-hours − busy, never negative."""
+        return idle(self.gpu_hours, self.busy_gpu_hours)
 
 
 def usage_by_user(
@@ -55,6 +67,7 @@ def usage_by_user(
     until: datetime | None = None,
     sums: Iterable = (),
     storage: Iterable = (),
+    efficiency: Iterable = (),
 ) -> list[UserUsage]:
     """Totals per user and currency over the part of each session inside [since, until).
 
@@ -67,9 +80,18 @@ def usage_by_user(
     totals are the same however the sessions were split. `storage`
     (:class:`~jupyter_gpu_meter.ledger.StorageSum`, already over the range)
     adds each user's storage; a user with storage and no session gets a row.
+    `efficiency` (:class:`~jupyter_gpu_meter.ledger.EfficiencySum`, already over
+    the range) adds busy GPU-time and energy.
     """
     totals: dict[tuple[str, str], list] = {}
     kept: dict[tuple[str, str], list] = {}
+    measured: dict[tuple[str, str], list] = {}
+    for part in efficiency:
+        entry = measured.setdefault((part.user, part.currency), [None, None, 0])
+        entry[0] = add_known(entry[0], part.busy_gpu_ms)
+        entry[1] = add_known(entry[1], part.energy_mj)
+        entry[2] += part.energy_units
+        totals.setdefault((part.user, part.currency), [0, 0, 0, 0])
     for part in storage:
         entry = kept.setdefault((part.user, part.currency), [0, 0])
         entry[0] += part.byte_hours
@@ -92,6 +114,7 @@ def usage_by_user(
     rows = []
     for (user, currency), (count, running, gpu_us, units) in sorted(totals.items()):
         byte_hours, storage_units = kept.get((user, currency), (0, 0))
+        busy_ms, energy_mj, energy_units = measured.get((user, currency), (None, None, 0))
         rows.append(
             UserUsage(
                 user,
@@ -102,6 +125,9 @@ def usage_by_user(
                 currency,
                 pricing.from_byte_hours(byte_hours),
                 pricing.from_storage_units(storage_units),
+                busy_hours(busy_ms),
+                None if energy_mj is None else pricing.energy_kwh(energy_mj),
+                pricing.from_charge_units(energy_units),
             )
         )
     return rows
@@ -121,6 +147,19 @@ class Totals:
     storage_gb_hours: Decimal = Decimal(0)
     #: currency -> exact amount for storage (not in `charges`)
     storage_charges: dict[str, Decimal] = field(default_factory=dict)
+    #: busy GPU-hours (SM activity or utilization × time); None: no GPU sample at all
+    busy_gpu_hours: Decimal | None = None
+    #: GPU-hours paid for and not busy (per user: GPU-hours − busy, never negative)
+    idle_gpu_hours: Decimal | None = None
+    #: the GPUs' energy, kWh; None: no energy reading at all
+    energy_kwh: Decimal | None = None
+    #: currency -> exact amount for energy (not in `charges`)
+    energy_charges: dict[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def busy_share(self) -> float | None:
+        """Busy GPU-hours / GPU-hours, 0..1; None when unknown."""
+        return busy_share(self.busy_gpu_hours, self.gpu_hours)
 
     def charge_in(self, currency: str) -> Decimal:
         return self.charges.get(currency, Decimal(0))
@@ -128,10 +167,13 @@ class Totals:
     def storage_charge_in(self, currency: str) -> Decimal:
         return self.storage_charges.get(currency, Decimal(0))
 
+    def energy_charge_in(self, currency: str) -> Decimal:
+        return self.energy_charges.get(currency, Decimal(0))
+
     @property
     def total_charges(self) -> dict[str, Decimal]:
-        """GPU/CPU time and storage together: what is owed, per currency."""
-        return _merge(self.charges, self.storage_charges)
+        """GPU/CPU time, storage and energy together: what is owed, per currency."""
+        return _merge(self.charges, self.storage_charges, self.energy_charges)
 
     def __add__(self, other: Totals) -> Totals:
         return Totals(
@@ -141,6 +183,10 @@ class Totals:
             _merge(self.charges, other.charges),
             self.storage_gb_hours + other.storage_gb_hours,
             _merge(self.storage_charges, other.storage_charges),
+            add_known(self.busy_gpu_hours, other.busy_gpu_hours),
+            add_known(self.idle_gpu_hours, other.idle_gpu_hours),
+            add_known(self.energy_kwh, other.energy_kwh),
+            _merge(self.energy_charges, other.energy_charges),
         )
 
     def to_json(self, currency: str) -> dict:
@@ -159,9 +205,36 @@ class Totals:
                 "charges": charges_list(self.storage_charges),
                 "charges_text": format_charges(self.storage_charges, currency),
             },
+            **self.efficiency_json(currency),
             "total_charges": charges_list(self.total_charges),
             "total_charges_text": format_charges(self.total_charges, currency),
         }
+
+    def efficiency_json(self, currency: str) -> dict:
+        """Busy and idle GPU-hours, busy share, energy: exact strings (null: unknown)."""
+        share = self.busy_share
+        return {
+            "busy_gpu_hours": _exact(self.busy_gpu_hours),
+            "busy_gpu_hours_text": _hours_text(self.busy_gpu_hours),
+            "idle_gpu_hours": _exact(self.idle_gpu_hours),
+            "idle_gpu_hours_text": _hours_text(self.idle_gpu_hours),
+            "busy_share": None if share is None else round(share, 4),
+            "busy_share_text": format_share(share),
+            "energy": {
+                "kwh": _exact(self.energy_kwh, 9),
+                "kwh_text": format_energy(self.energy_kwh),
+                "charges": charges_list(self.energy_charges),
+                "charges_text": format_charges(self.energy_charges, currency),
+            },
+        }
+
+
+def _exact(value: Decimal | None, places: int = 6) -> str | None:
+    return None if value is None else decimal_string(value, places)
+
+
+def _hours_text(value: Decimal | None) -> str:
+    return "–" if value is None else format_quantity(value)
 
 
 def _merge(*amounts: dict[str, Decimal]) -> dict[str, Decimal]:
@@ -188,11 +261,20 @@ def totals_by_user(
     until=None,
     sums: Iterable = (),
     storage: Iterable = (),
+    efficiency: Iterable = (),
 ) -> dict[str, Totals]:
     """Totals per user over [since, until): :func:`usage_by_user` (of `sessions`, the
-    ledger's `sums` and `storage` sums), its currencies merged."""
+    ledger's `sums`, `storage` and `efficiency` sums), its currencies merged."""
     result: dict[str, Totals] = {}
-    rows = usage_by_user(sessions, now=now, since=since, until=until, sums=sums, storage=storage)
+    rows = usage_by_user(
+        sessions,
+        now=now,
+        since=since,
+        until=until,
+        sums=sums,
+        storage=storage,
+        efficiency=efficiency,
+    )
     for row in rows:
         part = Totals(
             row.sessions,
@@ -201,18 +283,35 @@ def totals_by_user(
             {row.currency: row.charges} if row.sessions else {},
             row.storage_gb_hours,
             {row.currency: row.storage_charges} if row.storage_gb_hours else {},
+            row.busy_gpu_hours,
+            row.idle_gpu_hours,
+            row.energy_kwh,
+            {row.currency: row.energy_charges} if row.energy_charges else {},
         )
         result[row.user] = result[row.user] + part if row.user in result else part
     return result
 
 
 def totals(
-    sessions: Iterable, *, now: datetime, since=None, until=None, sums=(), storage=()
+    sessions: Iterable,
+    *,
+    now: datetime,
+    since=None,
+    until=None,
+    sums=(),
+    storage=(),
+    efficiency=(),
 ) -> Totals:
     """Everyone's totals over [since, until)."""
     result = Totals()
     parts = totals_by_user(
-        sessions, now=now, since=since, until=until, sums=sums, storage=storage
+        sessions,
+        now=now,
+        since=since,
+        until=until,
+        sums=sums,
+        storage=storage,
+        efficiency=efficiency,
     ).values()
     for part in parts:
         result = result + part
@@ -229,7 +328,7 @@ def user_table(in_range: dict[str, Totals], last_active: dict[str, datetime]) ->
 
 
 #: keys the user table sorts by
-USER_SORT_KEYS = ("user", "gpu_hours", "charges", "last_active", "sessions")
+USER_SORT_KEYS = ("user", "gpu_hours", "charges", "last_active", "sessions", "idle_gpu_hours")
 
 
 def sort_users(
@@ -237,7 +336,8 @@ def sort_users(
 ) -> list[UserTotals]:
     """`rows` sorted by one of :data:`USER_SORT_KEYS`, ties by user name (always ascending).
 
-    Charges sort by the amount in `currency` (the configured one).
+    Charges sort by the amount in `currency` (the configured one); idle GPU-hours
+    that are unknown (no GPU sample) sort below every known amount.
     """
     if key not in USER_SORT_KEYS:
         raise ValueError(f"sort key {key!r}: use one of {', '.join(USER_SORT_KEYS)}")
@@ -247,6 +347,11 @@ def sort_users(
         "charges": lambda row: row.totals.charge_in(currency),
         "last_active": lambda row: row.last_active or datetime.min.replace(tzinfo=timezone.utc),
         "sessions": lambda row: row.totals.sessions,
+        "idle_gpu_hours": lambda row: _known(row.totals.idle_gpu_hours),
     }[key]
     # sorted() is stable, reversed too: equal values stay in name order
     return sorted(sorted(rows, key=lambda row: row.user), key=value, reverse=descending)
+
+
+def _known(value: Decimal | None) -> Decimal:
+    return Decimal(-1) if value is None else value

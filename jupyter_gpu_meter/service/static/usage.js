@@ -19,7 +19,15 @@
     m.cell(row, "", "gpu-meter-cost");
     m.cell(row, item.price_text);
     m.cell(row, item.utilization_avg_text, "gpu-meter-spark");
+    m.cell(row, item.busy_share_text, "gpu-meter-busy");
+    m.cell(row, energyText(item), "gpu-meter-energy");
     return row;
+  }
+
+  function energyText(item) {
+    // the energy and, where energy is priced, its charge: as the page writes them
+    var charged = Number(item.energy_charge.amount) !== 0;
+    return item.energy_kwh_text + (charged ? " " + item.energy_charge.text : "");
   }
 
   function show(data) {
@@ -34,12 +42,19 @@
       var row = body.querySelector('tr[data-session-id="' + item.id + '"]');
       row.querySelector(".gpu-meter-elapsed").textContent = item.duration_text;
       row.querySelector(".gpu-meter-cost").textContent = item.charge.text;
+      row.querySelector(".gpu-meter-busy").textContent = item.busy_share_text;
+      row.querySelector(".gpu-meter-energy").textContent = energyText(item);
     });
     document.getElementById("no-running").hidden = data.running.length > 0;
     m.setText("month-gpu-hours", data.this_month.gpu_hours_text);
     m.setText("month-charges", data.this_month.charges_text);
     m.setText("all-gpu-hours", data.all_time.gpu_hours_text);
     m.setText("all-charges", data.all_time.charges_text);
+    [["month", data.this_month], ["all", data.all_time]].forEach(function (pair) {
+      m.setText(pair[0] + "-busy", pair[1].busy_share_text);
+      m.setText(pair[0] + "-energy", pair[1].energy.kwh_text);
+      m.setText(pair[0] + "-energy-charges", pair[1].energy.charges_text);
+    });
   }
 
   m.every(config.refresh_s, function () { return m.getJSON(config.url).then(show); });
