@@ -138,6 +138,8 @@ ROLLUP_COLUMNS = (
     "util_mean",
     "util_max",
     "memory_max_bytes",
+    "busy_ms",
+    "busy_source",
 )
 
 
@@ -292,6 +294,8 @@ class Plan:
                         util,
                         min(100, int(util) + 9),
                         20_000_000_000 + (m % 50) * 1_000_000_000,
+                        int(util) * 600,  # util% of 60 s, in ms
+                        "utilization",
                     )
 
 
@@ -736,7 +740,7 @@ class PostgreSQLDatabase(Database):
 
 
 #: what the ledger stores with a closed session (its rollups added up, see migration
-#: 0006), added after the bulk fill in two statements; the fill has no busy time or energy
+#: 0006), added after the bulk fill in two statements; the fill has busy time, no energy
 ROLLUP_SUMS = (
     "UPDATE sessions SET rollup_samples = s.samples, busy_ms = s.busy, energy_units = 0, "
     "rollups_from = s.first, rollups_until = s.last FROM (SELECT session_id, "

@@ -14,6 +14,7 @@ from jupyter_gpu_meter.ledger import (
     EfficiencySum,
     ProcessGroupUsage,
     ProcessUsageRow,
+    RollupRow,
     SessionEfficiency,
 )
 from jupyter_gpu_meter.ledger import schema as ledger_schema
@@ -96,12 +97,21 @@ def test_upgrading_from_0005_keeps_old_rows_with_defaults(make_ledger):
         stored = connection.exec_driver_sql("SELECT energy_price_per_kwh FROM sessions").scalar()
     # stored as the ledger writes money (SQLite: fixed-point text, compared as text)
     assert str(stored) == "0.000000"
+    # busy time was not measured then: unknown, not 0 % busy (nor all of it idle)
     [merged] = ledger.rollups("c1")
-    assert (merged.busy_ms, merged.energy_mj, merged.busy_source) == (0, None, "utilization")
+    assert (merged.busy_ms, merged.energy_mj, merged.busy_source) == (0, None, "")
     assert ledger.efficiency_of([session.id]) == {
-        session.id: SessionEfficiency(session.id, 0, 1 << 30, None, "utilization")
+        session.id: SessionEfficiency(session.id, None, 1 << 30, None, "")
     }
     assert ledger.add_process_usage([group()]) == []
+    # the session ran on across the upgrade: its busy time from then on, its source
+    later = at(0).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    row = RollupRow("c1", "GPU-a", later, "new", 60, 25.0, 30, 1 << 20, 15_000, 7, "utilization")
+    assert ledger.add_rollups([row]) == []
+    assert ledger.efficiency_of([session.id]) == {
+        session.id: SessionEfficiency(session.id, 15_000, 1 << 30, 7, "utilization")
+    }
+    assert [r.busy_source for r in ledger.rollups("c1")] == ["", "utilization"]
 
 
 def test_downgrading_to_0005_drops_only_what_0006_added(ledger):
@@ -466,8 +476,9 @@ def test_upgrading_adds_up_the_closed_sessions_rollups(make_ledger):
                 "FROM sessions"
             )
         }
-    assert stored == {"c1": (180, 0, None, 0), "c2": (None,) * 4, "c3": (0, 0, None, 0)}
-    assert ledger.efficiency_by_user() == [EfficiencySum("alice", 0, None, 0, "USD")]
+    # the old rollups measured no busy time: no busy samples, busy unknown
+    assert stored == {"c1": (0, 0, None, 0), "c2": (None,) * 4, "c3": (0, 0, None, 0)}
+    assert ledger.efficiency_by_user() == [EfficiencySum("alice", None, None, 0, "USD")]
 
 
 def test_sqlite_plans_find_efficiency_through_indexes_not_whole_tables(tmp_path):

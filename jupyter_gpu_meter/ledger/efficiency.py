@@ -27,9 +27,16 @@ def _source(low: str | None, high: str | None) -> str:
 
 
 def _sampled_source():
-    """The rows' busy_source where they hold a sample (energy-only rows say nothing)."""
+    """The rows' busy_source where they measured busy time (energy-only rows, and rows
+    written before busy time was measured, say nothing)."""
     r = _rollups.c
-    return case((r.samples > 0, r.busy_source), else_=None)
+    return case(((r.samples > 0) & (r.busy_source != ""), r.busy_source), else_=None)
+
+
+def _busy_samples():
+    """The rows' samples that measured busy time: none in rows written before it was."""
+    r = _rollups.c
+    return case((r.busy_source != "", r.samples), else_=0)
 
 
 def _none_or_int(value) -> int | None:
@@ -61,6 +68,7 @@ class EfficiencyStore:
             select(
                 r.session_id,
                 func.sum(r.samples),
+                func.sum(_busy_samples()),
                 func.sum(r.busy_ms),
                 func.max(r.memory_max_bytes),
                 func.sum(r.energy_mj),
@@ -72,12 +80,11 @@ class EfficiencyStore:
         )
         with self.db.read() as connection:
             rows = connection.execute(statement).all()
-        for session_id, samples, busy, memory, energy, low, high in rows:
-            sampled = bool(samples)
+        for session_id, samples, busy_samples, busy, memory, energy, low, high in rows:
             result[session_id] = SessionEfficiency(
                 session_id=session_id,
-                busy_gpu_ms=int(busy) if sampled else None,
-                memory_max_bytes=int(memory) if sampled else None,
+                busy_gpu_ms=int(busy) if busy_samples else None,
+                memory_max_bytes=int(memory) if samples else None,
                 energy_mj=_none_or_int(energy),
                 busy_source=_source(low, high),
             )
@@ -152,7 +159,7 @@ class EfficiencyStore:
                 statement = (
                     select(
                         r.session_id,
-                        func.sum(r.samples),
+                        func.sum(_busy_samples()),
                         func.sum(r.busy_ms),
                         func.sum(r.energy_mj),
                     )
@@ -207,7 +214,7 @@ def refresh_sums(connection, session_ids: Iterable[int]) -> None:
         for row in connection.execute(
             select(
                 r.session_id,
-                func.sum(r.samples).label("samples"),
+                func.sum(_busy_samples()).label("samples"),
                 func.sum(r.busy_ms).label("busy"),
                 func.sum(r.energy_mj).label("energy"),
                 func.min(r.minute).label("first"),

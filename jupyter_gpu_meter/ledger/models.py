@@ -80,7 +80,7 @@ class SessionModel(Base):
     charge_units: Mapped[int | None] = mapped_column(BigInteger)
     # its rollups added up, written when it closes and again whenever a rollup of it is
     # written later (None while running): what busy time and energy totals add up in SQL
-    #: readings over its GPUs
+    #: readings over its GPUs that measured busy time (none before revision 0006)
     rollup_samples: Mapped[int | None] = mapped_column(BigInteger)
     #: busy GPU-time, ms
     busy_ms: Mapped[int | None] = mapped_column(BigInteger)
@@ -143,8 +143,9 @@ class RollupModel(Base):
     busy_ms: Mapped[int] = mapped_column(BigInteger, server_default="0")
     #: the GPU's energy in the minute (its counter's deltas), mJ; None: no counter read
     energy_mj: Mapped[int | None] = mapped_column(BigInteger)
-    #: where busy% came from: "utilization" or "sm-activity" (GPM)
-    busy_source: Mapped[str] = mapped_column(String(16), server_default="utilization")
+    #: where busy% came from: "utilization" or "sm-activity" (GPM); "" in rows written
+    #: before busy time was measured (ledger revision 0006): their busy time is unknown
+    busy_source: Mapped[str] = mapped_column(String(16), server_default="")
 
 
 class ProcessUsageModel(Base):

@@ -242,7 +242,8 @@ class Rollup:
     busy_ms: int = 0
     #: energy, mJ, summed over the writers; None when none read an energy counter
     energy_mj: int | None = None
-    #: "utilization" or "sm-activity" ("mixed" where writers differ)
+    #: "utilization" or "sm-activity" ("mixed" where writers differ; "" where no
+    #: writer measured busy time: rows written before ledger revision 0006)
     busy_source: str = "utilization"
 
 

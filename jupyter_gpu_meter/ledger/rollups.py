@@ -115,8 +115,8 @@ class RollupStore:
                 func.count().label("writers"),
                 func.sum(r.busy_ms).label("busy_ms"),
                 func.sum(r.energy_mj).label("energy_mj"),
-                func.min(r.busy_source).label("source_min"),
-                func.max(r.busy_source).label("source_max"),
+                func.min(func.nullif(r.busy_source, "")).label("source_min"),
+                func.max(func.nullif(r.busy_source, "")).label("source_max"),
             )
             .join(_sessions, _sessions.c.id == r.session_id)
             .where(_sessions.c.container_id == container_id)
@@ -136,7 +136,9 @@ class RollupStore:
                     writers=int(row.writers),
                     busy_ms=int(row.busy_ms),
                     energy_mj=None if row.energy_mj is None else int(row.energy_mj),
-                    busy_source=row.source_min if row.source_min == row.source_max else "mixed",
+                    busy_source=(
+                        (row.source_min or "") if row.source_min == row.source_max else "mixed"
+                    ),
                 )
                 for row in connection.execute(statement)
             ]

@@ -1,7 +1,7 @@
 """Busy GPU-time and energy per rollup, the energy price per session, process groups
 
-Rows written before this revision read as 0 ms busy, unknown energy (NULL),
-busy from utilization, and an energy price of 0 (energy not charged).
+Rows written before this revision read as busy time not measured (busy_source ""),
+unknown energy (NULL), and an energy price of 0 (energy not charged).
 
 Revision ID: 0006
 Revises: 0005
@@ -32,7 +32,11 @@ def upgrade() -> None:
     op.add_column(
         "rollups",
         sa.Column(
-            "busy_source", sa.String(length=16), nullable=False, server_default="utilization"
+            # "" = busy time not measured: the rows already there (written explicitly since)
+            "busy_source",
+            sa.String(length=16),
+            nullable=False,
+            server_default="",
         ),
     )
     # as Money writes it: SQLite keeps fixed-point text, equal only in the same form
@@ -79,7 +83,7 @@ def upgrade() -> None:
 def _fill_in_closed_sessions() -> None:
     """Each closed session's rollups added up, in two statements (UPDATE ... FROM a
     GROUP BY over the rollups' primary key; SQLite >= 3.33). Rollups written before
-    this revision have no busy time or energy: their sums are 0 and NULL."""
+    this revision measured no busy time and no energy: no busy samples, energy NULL."""
     sessions = sa.table(
         "sessions",
         sa.column("id", sa.Integer()),
@@ -92,12 +96,10 @@ def _fill_in_closed_sessions() -> None:
         "rollups",
         sa.column("session_id", sa.Integer()),
         sa.column("minute", UTCDateTime()),
-        sa.column("samples", sa.Integer()),
     )
     sums = (
         sa.select(
             rollups.c.session_id,
-            sa.func.sum(rollups.c.samples).label("samples"),
             sa.func.min(rollups.c.minute).label("first"),
             sa.func.max(rollups.c.minute).label("last"),
         )
@@ -108,7 +110,7 @@ def _fill_in_closed_sessions() -> None:
         sa.update(sessions)
         .where(sessions.c.id == sums.c.session_id, sessions.c.ended_at.is_not(None))
         .values(
-            rollup_samples=sums.c.samples,
+            rollup_samples=0,  # samples with busy time: none before this revision
             busy_ms=0,
             energy_units=0,
             rollups_from=sums.c.first,
