@@ -777,7 +777,7 @@ def check_fill_format(plan: Plan, folder: Path) -> None:
         ledger.close_session(row[1], ended_at=row[14], reason=row[15])
         ledger.add_rollups(
             [
-                RollupRow(row[1], uuid, row[13] + m * _MINUTE, "w", 60, 12.5, 20, 3)
+                RollupRow(row[1], uuid, row[13] + m * _MINUTE, "w", 60, 12.5, 20, 3, 7500)
                 for uuid in row[4].split(",")
                 for m in range(3)
             ]
@@ -794,7 +794,7 @@ def check_fill_format(plan: Plan, folder: Path) -> None:
     connection.executemany(
         SQLITE_ROLLUPS_INSERT,
         [
-            (1, uuid, minute(first + m), "w", 60, 12.5, 20, 3)
+            (1, uuid, minute(first + m), "w", 60, 12.5, 20, 3, 7500, "utilization")
             for uuid in row[4].split(",")
             for m in range(3)
         ],
@@ -1031,7 +1031,7 @@ def measure_ingest(db: Database, plan: Plan, args, results: Results, log) -> Non
         def as_rollup(row, n, samples=60):
             container_id, _, uuid, minute, writer = row
             return RollupRow(
-                container_id, uuid, minute, writer, samples, float(n % 100), 90, 1 << 34
+                container_id, uuid, minute, writer, samples, float(n % 100), 90, 1 << 34, n % 100
             )
 
         def as_raw(row, n):
@@ -1045,6 +1045,8 @@ def measure_ingest(db: Database, plan: Plan, args, results: Results, log) -> Non
                 float(n % 100),
                 90,
                 1 << 34,
+                n % 100,
+                "utilization",
             )
 
         ledger_batches = [
