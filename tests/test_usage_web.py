@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +31,7 @@ from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.auth import BUDGETS_SCOPE, READ_ALL_SCOPE
+from jupyter_gpu_meter.service.charts import bar_chart_svg
 from jupyter_gpu_meter.service.reader import LiveState, UsagePages, UsageReader
 from jupyter_gpu_meter.service.state import MeterState
 from jupyter_gpu_meter.sessions import ManagedContainer, Opening, SessionChanges
@@ -721,3 +722,20 @@ async def test_admin_page_lists_budgets_and_its_form_sets_and_grants(app):
         app, "admin/budget", "auditor-token", method="POST", body=urlencode(form), ok=False
     )
     assert forbidden.code == 403
+
+
+@pytest.mark.parametrize(
+    ("largest", "labels"),
+    [
+        (Decimal("0.0014"), ["0", "0.001", "0.002"]),
+        (Decimal("0.024"), ["0", "0.0125", "0.025"]),
+        (Decimal("3"), ["0", "2.5", "5"]),
+        (Decimal("0"), ["0", "0.5", "1"]),
+    ],
+)
+def test_the_daily_charts_axis_names_its_steps_even_for_a_few_gpu_minutes(largest, labels):
+    """A minute on a GPU is 0.0167 GPU-hours: the axis must not read 0, 0, 0."""
+    days = [date(2026, 11, 1) + timedelta(days=i) for i in range(3)]
+    svg = str(bar_chart_svg([(days[0], Decimal(0)), (days[1], largest), (days[2], Decimal(0))]))
+    axis = re.findall(r'<text x="32" [^>]*text-anchor="end"[^>]*>([^<]*)</text>', svg)
+    assert axis == labels

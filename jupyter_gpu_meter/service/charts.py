@@ -21,6 +21,12 @@ def _number(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def _axis_label(value: float) -> str:
+    """An axis value as exact as the scale's steps (1, 2, 2.5, 5 × 10^n) make it:
+    ``0.0015``, ``1.25``, ``40``; never a row of zeros for a small scale."""
+    return f"{value:.10f}".rstrip("0").rstrip(".")
+
+
 def sparkline_svg(
     values: Sequence[float], *, width: int = 120, height: int = 24, maximum: float = 100.0
 ) -> Markup:
@@ -94,7 +100,7 @@ def bar_chart_svg(
                 y=_number(y),
                 tx=left - 4,
                 ty=_number(y + 3),
-                value=_number(scale_max * fraction),
+                value=_axis_label(scale_max * fraction),
             )
         )
     for i, (day, value) in enumerate(points):
