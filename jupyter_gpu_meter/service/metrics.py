@@ -164,7 +164,9 @@ def efficiency_families(rows=()) -> list:
         "Busy GPU-seconds per user (SM activity or utilization x time), all time.",
         labels=["user"],
     )
-    idle = CounterMetricFamily(
+    # a gauge: billed time grows to the second, busy time with each flush, so their
+    # difference can dip, and a counter that goes down reads as a reset to Prometheus
+    idle = GaugeMetricFamily(
         PREFIX + "user_idle_gpu_seconds",
         "GPU-seconds paid for and not busy per user, all time (absent without GPU samples).",
         labels=["user"],
