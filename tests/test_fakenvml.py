@@ -300,7 +300,14 @@ def test_concurrent_calls(two_gpus):
         try:
             for _ in range(2000):
                 assert pynvml.nvmlDeviceGetUtilizationRates(h0).gpu in range(101)
-                pynvml.nvmlDeviceGetComputeRunningProcesses(h0)
+                try:
+                    pynvml.nvmlDeviceGetComputeRunningProcesses(h0)
+                except pynvml.NVMLError_InsufficientSize:
+                    # pynvml asks for the count, then for the list with room for twice
+                    # as many + 5: a list that grew more between the two calls (a reader
+                    # descheduled while the writer adds processes) is too big, as with a
+                    # real driver; the sampler reads it again at the next tick
+                    pass
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
