@@ -323,6 +323,18 @@ def test_concurrent_calls(two_gpus):
     assert errors == []
 
 
+def test_a_process_list_can_grow_between_the_count_and_the_list_call(two_gpus):
+    two_gpus.add_process(0, 11, used_memory=1)
+    two_gpus.set_process_list_growth(0, 6)  # pynvml leaves room for 2 × 1 + 5 = 7
+    two_gpus.write()
+    assert [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle(0))] == [11]
+    two_gpus.set_process_list_growth(0, 7)  # 8 > 7
+    two_gpus.write()
+    with pytest.raises(pynvml.NVMLError_InsufficientSize):
+        pynvml.nvmlDeviceGetComputeRunningProcesses(handle(0))
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses(handle(1)) == []  # no count call grew
+
+
 def test_subprocess_via_ld_library_path(two_gpus, tmp_path):
     code = (
         "import pynvml; pynvml.nvmlInit(); "

@@ -309,6 +309,23 @@ def test_process_utilization_not_supported_leaves_it_empty(fake_nvml):
     assert tick.gpus[0].healthy
 
 
+def test_a_process_list_that_grew_between_two_calls_is_read_at_the_next_tick(fake_nvml, caplog):
+    fake_nvml.add_gpu()
+    fake_nvml.add_process(0, 11, used_memory=5)
+    fake_nvml.add_sample(0, 12, 1_000, sm=40)  # a process that left a sample
+    fake_nvml.set_process_list_growth(0, 8)  # more than pynvml's room: 2 × 1 + 5
+    with open_sampler(fake_nvml) as sampler:
+        grew = sampler.sample()
+        fake_nvml.set_process_list_growth(0, 0)
+        fake_nvml.write()
+        settled = sampler.sample()
+    # that tick's list is empty, not an error: the GPU is healthy, its samples counted
+    assert grew.gpus[0].healthy and grew.gpus[0].utilization is not None
+    assert [(p.pid, p.sm_utilization) for p in grew.processes] == [(12, 40)]
+    assert [(p.pid, p.used_memory_bytes) for p in settled.processes] == [(11, 5)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 # --- NVML: errors ----------------------------------------------------------------------
 
 

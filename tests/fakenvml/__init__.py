@@ -43,6 +43,7 @@ the count is the highest index + 1)::
     gpu 0 sm_activity 42.5            # what nvmlGpmMetricsGet gives for SM_UTIL (%)
     gpu 0 lost 1                      # every call on it: NVML_ERROR_GPU_IS_LOST
     gpu 0 unsupported power           # that call: NVML_ERROR_NOT_SUPPORTED (repeatable)
+    gpu 0 process_list_growth 0       # processes that appear between the count and the list call
     process 0 1234 used_memory 1073741824 gpu_instance 0 compute_instance 0
     sample 0 1234 1700000000000000 55 20 0 0   # gpu pid timestamp_us sm mem enc dec
     topology 0 1 10                   # symmetric; default 50 (SYSTEM), same GPU 0
@@ -223,6 +224,7 @@ _U32_FIELDS = (
     "pci_device_id",
     "retired_pages_pending",
     "gpm",
+    "process_list_growth",
 )
 _U64_FIELDS = (
     "memory_total",
@@ -312,6 +314,7 @@ class FakeNVML:
                 "pci": "",
                 "compute_capability": (9, 0),
                 "lost": False,
+                "process_list_growth": 0,
                 "unsupported": set(),
             }
         )
@@ -422,6 +425,13 @@ class FakeNVML:
         """Mark the GPU fallen off the bus (every call: GPU_IS_LOST), or recovered."""
         self._gpu(index)["lost"] = bool(lost)
         self._changed()
+
+    def set_process_list_growth(self, index: int, count: int) -> None:
+        """Let ``count`` processes appear on GPU ``index`` between a caller's two calls of
+        ``nvmlDeviceGetComputeRunningProcesses`` (the count, then the list): more than
+        pynvml's room (twice the count + 5) makes the list call INSUFFICIENT_SIZE, as a
+        real driver's list that grew does. 0 (the default): the list stays as counted."""
+        self.set_gpu(index, process_list_growth=count)
 
     def set_unsupported(self, index: int, call: str, unsupported: bool = True) -> None:
         """Make ``call`` (short name or NVML function name) return NOT_SUPPORTED on this GPU."""

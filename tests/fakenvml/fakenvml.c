@@ -72,7 +72,8 @@ typedef struct { unsigned int version; int sensorType; int temperature; } nvmlTe
 struct gpu {
     char uuid[96], name[96], busId[32], unsupported[512];
     unsigned int domain, bus, device, pci_device_id, minor, util, memory_util, power_mw,
-        temperature, lost, retired_pending, cc_major, cc_minor, gpm;
+        temperature, lost, retired_pending, cc_major, cc_minor, gpm,
+        process_list_growth; /* processes that appear between a count call and a list call */
     unsigned long long memory_total, memory_used, memory_reserved, ecc[2], energy_mj;
     double sm_activity; /* what nvmlGpmMetricsGet gives for NVML_GPM_METRIC_SM_UTIL */
 };
@@ -182,6 +183,7 @@ static int parse_gpu_line(struct state *s, const char *line)
         {"pci_device_id", offsetof(struct gpu, pci_device_id)},
         {"retired_pages_pending", offsetof(struct gpu, retired_pending)},
         {"gpm", offsetof(struct gpu, gpm)},
+        {"process_list_growth", offsetof(struct gpu, process_list_growth)},
     };
     for (size_t k = 0; k < sizeof u64s / sizeof *u64s; k++)
         if (!strcmp(key, u64s[k].key))
@@ -679,8 +681,10 @@ static nvmlReturn_t running_processes(nvmlDevice_t d, unsigned int *count, nvmlP
     if (r) return leave(r);
     unsigned int i = index_of(g), n = 0, k = 0;
     for (unsigned int j = 0; j < cur.nprocs; j++) n += cur.procs[j].gpu == i;
-    if (n > *count || (n && !infos)) {
-        *count = n;
+    /* a list call (a buffer given) finds process_list_growth more than the count call did */
+    unsigned int listed = infos ? n + g->process_list_growth : n;
+    if (listed > *count || (n && !infos)) {
+        *count = listed;
         return leave(NVML_ERROR_INSUFFICIENT_SIZE);
     }
     for (unsigned int j = 0; j < cur.nprocs; j++) {
