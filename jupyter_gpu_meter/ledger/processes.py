@@ -7,14 +7,27 @@ from collections.abc import Iterable
 from sqlalchemy import func, select
 
 from .engine import Database, aware
-from .models import ProcessUsageModel, SessionModel
+from .models import ProcessUsageModel
 from .records import ProcessGroupUsage, ProcessUsageRow
+from .rollups import upsert_per_session
 
 _processes = ProcessUsageModel.__table__
-_sessions = SessionModel.__table__
 
 #: the most characters of a process group's name the ledger keeps
 GROUP_MAX_LENGTH = _processes.c.process_group.type.length
+
+
+def _group_value(row: ProcessUsageRow) -> dict:
+    return {
+        "process_group": row.process_group,
+        "writer": row.writer,
+        "samples": int(row.samples),
+        "present_ms": int(row.present_ms),
+        "busy_ms": int(row.busy_ms),
+        "memory_max_bytes": int(row.memory_max_bytes),
+        "first_seen": row.first_seen,
+        "last_seen": row.last_seen,
+    }
 
 
 class ProcessStore:
@@ -46,50 +59,11 @@ class ProcessStore:
                 raise ValueError(f"{row!r}: samples, times and memory cannot be negative")
         if not rows:
             return []
-        statement = self.db.insert(_processes)
         key = ("session_id", "process_group", "writer")
-        statement = statement.on_conflict_do_update(
-            index_elements=list(key),
-            set_={
-                name: statement.excluded[name]
-                for name in (
-                    "samples",
-                    "present_ms",
-                    "busy_ms",
-                    "memory_max_bytes",
-                    "first_seen",
-                    "last_seen",
-                )
-            },
-        )
         with self.db.write() as connection:
-            session_ids = dict(
-                connection.execute(
-                    select(_sessions.c.container_id, _sessions.c.id).where(
-                        _sessions.c.container_id.in_({row.container_id for row in rows})
-                    )
-                ).all()
+            unplaced, _ = upsert_per_session(
+                self.db, connection, _processes, key, rows, _group_value
             )
-            values, unplaced = {}, []
-            for row in rows:
-                if row.container_id not in session_ids:
-                    unplaced.append(row)
-                    continue
-                value = {
-                    "session_id": session_ids[row.container_id],
-                    "process_group": row.process_group,
-                    "writer": row.writer,
-                    "samples": int(row.samples),
-                    "present_ms": int(row.present_ms),
-                    "busy_ms": int(row.busy_ms),
-                    "memory_max_bytes": int(row.memory_max_bytes),
-                    "first_seen": row.first_seen,
-                    "last_seen": row.last_seen,
-                }
-                # one statement may not touch a row twice: the last row for a key wins
-                values[tuple(value[name] for name in key)] = value
-            if values:
-                connection.execute(statement, list(values.values()))
         return unplaced
 
     def process_groups(self, session_id: int) -> list[ProcessGroupUsage]:

@@ -19,6 +19,52 @@ _rollups = RollupModel.__table__
 _sessions = SessionModel.__table__
 
 
+def _rollup_value(row: RollupRow) -> dict:
+    return {
+        "gpu_uuid": row.gpu_uuid,
+        "minute": truncate_to_minute(row.minute.astimezone(timezone.utc)),
+        "writer": row.writer,
+        "samples": int(row.samples),
+        "util_mean": float(row.util_mean),
+        "util_max": int(row.util_max),
+        "memory_max_bytes": int(row.memory_max_bytes),
+        "busy_ms": int(row.busy_ms),
+        "energy_mj": None if row.energy_mj is None else int(row.energy_mj),
+        "busy_source": row.busy_source,
+    }
+
+
+def upsert_per_session(db: Database, connection, table, key: tuple[str, ...], rows, value_of):
+    """Write `rows` into `table` in one statement, each under the session of its
+    ``container_id`` (``value_of(row)``: the row's other columns); a row replaces the
+    row with the same `key` (the last row for a key wins: one statement may not touch
+    a row twice). Returns the rows whose container has no session, not written, and
+    the ids of the closed sessions written to. In the caller's transaction."""
+    found = connection.execute(
+        select(_sessions.c.container_id, _sessions.c.id, _sessions.c.ended_at.is_not(None)).where(
+            _sessions.c.container_id.in_({row.container_id for row in rows})
+        )
+    ).all()
+    session_ids = {container_id: session_id for container_id, session_id, _ in found}
+    values, unplaced = {}, []
+    for row in rows:
+        if row.container_id not in session_ids:
+            unplaced.append(row)
+            continue
+        value = {"session_id": session_ids[row.container_id], **value_of(row)}
+        values[tuple(value[name] for name in key)] = value
+    if not values:
+        return unplaced, set()
+    statement = db.insert(table)
+    updated = [name for name in next(iter(values.values())) if name not in key]
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key), set_={name: statement.excluded[name] for name in updated}
+    )
+    connection.execute(statement, list(values.values()))
+    written = {value["session_id"] for value in values.values()}
+    return unplaced, {session_id for _, session_id, ended in found if ended} & written
+
+
 class RollupStore:
     """Write a session's rollups (cumulative, idempotent) and read them merged."""
 
@@ -45,57 +91,13 @@ class RollupStore:
                 raise ValueError(f"{row!r}: busy_source must be one of {BUSY_SOURCES}")
         if not rows:
             return []
-        statement = self.db.insert(_rollups)
         key = ("session_id", "gpu_uuid", "minute", "writer")
-        statement = statement.on_conflict_do_update(
-            index_elements=list(key),
-            set_={
-                name: statement.excluded[name]
-                for name in (
-                    "samples",
-                    "util_mean",
-                    "util_max",
-                    "memory_max_bytes",
-                    "busy_ms",
-                    "energy_mj",
-                    "busy_source",
-                )
-            },
-        )
         with self.db.write() as connection:
-            found = connection.execute(
-                select(
-                    _sessions.c.container_id, _sessions.c.id, _sessions.c.ended_at.is_not(None)
-                ).where(_sessions.c.container_id.in_({row.container_id for row in rows}))
-            ).all()
-            session_ids = {container_id: session_id for container_id, session_id, _ in found}
-            closed = {session_id for _, session_id, ended in found if ended}
-            values, unplaced = {}, []
-            for row in rows:
-                if row.container_id not in session_ids:
-                    unplaced.append(row)
-                    continue
-                value = {
-                    "session_id": session_ids[row.container_id],
-                    "gpu_uuid": row.gpu_uuid,
-                    "minute": truncate_to_minute(row.minute.astimezone(timezone.utc)),
-                    "writer": row.writer,
-                    "samples": int(row.samples),
-                    "util_mean": float(row.util_mean),
-                    "util_max": int(row.util_max),
-                    "memory_max_bytes": int(row.memory_max_bytes),
-                    "busy_ms": int(row.busy_ms),
-                    "energy_mj": None if row.energy_mj is None else int(row.energy_mj),
-                    "busy_source": row.busy_source,
-                }
-                # one statement may not touch a row twice: the last row for a key wins
-                values[tuple(value[name] for name in key)] = value
-            if values:
-                connection.execute(statement, list(values.values()))
-                # a closed session's stored sums follow its rollups written late
-                refresh_sums(
-                    connection, closed & {value["session_id"] for value in values.values()}
-                )
+            unplaced, closed = upsert_per_session(
+                self.db, connection, _rollups, key, rows, _rollup_value
+            )
+            # a closed session's stored sums follow its rollups written late
+            refresh_sums(connection, closed)
         return unplaced
 
     def rollups(self, container_id: str) -> list[Rollup]:
