@@ -24,13 +24,15 @@ import random
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import event, func, select, text, update
+from sqlalchemy import func, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ledger_scale import captured  # noqa: E402
+
 from jupyter_gpu_meter import usage  # noqa: E402
 from jupyter_gpu_meter.ledger import Ledger  # noqa: E402
 from jupyter_gpu_meter.ledger.models import RollupModel, SessionModel  # noqa: E402
@@ -47,21 +49,6 @@ def timed(function, *args, **kwargs):
     started = time.perf_counter()
     result = function(*args, **kwargs)
     return time.perf_counter() - started, result
-
-
-@contextmanager
-def captured(engine):
-    statements = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def explain(ledger, statement, parameters):
