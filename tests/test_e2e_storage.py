@@ -25,16 +25,6 @@ GB = 10**9
 
 def test_a_home_without_a_server_is_billed_until_it_is_deleted(make_hub, docker_client):
     hub_id = "jgmtest-e2e-" + secrets.token_hex(3)
-    hub = make_hub(
-        "1",
-        meter=True,
-        **{
-            "HubIdentity.hub_id": hub_id,
-            "MeterService.storage_interval": 1,
-            "Pricing.storage_price": "0.10",
-            "Pricing.currency": "EUR",
-        },
-    )
     name = f"{hub_id}-home-ada"
     docker_client.api.create_volume(
         name=name, labels=volume_labels(HOME, user="ada", hub_id=hub_id)
@@ -48,6 +38,19 @@ def test_a_home_without_a_server_is_billed_until_it_is_deleted(make_hub, docker_
             network_mode="none",
             volumes={name: {"bind": "/v", "mode": "rw"}},
             remove=True,
+        )
+        # the hub starts once the home holds its file: every period the meter
+        # measures is then 10 GB (a measurement taken before the file was
+        # written would bill its period at 0 bytes, not at 10 GB)
+        hub = make_hub(
+            "1",
+            meter=True,
+            **{
+                "HubIdentity.hub_id": hub_id,
+                "MeterService.storage_interval": 1,
+                "Pricing.storage_price": "0.10",
+                "Pricing.currency": "EUR",
+            },
         )
         session = requests.Session()
         session.headers["Authorization"] = f"token {hub.user_token('ada')}"
@@ -72,6 +75,7 @@ def test_a_home_without_a_server_is_billed_until_it_is_deleted(make_hub, docker_
         with Ledger(hub.ledger_url) as ledger:
             periods = ledger.storage_periods(user="ada")
             [total] = ledger.storage_sums(user="ada")
+        assert {p.size_bytes for p in periods} == {10 * GB}
         hours = sum((p.ended_at - p.started_at).total_seconds() for p in periods) / 3600
         assert abs(float(total.gb_hours) - 10 * hours) <= 0.05 * 10 * hours
         assert grown > first and total.currency == "EUR"
