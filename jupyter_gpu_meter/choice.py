@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from .images import ImageNotAllowed, normalize_allowed, profile_images, resolve_image
+
 #: keys a profile in ``profile_list`` may have
 PROFILE_KEYS = (
     "slug",
@@ -17,10 +19,11 @@ PROFILE_KEYS = (
     "cpu_limit",
     "mem_limit",
     "image",
+    "allowed_images",
     "datasets",
 )
 #: keys ``user_options`` may have
-OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets", "snapshot")
+OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets", "snapshot", "image")
 #: the longest snapshot id ``user_options`` may name
 MAX_SNAPSHOT_ID = 64
 
@@ -42,6 +45,9 @@ class Profile:
     image: str | None = None
     #: the datasets this profile may mount; None: all
     datasets: tuple[str, ...] | None = None
+    #: the images its servers may run (:func:`~jupyter_gpu_meter.images.normalize_allowed`);
+    #: None: the spawner's ``allowed_images``
+    allowed_images: dict[str, str] | str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class Choice:
     datasets: tuple[str, ...] = ()
     #: the id of one of the user's snapshots to restore into the home first ("" for none)
     snapshot: str = ""
+    #: the display name of the image (``image`` is its reference); "" where none is known
+    image_name: str = ""
 
 
 def slugify(text: str) -> str:
@@ -94,7 +102,12 @@ def parse_profiles(entries: Sequence[Mapping]) -> tuple[Profile, ...]:
                     f"([] for none), got {datasets!r}"
                 )
             datasets = tuple(datasets)
-        profiles.append(Profile(**{**entry, "slug": slug, "datasets": datasets}))
+        allowed = entry.get("allowed_images")
+        if allowed is not None:
+            allowed = normalize_allowed(allowed, f"{where}: 'allowed_images'")
+        profiles.append(
+            Profile(**{**entry, "slug": slug, "datasets": datasets, "allowed_images": allowed})
+        )
     if sum(profile.default for profile in profiles) > 1:
         raise ValueError("more than one profile has 'default': True; mark at most one")
     return tuple(profiles)
@@ -140,12 +153,16 @@ def resolve_choice(
     default_gpus: int = 0,
     max_gpus: int | None = None,
     datasets: Sequence[str] = (),
+    allowed_images: Mapping[str, str] | str | None = None,
+    default_image: str = "",
 ) -> Choice:
     """Turn ``user_options`` into a :class:`Choice`, or raise :class:`ChoiceError`.
 
     `models` maps each GPU model present to how many GPUs of it exist;
     `max_gpus` is the per-user maximum (None: no limit beyond the machine);
-    `datasets` names the datasets a user may mount (with any profile or count).
+    `datasets` names the datasets a user may mount (with any profile or count);
+    `allowed_images` is the spawner's (:func:`~jupyter_gpu_meter.images.normalize_allowed`)
+    and `default_image` its ``image`` (:mod:`~jupyter_gpu_meter.images`).
     """
     options = dict(user_options or {})
     if set(options) == {"user_options"} and isinstance(options["user_options"], Mapping):
@@ -157,6 +174,7 @@ def resolve_choice(
             f"allowed: {', '.join(OPTION_KEYS)}"
         )
     snapshot = _snapshot_id(options.pop("snapshot", ""))
+    requested_image = options.pop("image", None)
     chosen = parse_datasets(options.pop("datasets"), datasets) if "datasets" in options else ()
     choice = _resolve_gpus(options, profiles, models, default_gpus, max_gpus)
     profile = next((p for p in profiles if p.slug == choice.profile), None)
@@ -168,7 +186,29 @@ def resolve_choice(
                 f"profile {profile.slug!r} may not mount the dataset(s) "
                 f"{', '.join(map(repr, refused))}; it allows: {', '.join(allowed) or 'none'}"
             )
-    return replace(choice, datasets=chosen, snapshot=snapshot)
+    image = _image(requested_image, profile, allowed_images, default_image)
+    return replace(
+        choice,
+        datasets=chosen,
+        snapshot=snapshot,
+        image=image.reference or None,
+        image_name=image.name,
+    )
+
+
+def _image(requested, profile: Profile | None, allowed, default: str):
+    """The :class:`~jupyter_gpu_meter.images.ImageChoice` of a start, or ChoiceError."""
+    allowed, default = profile_images(
+        profile.allowed_images if profile else None,
+        profile.image if profile else None,
+        allowed=normalize_allowed(allowed),
+        image=default,
+    )
+    where = f"profile {profile.slug!r}" if profile and profile.allowed_images is not None else ""
+    try:
+        return resolve_image(requested, allowed=allowed, default=default, where=where)
+    except ImageNotAllowed as e:
+        raise ChoiceError(str(e)) from None
 
 
 def _snapshot_id(value) -> str:

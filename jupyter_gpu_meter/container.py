@@ -427,6 +427,7 @@ def container_labels(
     gpu_model: str | None,
     profile: str,
     hub_id: str,
+    image: str = "",
 ) -> dict[str, str]:
     return {
         labels.MANAGED: "1",
@@ -436,4 +437,5 @@ def container_labels(
         labels.GPUS: ",".join(gpu_uuids),
         labels.GPU_MODEL: gpu_model or "",
         labels.PROFILE: profile,
+        labels.IMAGE: image,
     }

@@ -14,6 +14,8 @@ SERVER = PREFIX + "server"
 GPUS = PREFIX + "gpus"
 GPU_MODEL = PREFIX + "gpu-model"
 PROFILE = PREFIX + "profile"
+#: the display name of the image the user chose (an ``allowed_images`` key), or its reference
+IMAGE = PREFIX + "image"
 #: the id of the hub whose spawner made the container: each hub's meter meters only its own
 HUB = PREFIX + "hub"
 #: on the notebook image: the CUDA version its PyTorch was built for

@@ -54,6 +54,8 @@ class ManagedContainer:
     started_at: datetime | None
     finished_at: datetime | None
     exit_code: int | None
+    #: the image's display name (``allowed_images`` key) from its label; "" if unknown
+    image: str = ""
 
     @classmethod
     def from_inspect(cls, attrs: dict) -> ManagedContainer:
@@ -75,6 +77,7 @@ class ManagedContainer:
             started_at=parse_docker_time(state.get("StartedAt", "")),
             finished_at=parse_docker_time(state.get("FinishedAt", "")),
             exit_code=state.get("ExitCode"),
+            image=found.get(labels.IMAGE, ""),
         )
 
 

@@ -46,6 +46,9 @@ def render_spawn_form(
     datasets_folder: str = "",
     user_options: Mapping | None = None,
     snapshots: Sequence = (),
+    images: Sequence[str] = (),
+    profile_images: Mapping[str, Sequence[str]] | None = None,
+    image_default: str = "",
 ) -> str:
     """The spawn form's HTML.
 
@@ -55,7 +58,10 @@ def render_spawn_form(
     user's remaining budget as text ("12.50 of 50.00 USD …"), None without a
     budget; `datasets`: :class:`~jupyter_gpu_meter.datasets.Dataset` list
     mounted in `datasets_folder`; `user_options`: the last choice, preselected;
-    `snapshots`: :class:`~jupyter_gpu_meter.snapshots.Snapshot` list to start from.
+    `snapshots`: :class:`~jupyter_gpu_meter.snapshots.Snapshot` list to start from;
+    `images`: the image names offered without profiles, `profile_images` those of
+    each profile (slug -> names; :func:`~jupyter_gpu_meter.images.offered`: a select
+    only where there are two or more), `image_default` the name preselected.
     """
     user_options = user_options or {}
     chosen = user_options.get("profile") or next(
@@ -77,6 +83,9 @@ def render_spawn_form(
         datasets_folder=datasets_folder,
         chosen_datasets=user_options.get("datasets") or [],
         snapshots=list(snapshots),
+        images=list(images),
+        profile_images=dict(profile_images or {}),
+        chosen_image=user_options.get("image") or image_default,
     )
 
 
@@ -90,10 +99,15 @@ def options_from_form(formdata: Mapping) -> dict:
     datasets = [name.strip() for name in formdata.get("datasets") or [] if name.strip()]
     if first("profile"):
         options = {"profile": first("profile")}
+        # each profile's image select is its own field: the chosen profile's counts
+        image = first("image-" + first("profile"))
     else:
-        options = {"gpus": first("gpus")}
+        options = {"gpus": first("gpus")} if first("gpus") else {}
         if first("gpu_model"):
             options["gpu_model"] = first("gpu_model")
+        image = first("image")
+    if image:
+        options["image"] = image
     if first("snapshot"):
         options["snapshot"] = first("snapshot")
     if datasets:

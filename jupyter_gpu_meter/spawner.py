@@ -29,6 +29,7 @@ from .container import ContainerRefused, Hardening, container_labels, enforce_cr
 from .datasets import FOLDER
 from .gpus import GPUInventory, Inventory
 from .identity import HubIdentity
+from .images import display_name, normalize_allowed, offered, offered_per_profile
 from .ledger import default_url
 from .network import DEFAULT_NETWORK
 from .pricing import PriceSnapshot, Pricing
@@ -65,7 +66,10 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
         ``default`` (True for the preselected one), ``gpus`` (whole GPUs, 0 for
         CPU only), ``gpu_model`` (e.g. ``"NVIDIA H100 80GB HBM3"``; any model
         if absent), ``cpu_limit`` (cores, e.g. ``8``), ``mem_limit`` (e.g.
-        ``"64G"``), ``image`` and ``datasets`` (the names from
+        ``"64G"``), ``image`` (its default image reference), ``allowed_images``
+        (the images its servers may run, in the forms of ``allowed_images``
+        but not a callable; replaces the spawner's for this profile; ``{}``:
+        only its ``image``) and ``datasets`` (the names from
         ``c.Datasets.definitions`` it may mount, e.g. ``["imagenet"]``, ``[]``
         for none; all if absent). Users choose one with
         ``{"profile": "<slug>"}``. Empty: users choose a GPU count.
@@ -146,6 +150,8 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
     #: the GPUs of the current (or last) run
     gpu_uuids = List(Unicode())
     gpu_model = Unicode("")
+    #: the display name of the current (or last) run's image (an ``allowed_images`` key)
+    image_name = Unicode("")
 
     @property
     def budgets(self) -> Budgets:
@@ -187,8 +193,29 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
     def _owner(self) -> str:
         return f"{self.user.name}/{self.name}"
 
+    @property
+    def default_image(self) -> str:
+        """``image`` as configured: a start that chose another sets ``self.image`` to it."""
+        if not hasattr(self, "_default_image"):
+            self._default_image = self.image
+        return self._default_image
+
+    def allowed_image_choices(self) -> dict[str, str] | str:
+        """``allowed_images`` (the callable called with this spawner) as a dict or ``"*"``;
+        a 500 naming the accepted forms when the admin's value is none of them."""
+        try:
+            return normalize_allowed(self._get_allowed_images())
+        except ValueError as e:
+            raise spawn_error(500, f"c.GPUDockerSpawner.{e}") from None
+
+    async def check_allowed(self, image):
+        """DockerSpawner's check of ``user_options["image"]``: :meth:`start` has already
+        resolved it (per profile, by display name) into ``self.image``."""
+        return self.image
+
     def resolve_choice(self, inventory: Inventory) -> Choice:
         """The user's choice as a :class:`Choice`; a 400 that lists what is allowed if invalid."""
+        default_image, allowed = self.default_image, self.allowed_image_choices()
         models = {}
         for gpu in inventory.gpus:
             models[gpu.model] = models.get(gpu.model, 0) + 1
@@ -200,6 +227,8 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
                 default_gpus=self.default_gpus,
                 max_gpus=self.max_gpus_per_user,
                 datasets=list(self._datasets()),
+                allowed_images=allowed,
+                default_image=default_image,
             )
         except ChoiceError as e:
             raise spawn_error(400, str(e)) from None
@@ -227,8 +256,8 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
         budget = asyncio.ensure_future(self._budget_status())
         inventory = await self.discover_gpus()
         choice = self.resolve_choice(inventory)
-        if choice.image:
-            self.image = choice.image
+        self.image = choice.image or self.default_image
+        self.image_name = choice.image_name or self.image
         if choice.cpu_limit is not None:
             self.cpu_limit = choice.cpu_limit
         if choice.mem_limit is not None:
@@ -248,6 +277,7 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
                 ", ".join(f"GPU {gpu.index} ({gpu.uuid})" for gpu in gpus) or "no GPU",
             )
             await self._check_budget(await budget)
+            self._ulimits = await self._ulimits_for_engine()
             await self._prepare_network()
             # last, when nothing else can refuse the start: a refused one leaves the home alone
             await self._restore_home(choice.snapshot)
@@ -327,6 +357,7 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
                         gpu_model=self.gpu_model,
                         profile=getattr(self, "_profile", ""),
                         hub_id=self.hub_id,
+                        image=self.image_name,
                     ),
                     # the price in force now travels with the container to the meter
                     **self.price_snapshot().to_labels(),
@@ -336,7 +367,7 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
                     cap_add=tuple(self.cap_add),
                     pids_limit=self.pids_limit,
                     shm_size_bytes=self.shm_size,
-                    ulimits=dict(self.ulimits),
+                    ulimits=getattr(self, "_ulimits", None) or dict(self.ulimits),
                     allow_unsafe=frozenset(self.allow_unsafe_settings),
                     # every dataset's volume, chosen or not: never writable
                     read_only_volumes=frozenset(
@@ -345,6 +376,11 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
                 ),
             )
         return super().docker(method, *args, **kwargs)
+
+    def get_env(self):
+        env = super().get_env()
+        env["JUPYTER_GPU_METER_IMAGE"] = self.image_name or self.image
+        return env
 
     async def get_ip_and_port(self):
         if self.network_name == "host":
@@ -375,6 +411,7 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
         inventory = await self.discover_gpus()
         models = model_counts(inventory.gpus, await self.held_gpus())
         profiles = parse_profiles(self.profile_list)
+        allowed = self.allowed_image_choices()
         return render_spawn_form(
             profiles=profiles,
             models=models,
@@ -386,6 +423,9 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
             datasets_folder=posixpath.join(self.home_volumes.mount_path, FOLDER),
             user_options=self.user_options,
             snapshots=await self._snapshot_choices(),
+            images=offered(allowed),
+            profile_images=offered_per_profile(profiles, allowed, self.default_image),
+            image_default=display_name(self.default_image, allowed),
         )
 
     _options_from_form = staticmethod(options_from_form)

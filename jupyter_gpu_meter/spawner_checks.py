@@ -2,9 +2,11 @@
 
 :class:`StartChecks` is mixed into :class:`~jupyter_gpu_meter.GPUDockerSpawner`:
 the container hardening settings (enforced by
-:func:`jupyter_gpu_meter.container.enforce_create_kwargs`), names the ledger
-can record, the image's CUDA against the host's driver, and the notebooks'
-network. :func:`spawn_error` is how every refusal reaches the user.
+:func:`jupyter_gpu_meter.container.enforce_create_kwargs`), the ulimits the
+Docker engine can grant (:mod:`~jupyter_gpu_meter.ulimits`, read once per
+engine), names the ledger can record, the image's CUDA against the host's
+driver, and the notebooks' network. :func:`spawn_error` is how every refusal
+reaches the user.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from jupyterhub.utils import random_port
 from tornado import web
 from traitlets import Bool, Dict, HasTraits, Int, List, Set, Unicode, validate
 
-from . import labels
+from . import labels, ulimits
 from .container import UNSAFE_SETTINGS, check_allowed_names, check_container_user
 from .gpus import Inventory, cuda_driver_problem
 from .ledger.models import NAME_RULE, name_problem
@@ -55,14 +57,17 @@ class StartChecks(HasTraits):
     ).tag(config=True)
 
     ulimits = Dict(
-        {"memlock": -1, "stack": 67108864},
+        {"stack": 67108864},
         help="""
         Resource limits per server, name to value (soft = hard), as
-        ``docker run --ulimit``. The defaults follow NCCL's and NVIDIA's
-        advice for multi-GPU training: unlimited locked memory (-1) and a
-        64 MiB stack. A Docker engine whose own hard limit is lower (some
-        sandboxes) refuses to start containers above it: lower ``memlock``
-        to that limit there.
+        ``docker run --ulimit``, e.g. ``{"memlock": -1, "stack": 67108864}``.
+        The defaults follow NCCL's and NVIDIA's advice for multi-GPU
+        training: a 64 MiB stack and, when ``memlock`` is left out (the
+        default), the most locked memory the Docker engine grants: unlimited
+        (-1) where it can, else its own hard limit in bytes, read once per
+        engine from a tiny container of ``image`` and logged. A ``memlock``
+        or ``stack`` set here is kept as it is, and refused with a message
+        when it is more than the engine grants (the start would fail anyway).
         """,
     ).tag(config=True)
 
@@ -133,6 +138,49 @@ class StartChecks(HasTraits):
         """,
     ).tag(config=True)
 
+    async def _ulimits_for_engine(self) -> dict:
+        """``ulimits`` with ``memlock`` at the most the engine grants unless set
+        (:func:`~jupyter_gpu_meter.ulimits.engine_ulimits`); a 500 for a value it cannot
+        grant. Without the engine's limits (the probe failed) ``ulimits`` as they are."""
+        engine = await self._engine_limits()
+        if engine is None:
+            return dict(self.ulimits)
+        try:
+            return ulimits.engine_ulimits(self.ulimits, engine)
+        except ValueError as e:
+            raise spawn_error(500, str(e)) from None
+
+    async def _engine_limits(self) -> dict | None:
+        """The engine's hard limits (name -> bytes or count, -1 unlimited), probed once per
+        engine and hub process; None (logged, tried again at the next start) if it fails."""
+        engine = str(self.client.base_url)
+        if engine not in _engine_limits:
+            try:
+                text = await asyncio.wrap_future(
+                    self.executor.submit(probe_limits, self.client, self.image, self.container_user)
+                )
+                _engine_limits[engine] = ulimits.parse_proc_limits(text)
+            except Exception as e:
+                self.log.warning(
+                    "Could not read the Docker engine's ulimits with a container of %s (%s): "
+                    "starting with ulimits %s, memlock as the engine sets it",
+                    self.image,
+                    e,
+                    dict(self.ulimits),
+                )
+                return None
+            memlock = _engine_limits[engine]["memlock"]
+            configured = self.ulimits.get("memlock")
+            self.log.info(
+                "Docker engine %s grants locked memory up to %s: notebooks get memlock %s",
+                engine,
+                ulimits.describe(memlock),
+                ulimits.describe(memlock)
+                if configured is None
+                else f"{ulimits.describe(configured)} (c.GPUDockerSpawner.ulimits)",
+            )
+        return _engine_limits[engine]
+
     def check_names(self):
         """Refuse (400) a user or server name the meter's ledger could not record.
 
@@ -201,6 +249,35 @@ class StartChecks(HasTraits):
                 "(jupyter_gpu_meter.hubconfig.setup_network(c) does)",
             )
         return network
+
+
+#: Docker engine (base URL) -> its hard limits; written on the event loop only
+_engine_limits: dict[str, dict[str, int]] = {}
+
+
+def probe_limits(client, image: str, user: str) -> str:
+    """``/proc/self/limits`` of a container of `image` that sets no ulimit: the engine's
+    own hard limits (blocking; docker-py's low-level client). Removed after."""
+    container = client.create_container(
+        image,
+        entrypoint=["cat"],
+        command=["/proc/self/limits"],
+        user=user,
+        network_disabled=True,
+        labels={labels.PREFIX + "probe": "ulimits"},
+        host_config=client.create_host_config(
+            network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges:true"]
+        ),
+    )
+    try:
+        client.start(container)
+        status = client.wait(container, timeout=60)
+        output = client.logs(container, stdout=True, stderr=True).decode(errors="replace")
+        if status.get("StatusCode") != 0:
+            raise RuntimeError(f"exited with {status.get('StatusCode')}: {output[-300:]}")
+        return output
+    finally:
+        client.remove_container(container, force=True)
 
 
 _host_network_warned = False

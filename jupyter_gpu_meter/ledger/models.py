@@ -56,6 +56,8 @@ class SessionModel(Base):
     gpu_count: Mapped[int] = mapped_column(Integer)
     gpu_model: Mapped[str] = mapped_column(String(255))
     profile: Mapped[str] = mapped_column(String(255))
+    #: the image's display name (an ``allowed_images`` key) or reference; "" unknown
+    image: Mapped[str] = mapped_column(String(255), server_default="")
     # the price snapshot taken when the server started
     price_per_gpu_hour: Mapped[Decimal] = mapped_column(Money)
     cpu_price_per_hour: Mapped[Decimal] = mapped_column(Money)

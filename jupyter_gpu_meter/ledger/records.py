@@ -35,6 +35,8 @@ class SessionRecord:
     end_reason: str | None
     #: the last time the meter saw it running
     last_seen_at: datetime
+    #: the image it ran, by its display name (an ``allowed_images`` key); "" if unknown
+    image: str = ""
 
     @property
     def gpu_count(self) -> int:

@@ -48,6 +48,7 @@ def _record(row) -> SessionRecord:
         ended_at=row.ended_at,
         end_reason=row.end_reason,
         last_seen_at=row.last_seen_at,
+        image=row.image,
     )
 
 
@@ -117,8 +118,11 @@ class SessionStore:
         profile: str,
         price: PriceSnapshot,
         started_at: datetime,
+        image: str = "",
     ) -> bool:
         """Record that a container started; True if it is new.
+
+        `image` is the display name of the image it runs (clipped to 255 characters).
 
         Idempotent on `container_id`: a second call returns False and changes
         nothing, even with different values.
@@ -147,6 +151,7 @@ class SessionStore:
                 gpu_count=len(uuids),
                 gpu_model=gpu_model,
                 profile=profile,
+                image=image if len(image) <= 255 else image[:254] + "…",
                 price_per_gpu_hour=price.price_per_gpu_hour,
                 cpu_price_per_hour=price.cpu_price_per_hour,
                 currency=price.currency,

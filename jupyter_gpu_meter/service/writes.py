@@ -24,6 +24,7 @@ def open_session(ledger, opening: Opening):
         profile=container.profile,
         price=opening.price,
         started_at=opening.started_at,
+        image=container.image,
     )
 
 

@@ -53,9 +53,11 @@ EXPORT_COLUMNS = (
     "energy_kwh",
     "energy_price_per_kwh",
     "energy_charge",
+    # added with image versions: the display name of the image the session ran
+    "image",
 )
 #: the efficiency columns, empty on every line but a session's last
-EFFICIENCY_COLUMNS = EXPORT_COLUMNS[-7:]
+EFFICIENCY_COLUMNS = EXPORT_COLUMNS[EXPORT_COLUMNS.index("busy_gpu_seconds") :][:7]
 #: ``kind`` of a server session's line and of a volume's storage line
 SESSION_LINE, STORAGE_LINE = "session", "storage"
 
@@ -79,7 +81,7 @@ def export_row(session, *, now: datetime, since=None, until=None, measured=None)
         return None
     start, end = span
     price = session.price
-    return {
+    row = {
         "session_id": session.id,
         **what_ran(session),
         "started_at": isoformat(session.started_at),
@@ -102,6 +104,7 @@ def export_row(session, *, now: datetime, since=None, until=None, measured=None)
         "price_per_gb_month": "",
         **efficiency_cells(session, measured, now=now, last=end == session.end(now)),
     }
+    return {column: row[column] for column in EXPORT_COLUMNS}  # in the columns' order
 
 
 def efficiency_cells(session, measured, *, now: datetime, last: bool = True) -> dict:

@@ -89,6 +89,7 @@ def what_ran(session) -> dict:
         "user": session.user,
         "server": session.server,
         "profile": session.profile,
+        "image": session.image,
         "gpu_model": session.gpu_model,
         "gpus": session.gpu_count,
     }

@@ -12,7 +12,15 @@
   function rowFor(item) {
     var row = document.createElement("tr");
     row.dataset.sessionId = String(item.id);
-    m.cell(row, (item.server || "default") + (item.profile ? " (" + item.profile + ")" : ""));
+    var server = m.cell(row, (item.server || "default") + (item.profile ? " (" + item.profile + ")" : ""));
+    if (item.image) {
+      // as the page writes it: the image's display name under the server's
+      var image = document.createElement("small");
+      image.className = "text-muted d-block gpu-meter-image";
+      image.title = "Image";
+      image.textContent = item.image;
+      server.appendChild(image);
+    }
     m.cell(row, item.gpus ? item.gpus + " × " + item.gpu_model : "CPU only");
     m.cell(row, item.started_at_text);
     m.cell(row, "", "gpu-meter-elapsed");
