@@ -6,7 +6,6 @@ for trying things out, NOT for production (see docs: "Give users GPUs").
 """
 
 import os
-import resource
 
 c = get_config()  # noqa: F821
 
@@ -69,12 +68,6 @@ else:
     from jupyter_gpu_meter.hubconfig import setup_network
 
     setup_network(c, network)
-
-# Where this process may not lock unlimited memory (some sandboxes), Docker
-# cannot grant it to containers either: stay within the limit.
-memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
-if memlock != resource.RLIM_INFINITY:
-    c.GPUDockerSpawner.ulimits = {"memlock": memlock, "stack": 67108864}
 
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120

@@ -63,8 +63,10 @@ class Hardening:
     cap_add: Sequence[str] = ()
     pids_limit: int = 4096
     shm_size_bytes: int = 1024**3
-    #: name -> soft and hard limit; NCCL wants unlimited locked memory and a 64 MiB stack
-    ulimits: Mapping[str, int] = field(default_factory=lambda: {"memlock": -1, "stack": 67108864})
+    #: name -> soft and hard limit; NCCL wants a 64 MiB stack and unlimited locked memory,
+    #: which only some engines grant: the spawner adds ``memlock`` at the most its engine
+    #: grants (:mod:`~jupyter_gpu_meter.ulimits`); without it, a container has the engine's
+    ulimits: Mapping[str, int] = field(default_factory=lambda: {"stack": 67108864})
     #: names from UNSAFE_SETTINGS the admin allows
     allow_unsafe: frozenset[str] = frozenset()
     #: named volumes that may be mounted read-only only (the datasets'), whoever asks

@@ -126,11 +126,6 @@ c.GPUDockerSpawner.pull_policy = "never"
 c.GPUDockerSpawner.name_template = settings["prefix"] + "{username}--{servername}"
 # each test hub's homes are its own (and removed with it)
 c.HomeVolumes.name_template = settings["prefix"] + "home-{username}"
-# This sandbox caps locked memory below the production default (unlimited).
-import resource
-memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
-if memlock != resource.RLIM_INFINITY:
-    c.GPUDockerSpawner.ulimits = {"memlock": memlock, "stack": 67108864}
 c.Spawner.start_timeout = 90
 c.Spawner.http_timeout = 90
 if settings.get("meter"):  # the meter service, managed by the hub, reading this same file

@@ -87,7 +87,12 @@ def test_nothing_upstream_can_widen_the_gpu_set():
 
 
 def test_hardening_and_multi_gpu_shared_memory():
-    hardening = Hardening(pids_limit=2048, shm_size_bytes=8 * 1024**3, cap_add=("CHOWN",))
+    hardening = Hardening(
+        pids_limit=2048,
+        shm_size_bytes=8 * 1024**3,
+        cap_add=("CHOWN",),
+        ulimits={"memlock": -1, "stack": 67108864},
+    )
     host = enforce({"host_config": {"SecurityOpt": ["seccomp=x.json"]}}, hardening=hardening)[
         "host_config"
     ]
