@@ -44,12 +44,15 @@ def docker_client():
 
 @pytest.fixture
 def make_hub(tmp_path, docker_client, request):
-    """Start a hub: make_hub(simulated_gpus="2", env=None, **{"GPUDockerSpawner.x": value})."""
+    """Start a hub: make_hub(simulated_gpus="2", env=None, **{"GPUDockerSpawner.x": value});
+    ``base_config``: a config file loaded first (for what JSON cannot hold, e.g. a callable)."""
     from tests.hub import Hub
 
     hubs = []
 
-    def make(simulated_gpus="2", env=None, meter=False, meter_clock=False, **extra):
+    def make(
+        simulated_gpus="2", env=None, meter=False, meter_clock=False, base_config=None, **extra
+    ):
         hub = Hub(
             tmp_path / f"hub{len(hubs)}",
             docker_client,
@@ -57,6 +60,7 @@ def make_hub(tmp_path, docker_client, request):
             env,
             meter=meter,
             meter_clock=meter_clock,
+            base_config=base_config,
             **extra,
         )
         hubs.append(hub)
