@@ -200,6 +200,7 @@ class StartChecks(HasTraits):
     async def _check_driver(self, inventory: Inventory):
         if not (self.check_cuda_driver and inventory.driver_version):
             return
+        await self.pull_image(self.image)  # DockerSpawner's, by its pull_policy: then inspect it
         image = await self.docker("inspect_image", self.image)
         cuda = ((image.get("Config") or {}).get("Labels") or {}).get(labels.CUDA_VERSION, "")
         problem = cuda_driver_problem(cuda, inventory.driver_version)
