@@ -271,3 +271,55 @@ def test_a_probe_container_reads_the_engines_limits_and_is_removed(docker_client
 def test_a_refusal_is_an_image_not_allowed():
     with pytest.raises(ImageNotAllowed):
         images.resolve_image("x", allowed={"a": "a"}, default="a")
+
+
+# --- DockerSpawner 14's own form tests, ported ----------------------------------------
+
+
+def test_default_options_form():
+    """Ported from jupyterhub/dockerspawner tests/test_dockerspawner.py::test_default_options_form
+    (commit 785a752): one allowed image, no choice; two, a select of both names. Our
+    form is the GPU form, so what it offers is checked, and the select in its HTML."""
+    from jupyter_gpu_meter import GPUDockerSpawner
+
+    spawner = GPUDockerSpawner()
+    spawner.allowed_images = {"1.0": "jupyterhub/singleuser:1.0"}
+    assert images.offered(spawner.allowed_image_choices()) == []
+    spawner.allowed_images["1.1"] = "jupyterhub/singleuser:1.1"
+    offered = images.offered(spawner.allowed_image_choices())
+    assert offered == ["1.0", "1.1"]
+    html = render(images=offered)
+    assert '<option value="1.0" >1.0</option>' in html
+    assert '<option value="1.1" >1.1</option>' in html
+
+
+def test_options_from_form():
+    """Ported from jupyterhub/dockerspawner tests/test_dockerspawner.py::test_options_from_form
+    (commit 785a752), unchanged but for the class."""
+    from traitlets.config import Config
+
+    from jupyter_gpu_meter import GPUDockerSpawner
+
+    spawner = GPUDockerSpawner()
+    formdata = {"image": ["1.0", "1.1"]}
+    assert spawner.options_from_form(formdata) == {"image": "1.0"}
+
+    config = Config()
+    config.DockerSpawner.options_from_form = lambda formdata: {"ok": True}
+    spawner = GPUDockerSpawner(config=config)
+    assert spawner.options_from_form(formdata) == {"ok": True}
+
+
+def test_a_callable_answering_none_of_the_forms_is_a_500_naming_them():
+    from jupyter_gpu_meter import GPUDockerSpawner
+
+    spawner = GPUDockerSpawner()
+    spawner.allowed_images = lambda spawner: 42
+    with pytest.raises(Exception) as caught:
+        spawner.allowed_image_choices()
+    assert caught.value.status_code == 500
+    assert caught.value.jupyterhub_message.startswith(
+        "c.GPUDockerSpawner.allowed_images must be a dict {display name: image}"
+    )
+    spawner.allowed_images = lambda spawner: None  # as DockerSpawner: no choice
+    assert spawner.allowed_image_choices() == {}
