@@ -36,10 +36,6 @@ def test_a_failed_start_frees_its_gpu(make_hub):
     )
     failed = hub.start_server("ada", {"profile": "broken"})
     assert failed.status_code == 500
-    # the engine's ulimits could not be read with that image: said, and tried at the next start
-    assert "Could not read the Docker engine's ulimits with a container of no/such:image" in (
-        hub.logs()
-    )
     assert hub.server_model("ada") is None
     assert hub.gpus_held() == {}
     assert hub.start_server("bob", {"profile": "works"}).status_code in (201, 202)

@@ -26,7 +26,7 @@ import requests
 
 from jupyter_gpu_meter import labels
 from jupyter_gpu_meter.ulimits import parse_proc_limits
-from tests.hub import IMAGE, login
+from tests.hub import IMAGE, derived_image, login
 from tests.metering import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
@@ -180,3 +180,20 @@ def test_a_memlock_the_engine_cannot_grant_is_refused_saying_what_to_set(make_hu
         f"grants: its hard limit is {engine['memlock']}"
     )
     assert hub.containers(all=True) == []
+
+
+def test_an_image_the_engine_cannot_be_probed_with_starts_with_the_engines_own_memlock(
+    make_hub, docker_client
+):
+    tag = f"jgm-images-{secrets.token_hex(3)}/no-cat:test"
+    with derived_image(docker_client, tag, "USER root", "RUN rm /usr/bin/cat", "USER 1000"):
+        hub = make_hub("1", **{"GPUDockerSpawner.image": tag})
+        assert hub.start_server("ada", {"gpus": 0}).status_code in (201, 202)
+        assert hub.server_model("ada")["ready"]
+        assert f"Could not read the Docker engine's ulimits with a container of {tag}" in (
+            hub.logs()
+        )
+        container = hub.container_of("ada")
+        limits = {u["Name"]: u["Hard"] for u in container.attrs["HostConfig"]["Ulimits"]}
+        assert limits == {"stack": 67108864}  # memlock: the engine's own, as Docker gives it
+        hub.cleanup()  # before the image goes
