@@ -51,12 +51,14 @@ class ServerStatus(Configurable):
     ).tag(config=True)
 
     budget_cache_seconds = Float(
-        5.0,
+        15.0,
         min=0.0,
         help="""
-        How long ``api/server-status`` reuses a user's budget (one ledger read)
-        before reading it again, in seconds, e.g. 5 (0: every call reads it).
-        Every open notebook of the user shares it.
+        How long ``api/server-status`` reuses a user's budget (one ledger read,
+        shared by all their notebooks) before reading it again, in seconds,
+        e.g. 15 (the default; 0: every call reads it). What is left is that
+        much out of date at most; the budget policy itself looks every
+        ``c.Policies.interval`` (30 s).
         """,
     ).tag(config=True)
 
