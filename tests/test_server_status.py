@@ -306,3 +306,14 @@ async def test_the_notebooks_address_answers_server_status_and_health_only(meter
         assert refused.code == 404, path
         assert "answers only api/server-status and api/health" in body(refused)["message"]
     server.stop()
+
+
+async def test_a_ledger_that_cannot_be_read_is_a_503_that_says_so(meter, tmp_path):
+    broken = Ledger(f"sqlite:///{tmp_path}/missing/ledger.sqlite")  # its folder does not exist
+    server, app = serve_app(meter, status=StatusSource(meter.runner, broken))
+    response = await fetch(app, STATUS + "?server=train", "ada-token", ok=False)
+    assert response.code == 503
+    assert body(response)["message"] == (
+        "the meter cannot read its ledger now (OperationalError); try again"
+    )
+    server.stop()

@@ -21,6 +21,7 @@ import time
 from datetime import datetime, timedelta
 
 from tornado import web
+from tornado.log import app_log
 from traitlets import Float, Int
 from traitlets.config import Configurable
 
@@ -30,6 +31,7 @@ from ..pricing import charge
 from ..usage import format_amount, format_money, format_percent, format_rate, isoformat
 from .api import APIHandler
 from .gpus import format_gib
+from .state import error_class
 
 #: the query arguments api/server-status takes (``_xsrf``: a cookie-authenticated fetch's)
 PARAMETERS = ("server", "user", "_xsrf")
@@ -301,8 +303,14 @@ class ServerStatusHandler(APIHandler):
                 f"{user} has no running server {server!r} metered here "
                 f"(running: {names or 'none'}; the default server is '')",
             )
-        session = await source.session(container, reader)
-        status_at, status = await source.budget(user, reader)
+        try:
+            session = await source.session(container, reader)
+            status_at, status = await source.budget(user, reader)
+        except Exception as e:  # the ledger (a database) is down: the loops keep the writes
+            app_log.warning("api/server-status: reading the ledger failed: %r", e)
+            raise web.HTTPError(
+                503, "the meter cannot read its ledger now (%s); try again", error_class(e)
+            ) from None
         now = reader.clock()
         prices = [c.price for c in running]
         budget_at = runs_out_at(status, spend_rate(status, prices), status_at) if status else None
