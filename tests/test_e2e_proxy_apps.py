@@ -22,7 +22,7 @@ LOG_TENSORBOARD_RUN = """
 import os
 from tensorboard.summary import Writer
 writer = Writer(os.path.join(os.environ["TENSORBOARD_LOGDIR"], "first-run"))
-for step, loss in enumerate([0.9, 0.5, 0.25]):
+for step, loss in enumerate([1.0, 0.5, 0.25]):  # exact in float32
     writer.add_scalar("loss", loss, step=step)
 writer.close()
 """
@@ -33,7 +33,7 @@ mlflow.set_experiment("proxy-test")
 with mlflow.start_run(run_name="first") as run:
     mlflow.log_param("lr", "0.01")
     mlflow.log_metric("loss", 0.25, step=3)
-print(run.info.run_id)
+print("run_id=" + run.info.run_id)
 """
 
 
@@ -70,7 +70,7 @@ def search_runs(session: requests.Session, mlflow_url: str, experiment_id: str) 
 def test_tensorboard_and_mlflow_answer_their_owner_through_the_hub_and_refuse_others(
     make_hub, capsys
 ):
-    hub = make_hub("0")
+    hub = make_hub("1")  # one simulated GPU; ada starts CPU-only
     ada, bob = as_user(hub.user_token("ada")), as_user(hub.user_token("bob"))
     assert hub.start_server("ada", {"gpus": 0}).status_code in (201, 202)
     container = hub.container_of("ada")
@@ -78,12 +78,21 @@ def test_tensorboard_and_mlflow_answer_their_owner_through_the_hub_and_refuse_ot
     mlflow_url = f"{hub.url}/user/ada/mlflow/"
     seconds = {}
 
+    # JupyterLab's launcher lists both (jupyter-server-proxy's labextension reads this)
+    info = ada.get(f"{hub.url}/user/ada/server-proxy/servers-info", timeout=30)
+    assert info.status_code == 200, info.text
+    assert {
+        app["name"]: (app["launcher_entry"]["enabled"], app["launcher_entry"]["title"])
+        for app in info.json()["server_processes"]
+    } == {"tensorboard": (True, "TensorBoard"), "mlflow": (True, "MLflow")}
+
     # what ada writes with the image's defaults, before either app runs
     exec_python(container, LOG_TENSORBOARD_RUN)
-    run_id = exec_python(container, LOG_MLFLOW_RUN).strip().splitlines()[-1]
+    output = exec_python(container, LOG_MLFLOW_RUN)
+    (run_id,) = [line[7:] for line in output.splitlines() if line.startswith("run_id=")]
 
     # TensorBoard: its page and its data API, behind the path prefix
-    page, seconds["tensorboard cold start"] = first_answer(ada, tensorboard_url)
+    page, seconds["tensorboard first start"] = first_answer(ada, tensorboard_url)
     assert page.status_code == 200, page.text[:500]
     assert "<tf-tensorboard" in page.text or "TensorBoard" in page.text
     environment = ada.get(tensorboard_url + "data/environment", timeout=30)
@@ -100,10 +109,10 @@ def test_tensorboard_and_mlflow_answer_their_owner_through_the_hub_and_refuse_ot
         timeout=30,
     )
     assert scalars.status_code == 200, scalars.text
-    assert [(step, value) for _, step, value in scalars.json()] == [(0, 0.9), (1, 0.5), (2, 0.25)]
+    assert [(step, value) for _, step, value in scalars.json()] == [(0, 1.0), (1, 0.5), (2, 0.25)]
 
     # MLflow: its page, and the run logged in the container through its REST API
-    page, seconds["mlflow cold start (new sqlite store)"] = first_answer(ada, mlflow_url)
+    page, seconds["mlflow first start"] = first_answer(ada, mlflow_url)
     assert page.status_code == 200, page.text[:500]
     assert "MLflow" in page.text
     experiment = ada.get(
@@ -146,11 +155,11 @@ def test_tensorboard_and_mlflow_answer_their_owner_through_the_hub_and_refuse_ot
     # the runs live in ada's home volume: a new server (new container) shows them
     hub.stop_server("ada")
     assert hub.start_server("ada", {"gpus": 0}).status_code in (201, 202)
-    page, seconds["mlflow start (existing store)"] = first_answer(ada, mlflow_url)
+    page, seconds["mlflow start in a new server"] = first_answer(ada, mlflow_url)
     assert page.status_code == 200, page.text[:500]
     (run,) = search_runs(ada, mlflow_url, experiment_id)
     assert run["info"]["run_id"] == run_id
-    page, seconds["tensorboard start (existing logs)"] = first_answer(ada, tensorboard_url)
+    page, seconds["tensorboard start in a new server"] = first_answer(ada, tensorboard_url)
     assert page.status_code == 200
     wait_until(
         lambda: "first-run" in ada.get(tensorboard_url + "data/runs", timeout=30).json(),
