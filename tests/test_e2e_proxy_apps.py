@@ -18,6 +18,8 @@ from tests.metering import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
+PUBLIC_ORIGIN = "https://hub.example.org"
+
 LOG_TENSORBOARD_RUN = """
 import os
 from tensorboard.summary import Writer
@@ -70,7 +72,11 @@ def search_runs(session: requests.Session, mlflow_url: str, experiment_id: str) 
 def test_tensorboard_and_mlflow_answer_their_owner_through_the_hub_and_refuse_others(
     make_hub, capsys
 ):
-    hub = make_hub("1")  # one simulated GPU; ada starts CPU-only
+    # one simulated GPU (ada starts CPU-only); the admin allows the hub's public origin
+    hub = make_hub(
+        "1",
+        **{"GPUDockerSpawner.environment": {"MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": PUBLIC_ORIGIN}},
+    )
     ada, bob = as_user(hub.user_token("ada")), as_user(hub.user_token("bob"))
     assert hub.start_server("ada", {"gpus": 0}).status_code in (201, 202)
     container = hub.container_of("ada")
@@ -136,13 +142,14 @@ def test_tensorboard_and_mlflow_answer_their_owner_through_the_hub_and_refuse_ot
         timeout=30,
     )
     assert forged.status_code == 403, forged.text
-    same_origin = ada.post(
-        mlflow_url + "api/2.0/mlflow/experiments/create",
-        json={"name": "from-the-ui"},
-        headers={"Origin": hub.url},
-        timeout=30,
-    )
-    assert same_origin.status_code == 200, same_origin.text
+    for origin in (hub.url, PUBLIC_ORIGIN):  # the UI on localhost, or on the hub's name
+        from_the_ui = ada.post(
+            mlflow_url + "api/2.0/mlflow/experiments/create",
+            json={"name": f"from-the-ui-at-{origin}"},
+            headers={"Origin": origin},
+            timeout=30,
+        )
+        assert from_the_ui.status_code == 200, from_the_ui.text
 
     # bob's token opens neither app of ada's; no credentials → the hub's login
     for url in (tensorboard_url, mlflow_url, mlflow_url + "api/2.0/mlflow/experiments/search"):
