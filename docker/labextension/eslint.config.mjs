@@ -6,6 +6,7 @@ export default tseslint.config(...tseslint.configs.recommended, {
   files: ['src/**/*.ts'],
   rules: {
     eqeqeq: 'error',
+    '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
     'no-console': ['error', { allow: ['warn', 'error'] }]
   }
 });
