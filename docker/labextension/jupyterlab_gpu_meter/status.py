@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -162,7 +163,8 @@ class StatusCache:
     """The last answer of `fetch`, reused for `period` seconds of `clock`.
 
     Owned by the event loop. Calls while a fetch is under way await that one;
-    `fetch` must not raise (:func:`fetch_status` does not).
+    `fetch` must not raise (:func:`fetch_status` does not). Each fetch is
+    logged at DEBUG (``--ServerApp.log_level=DEBUG`` shows the meter's load).
     """
 
     def __init__(
@@ -170,10 +172,12 @@ class StatusCache:
         fetch: Callable[[], Awaitable[dict]],
         period: float,
         clock: Callable[[], float] = time.monotonic,
+        log: logging.Logger | None = None,
     ):
         self.fetch = fetch
         self.period = period
         self.clock = clock
+        self.log = log or logging.getLogger(__name__)
         self.fetches = 0  # how many times the meter was asked (tests, logs)
         self._answer: dict | None = None
         self._asked_at = 0.0
@@ -194,6 +198,10 @@ class StatusCache:
         finally:
             self._pending = None
         self._answer, self._asked_at = answer, asked_at
+        self.log.debug(
+            "jupyterlab_gpu_meter: asked the meter: %s",
+            "available" if answer.get("available") else answer.get("reason"),
+        )
         return answer
 
 
@@ -214,7 +222,9 @@ def setup(serverapp, *, clock: Callable[[], float] = time.monotonic) -> StatusCa
     """Add ``GET <base_url>gpu-meter/status`` to `serverapp`; return its cache."""
     settings = GPUMeterStatus(parent=serverapp)
     client = AsyncHTTPClient()
-    cache = StatusCache(lambda: fetch_status(settings, client), settings.cache_seconds, clock)
+    cache = StatusCache(
+        lambda: fetch_status(settings, client), settings.cache_seconds, clock, serverapp.log
+    )
     base_url = serverapp.web_app.settings["base_url"]
     route = url_path_join(base_url, "gpu-meter", "status")
     serverapp.web_app.add_handlers(".*$", [(route, StatusHandler, {"cache": cache})])
