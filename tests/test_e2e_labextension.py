@@ -154,12 +154,12 @@ def lab(chromium, hub):  # noqa: F811 (the fixture's name)
     window.context.close()
 
 
-def screenshot(lab, name: str) -> None:
+def screenshot(lab, name: str, *, docs: bool = False) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     lab.page.screenshot(path=str(ARTIFACTS / name))
     bar = ARTIFACTS / f"statusbar-{name}"
     lab.page.locator("#jp-main-statusbar").screenshot(path=str(bar))
-    if os.environ.get("JGM_UPDATE_DOC_SCREENSHOTS") == "1":
+    if docs and os.environ.get("JGM_UPDATE_DOC_SCREENSHOTS") == "1":
         (DOCS_STATIC / f"statusbar-{name}").write_bytes(bar.read_bytes())
 
 
@@ -199,7 +199,7 @@ def test_the_warning_appears_when_the_idle_stop_is_near(hub, lab):
         "rgba(0, 0, 0, 0)",
         lab.page.locator(".jp-gpu-meter-cost").evaluate("e => getComputedStyle(e).backgroundColor"),
     )
-    screenshot(lab, "labextension-warning.png")
+    screenshot(lab, "labextension-warning.png", docs=True)
 
 
 def test_a_hung_meter_shows_metering_unavailable_then_the_figures_again(hub, lab):

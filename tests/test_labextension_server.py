@@ -329,3 +329,12 @@ async def test_a_jupyter_server_with_the_extension_serves_status(meter, tmp_path
         process.terminate()
         output = (await asyncio.wait_for(process.communicate(), 30))[0].decode(errors="replace")
     assert "jupyterlab_gpu_meter: /user/ada/train/gpu-meter/status asks" in output, output
+
+
+def test_the_reference_names_every_setting():
+    text = (LABEXT.parent.parent / "docs" / "reference" / "labextension.md").read_text()
+    for name in GPUMeterStatus.class_trait_names(config=True):
+        assert f"`GPUMeterStatus.{name}`" in text, name
+    schema = json.loads((LABEXT / "schema" / "status.json").read_text())
+    for name in schema["properties"]:
+        assert f"`{name}`" in text, name
