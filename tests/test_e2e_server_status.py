@@ -12,8 +12,10 @@ from decimal import Decimal
 
 import pytest
 import requests
+from jupyterhub.scopes import expand_scopes
 
 from jupyter_gpu_meter import labels
+from jupyter_gpu_meter.hubconfig import ACCESS_SCOPE
 from tests.hub import TEST_NETWORK
 from tests.metering import wait_until
 from tests.test_e2e_network import inside
@@ -75,11 +77,10 @@ def test_a_notebooks_own_token_reads_its_servers_status_and_no_one_elses(make_hu
 
     # the server's own token: the hub's defaults for it, plus the meter, for ada only
     scopes = inside(ada, WHOAMI)["scopes"]
-    assert set(scopes) == {
-        "access:servers!server=ada/",
-        "users:activity!user=ada",
-        "access:services!service=gpu-meter",
-    }
+    raw = ["users:activity!user=ada", "access:servers!server=ada/", ACCESS_SCOPE]
+    # as the hub expands them, and the identity it lets every token read (whoami)
+    identity = {"read:users:name!user=ada", "read:users:groups!user=ada"}
+    assert set(scopes) == expand_scopes(raw) | identity
 
     token = hub.user_token("ada")
     wait_until(

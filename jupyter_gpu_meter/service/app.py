@@ -428,7 +428,6 @@ class MeterService(Application):
         if os.environ.get("JUPYTERHUB_SERVICE_NAME"):
             tasks.append(follow_the_hub(stop, self.log))
         tasks = [asyncio.ensure_future(task) for task in tasks]
-
         servers = listen(self, self.service_url, self.service_prefix, self.notebook_ip)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
