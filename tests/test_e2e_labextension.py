@@ -8,7 +8,8 @@ token of ada's at the same moments). The meter's clock is moved so that the
 idle stop comes within the warning lead time: the warning appears, worded
 as the meter words it. A meter that hangs shows "metering unavailable", and
 the figures come back when it answers again. Three tabs open for a while
-cost the meter at most one call per ``GPUMeterStatus.cache_seconds``.
+cost the meter at most one call per ``GPUMeterStatus.cache_seconds``. Last,
+the server stops under the open tab: "metering unavailable" again.
 """
 
 import json
@@ -248,3 +249,12 @@ def test_three_open_tabs_cost_the_meter_one_call_per_cache_period(hub, lab):
     finally:
         for tab in tabs:
             tab.close()
+
+
+def test_a_stopped_server_shows_metering_unavailable(hub, lab):
+    hub.stop_server("ada")
+    wait_until(lambda: lab.shown()["available"] == "false", 60, "the status bar to give up")
+    title = lab.page.locator(".jp-gpu-meter-unavailable").get_attribute("title")
+    assert title.startswith(
+        ("this server answered ", "this server's answer is not JSON", "cannot reach this server")
+    ), title

@@ -197,8 +197,9 @@ async def test_a_refusal_gives_the_meters_own_message(meter):
     }
 
 
-async def test_an_error_without_json_gives_the_code(meter):
-    meter.code, meter.body = 502, b"<html>Bad Gateway</html>"
+@pytest.mark.parametrize("body", [b"<html>Bad Gateway</html>", b'["not", "an object"]'])
+async def test_an_error_without_a_json_message_gives_the_code(meter, body):
+    meter.code, meter.body = 502, body
     answer = await fetch_status(settings(meter.url), AsyncHTTPClient())
     assert answer == {"available": False, "reason": "the meter answered 502"}
 

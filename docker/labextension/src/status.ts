@@ -115,14 +115,20 @@ export class GPUMeterStatusItem extends Widget {
 /** Ask this server's `gpu-meter/status`; a failure is shown as "metering unavailable". */
 async function fetchStatus(settings: ServerConnection.ISettings): Promise<IServerStatus> {
   const url = URLExt.join(settings.baseUrl, 'gpu-meter', 'status');
+  let response: Response;
   try {
-    const response = await ServerConnection.makeRequest(url, {}, settings);
-    if (!response.ok) {
-      return { available: false, reason: `this server answered ${response.status}` };
-    }
-    return (await response.json()) as IServerStatus;
+    response = await ServerConnection.makeRequest(url, {}, settings);
   } catch (error) {
     return { available: false, reason: `cannot reach this server: ${error}` };
+  }
+  if (!response.ok) {
+    return { available: false, reason: `this server answered ${response.status}` };
+  }
+  try {
+    return (await response.json()) as IServerStatus;
+  } catch {
+    // e.g. the hub's page for a server that is stopped
+    return { available: false, reason: "this server's answer is not JSON: is it running?" };
   }
 }
 
