@@ -1,6 +1,7 @@
 """The notebook image built from docker/Dockerfile, as the hub will run it."""
 
 import json
+import re
 
 import jupyterhub
 import pytest
@@ -43,3 +44,19 @@ def test_gpu_info_reports_what_pytorch_and_the_container_see(docker_client):
 def test_image_declares_its_cuda_version_label(docker_client):
     image_labels = docker_client.images.get(IMAGE).labels
     assert labels.CUDA_VERSION in image_labels  # empty here: no CUDA in the Debian test base
+
+
+def test_the_jupyterlab_extension_is_installed_and_enabled(docker_client):
+    """jupyterlab-gpu-meter (docker/labextension): server extension and prebuilt frontend."""
+    listed = run(
+        docker_client,
+        "sh",
+        "-c",
+        "jupyter server extension list 2>&1; jupyter labextension list 2>&1",
+        environment={"NO_COLOR": "1", "TERM": "dumb"},
+    )
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", listed)
+    assert re.search(r"jupyterlab_gpu_meter enabled", plain), plain
+    assert re.search(r"jupyterlab_gpu_meter \S+ OK", plain), plain
+    frontend = r"jupyterlab-gpu-meter v\S+ enabled OK \(python, jupyterlab-gpu-meter\)"
+    assert re.search(frontend, plain), plain
