@@ -28,6 +28,7 @@ def test_singleuser_server_matches_the_hubs_major_version(docker_client):
     assert run(docker_client, "jupyter", "lab", "--version").strip()
 
 
+@pytest.mark.slow  # importing torch: seconds
 def test_gpu_info_reports_what_pytorch_and_the_container_see(docker_client):
     info = json.loads(run(docker_client, "gpu-info", "--json"))
     # the real CUDA build of PyTorch (from the base, seen through the venv) loads

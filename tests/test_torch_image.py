@@ -53,9 +53,10 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, docker_client):
+def server(request, tmp_path_factory, docker_client):
     """The hub and the running container of USER's server (1 GPU, every default)."""
     hub = Hub(tmp_path_factory.mktemp("torch-hub"), docker_client, simulated_gpus="1")
+    failed_before = request.session.testsfailed
     try:
         hub.start()
         response = hub.start_server(USER, {"gpus": 1})
@@ -65,6 +66,10 @@ def server(tmp_path_factory, docker_client):
         put_files(container, WORK, *CHECKS.glob("*_check.py"))
         yield hub, container
     finally:
+        if request.session.testsfailed > failed_before:  # what the hub and the server said
+            print(hub.logs())
+            for container in hub.containers(all=True):
+                print(f"--- container {container.name}\n", container.logs(tail=50).decode())
         hub.cleanup()
 
 
