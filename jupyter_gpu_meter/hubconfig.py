@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .gpus import SIMULATED_ENV
 from .identity import HUB_ID_ENV, default_hub_id
@@ -206,6 +207,64 @@ def _grant_users_access(c) -> None:
     c.JupyterHub.load_roles = _put_named(roles, {**(user or {"name": "user"}), "scopes": scopes})
 
 
+def _grant_servers_access(c) -> None:
+    """A notebook server's own token (``$JUPYTERHUB_API_TOKEN``) may use the meter.
+
+    :data:`ACCESS_SCOPE` is added to the ``server`` role, whose scopes the hub
+    gives that token when ``c.Spawner.server_token_scopes`` is not set, keeping
+    the role's own (JupyterHub's ``users:activity!user`` and
+    ``access:servers!server``, or yours); where ``server_token_scopes`` is a
+    list (it replaces the role), to that list. A callable there is yours to
+    extend. The hub gives the token only what its user holds: their own
+    access to the meter, never read-all, budgets or stopping servers.
+    """
+    from jupyterhub.roles import get_default_roles
+
+    for section in (c.Spawner, c.GPUDockerSpawner):
+        requested = _current(section, "server_token_scopes", [])
+        if (
+            isinstance(requested, (list, tuple, set))
+            and requested
+            and ACCESS_SCOPE not in requested
+        ):
+            section.server_token_scopes = [*requested, ACCESS_SCOPE]
+    roles = list(_current(c.JupyterHub, "load_roles", []))
+    default = next(role for role in get_default_roles() if role["name"] == "server")
+    role = next((role for role in roles if role.get("name") == "server"), default)
+    scopes = list(role.get("scopes", default["scopes"]))
+    if ACCESS_SCOPE not in scopes:
+        scopes.append(ACCESS_SCOPE)
+    c.JupyterHub.load_roles = _put_named(roles, {**role, "scopes": scopes})
+
+
+def notebook_meter_url(service_url: str, *, host: str, base_url: str = "/") -> str:
+    """The meter's base URL from a notebook on `host`'s side: `service_url`'s scheme and
+    port, `host`, the service's prefix under the hub's `base_url`. Pure."""
+    url = urlparse(service_url)
+    prefix = base_url.rstrip("/") + f"/services/{SERVICE_NAME}/"
+    return f"{url.scheme}://{host}:{url.port or 80}{prefix}"
+
+
+def _point_notebooks_at_meter(c) -> None:
+    """``c.GPUDockerSpawner.meter_api_url``, once both the meter (:func:`setup_meter`) and
+    the notebooks' network are known: with host networking, the meter's own URL; on
+    the notebooks' network (:func:`setup_network`), its gateway
+    (``c.MeterService.notebook_ip``, where the meter listens too). Else unset."""
+    services = _current(c.JupyterHub, "services", [])
+    service = next((s for s in services if s.get("name") == SERVICE_NAME), None)
+    if service is None:
+        return
+    if _current(c.GPUDockerSpawner, "network_name", DEFAULT_NETWORK) == "host":
+        host = urlparse(service["url"]).hostname
+    else:
+        host = _current(c.MeterService, "notebook_ip", "")
+    if host:
+        base_url = _current(c.JupyterHub, "base_url", "/")
+        c.GPUDockerSpawner.meter_api_url = notebook_meter_url(
+            service["url"], host=host, base_url=base_url
+        )
+
+
 def setup_meter(
     c,
     config_file: str,
@@ -235,7 +294,11 @@ def setup_meter(
       (:func:`budgets_role`). JupyterHub does not let a config extend the
       built-in ``admin`` role's scopes, and admins made in the admin panel
       are not in the config: name those in `budget_users`;
-    - lets every user use the service (:data:`ACCESS_SCOPE`);
+    - lets every user use the service (:data:`ACCESS_SCOPE`), and each notebook
+      server's own token too, for its user (:func:`_grant_servers_access`);
+    - tells the spawner where notebooks reach the meter
+      (``c.GPUDockerSpawner.meter_api_url``: call it after choosing the network,
+      see :func:`setup_network`);
     - adds "GPU usage" to the hub's navigation bar (:func:`template_paths`).
 
     Calling it again replaces what it set; other services and roles stay.
@@ -261,6 +324,8 @@ def setup_meter(
         BUDGETS_SCOPE: {"description": BUDGETS_DESCRIPTION},
     }
     _grant_users_access(c)
+    _grant_servers_access(c)
+    _point_notebooks_at_meter(c)
     c.JupyterHub.template_paths = template_paths(_current(c.JupyterHub, "template_paths", []))
 
 
@@ -271,9 +336,12 @@ def setup_network(c, name: str = DEFAULT_NETWORK, *, internal: bool = False) -> 
     between containers off, :mod:`jupyter_gpu_meter.network`), puts the
     spawner's notebooks on it, and lets the hub's API listen on the
     network's gateway address (``c.JupyterHub.hub_ip``), the one address of
-    the host notebooks reach. Services on the host's loopback (the meter,
-    the proxy's API, a local PostgreSQL) stay out of their reach. Needs the
-    Docker engine when the config is loaded. Returns the network.
+    the host notebooks reach. The meter listens there too
+    (``c.MeterService.notebook_ip``), answering only ``api/server-status``
+    and ``api/health``; notebooks find it in ``$JUPYTER_GPU_METER_API_URL``.
+    Services on the host's loopback (the meter's pages, the proxy's API, a
+    local PostgreSQL) stay out of their reach. Needs the Docker engine when
+    the config is loaded. Returns the network.
     """
     import docker
 
@@ -281,6 +349,8 @@ def setup_network(c, name: str = DEFAULT_NETWORK, *, internal: bool = False) -> 
     c.GPUDockerSpawner.network_name = network.name
     c.GPUDockerSpawner.network_internal = internal
     c.JupyterHub.hub_ip = network.gateway
+    c.MeterService.notebook_ip = network.gateway
+    _point_notebooks_at_meter(c)
     return network
 
 

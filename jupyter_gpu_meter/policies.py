@@ -64,16 +64,22 @@ def track_idle(
     return None
 
 
+def idle_stop_at(server: ServerState, timeout: timedelta) -> datetime | None:
+    """When :func:`gpu_idle` stops `server` if its GPUs stay idle: `timeout` after they
+    all went idle. None: never (a CPU-only server, the policy off, GPUs busy now)."""
+    if not server.gpu_uuids or timeout <= timedelta(0) or server.idle_since is None:
+        return None
+    return server.idle_since + timeout
+
+
 def gpu_idle(
     *, server: ServerState, now: datetime, timeout: timedelta, **kwargs
 ) -> Decision | None:
     """Stop a GPU server whose GPUs have all been idle for `timeout` (0: never)."""
-    if not server.gpu_uuids or timeout <= timedelta(0) or server.idle_since is None:
+    stop_at = idle_stop_at(server, timeout)
+    if stop_at is None or now < stop_at:
         return None
-    idle_for = now - server.idle_since
-    if idle_for < timeout:
-        return None
-    return Decision("gpu-idle", STOP, f"GPUs idle for {format_duration(idle_for)}")
+    return Decision("gpu-idle", STOP, f"GPUs idle for {format_duration(now - server.idle_since)}")
 
 
 def gpu_lost(*, server: ServerState, unhealthy: dict[str, str], **kwargs) -> Decision | None:
@@ -89,13 +95,19 @@ def gpu_lost(*, server: ServerState, unhealthy: dict[str, str], **kwargs) -> Dec
     return Decision("gpu-health", STOP, "GPU unhealthy (" + "; ".join(problems) + ")")
 
 
-def max_age(*, server: ServerState, now: datetime, max_age: timedelta, **kwargs) -> Decision | None:
-    """Stop a server that has run for `max_age` (0: never)."""
+def max_age_stop_at(server: ServerState, max_age: timedelta) -> datetime | None:
+    """When :func:`max_age` stops `server`: `max_age` after it started; None: never (0)."""
     if max_age <= timedelta(0):
         return None
-    age = now - server.started_at
-    if age < max_age:
+    return server.started_at + max_age
+
+
+def max_age(*, server: ServerState, now: datetime, max_age: timedelta, **kwargs) -> Decision | None:
+    """Stop a server that has run for `max_age` (0: never)."""
+    stop_at = max_age_stop_at(server, max_age)
+    if stop_at is None or now < stop_at:
         return None
+    age = now - server.started_at
     return Decision(
         "max-age",
         STOP,
@@ -109,6 +121,12 @@ def keep_alive(*, server: ServerState, now: datetime, window: timedelta, **kwarg
     So an idle culler that only sees browser traffic keeps a training run alive.
     """
     return bool(server.gpu_uuids and server.busy_at and now - server.busy_at <= window)
+
+
+def budget_stop_at(exhausted_since: datetime, grace: timedelta) -> datetime:
+    """When :func:`budget` stops the servers that spend from a budget used up since
+    `exhausted_since`: `grace` later."""
+    return exhausted_since + grace
 
 
 def budget(
@@ -133,7 +151,7 @@ def budget(
         used_up = spent >= limit
     used = f"{format_amount(spent, unit, code=False)} of {format_amount(limit, unit)}"
     if used_up:
-        if exhausted_since is not None and now - exhausted_since >= grace:
+        if exhausted_since is not None and now >= budget_stop_at(exhausted_since, grace):
             return Decision("budget", STOP, f"budget used up ({used})")
         return Decision(
             "budget",

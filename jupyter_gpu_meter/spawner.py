@@ -36,11 +36,12 @@ from .spawn_form import model_counts, options_from_form, render_spawn_form, spaw
 from .spawner_budget import budget_left, read_budget_status, refusal
 from .spawner_checks import StartChecks, spawn_error
 from .spawner_homes import HomesMixin
+from .spawner_meter import MeterURLMixin
 
 __all__ = ["GPUDockerSpawner", "spawn_error"]
 
 
-class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
+class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, DockerSpawner):
     """A DockerSpawner whose servers own whole GPUs, exclusively.
 
     The user picks a profile or a GPU count; the spawner picks free healthy

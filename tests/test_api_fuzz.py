@@ -35,10 +35,12 @@ from tornado.testing import bind_unused_port
 from jupyter_gpu_meter import homes
 from jupyter_gpu_meter.ledger import Ledger, StoragePeriod
 from jupyter_gpu_meter.pricing import Pricing
+from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.home_api import HomeService
 from jupyter_gpu_meter.service.reader import LiveState
 from jupyter_gpu_meter.service.state import MeterState
+from jupyter_gpu_meter.sessions import ManagedContainer, Opening, SessionChanges
 from tests.hub import IMAGE
 from tests.test_usage_web import (
     ACCESS,
@@ -52,6 +54,7 @@ from tests.test_usage_web import (
 
 OPENAPI = Path(__file__).resolve().parent.parent / "jupyter_gpu_meter/service/openapi.yaml"
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+MODEL = "NVIDIA H100 80GB HBM3"
 schema = schemathesis.openapi.from_path(OPENAPI)
 CHECKS = [
     not_a_server_error,
@@ -81,6 +84,7 @@ EDGES = {
     "until": ["0001-01-02", "9999-12-31", "9999-12-31T23:59:59-14:00", "10000-01-01T00:00:00Z"],
     "offset": ["2147483647", "2147483648", str(10**30), "-1", "9" * 5000],
     "limit": ["1000", "1001", str(10**30), "-1"],
+    "server": ["train", "", "a/b", "x" * 256, "\t", HOSTILE],
     "user": ["花子", HOSTILE, "=cmd|' /C calc'!A0", 'a"; filename=x.exe/../', "\t=1+1", "\r@1"],
 }
 
@@ -142,6 +146,14 @@ def base_url(tmp_path_factory, home_service):
         NOW,
     )
     state = MeterState()
+    # ada runs a server (api/server-status answers for it); the others have none
+    running = add_session(ledger, pricing, "ada", NOW - timedelta(hours=1), server="train")
+    price = pricing.snapshot(MODEL, 1)
+    container = ManagedContainer(
+        running, "ada", "train", ("GPU-A",), MODEL, "", price, True, NOW, None, None
+    )
+    state.apply(SessionChanges(opened=(Opening(container, NOW, price),)))
+    state.sampled(Tick(NOW, (GPUReading("GPU-A", 0, MODEL, 40, 1 << 30, 80 << 30),), (), 0.001))
     meter = SimpleNamespace(
         ledger=ledger,
         pricing=pricing,

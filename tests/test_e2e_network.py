@@ -50,6 +50,23 @@ print(json.dumps(json.load(urllib.request.urlopen(request, timeout=10))))
 """
 
 
+#: run inside the container: the HTTP status of GET base + each path (the server's token)
+STATUSES = """
+import json, os, sys, urllib.error, urllib.request
+out = {}
+for path in sys.argv[2:]:
+    request = urllib.request.Request(
+        sys.argv[1] + path,
+        headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]},
+    )
+    try:
+        out[path] = urllib.request.urlopen(request, timeout=10).status
+    except urllib.error.HTTPError as e:
+        out[path] = e.code
+print(json.dumps(out))
+"""
+
+
 def inside(container, script: str, *args) -> dict:
     result = container.exec_run(["python3", "-c", script, *args], user="1000")
     assert result.exit_code == 0, result.output.decode()
@@ -101,13 +118,18 @@ def test_a_notebook_reaches_its_hub_but_not_the_hosts_services_nor_other_noteboo
         assert host_reaches(port, host), f"the {name} does not listen on the host: test is void"
     assert host_reaches(8888, bob_address), "the host cannot reach bob's notebook"
 
-    # from ada's notebook: the host only at the gateway, where only the hub's API is
+    # from ada's notebook: the host only at the gateway, where only the hub's API is,
+    # and the meter's api/server-status and api/health (test_e2e_server_status.py)
     probes = [[name, gateway, port] for name, (_, port) in targets.items()]
     probes += [["hub API", gateway, settings["hub_port"]], ["bob", bob_address, 8888]]
     seen = inside(ada, PROBE, json.dumps(probes))
     assert seen.pop("hub API") == "open"
+    assert seen.pop("meter") == "open"
     assert seen.pop("bob") in ("timeout", "EHOSTUNREACH"), "ada's notebook reached bob's"
     assert set(seen.values()) == {"ECONNREFUSED"}, seen
+    meter = f"http://{gateway}:{settings['meter_port']}/services/gpu-meter/"
+    answers = inside(ada, STATUSES, meter, "api/health", "api/usage", "", "metrics", "admin")
+    assert answers == {"api/health": 200, "api/usage": 404, "": 404, "metrics": 404, "admin": 404}
 
     # and the notebook's own hub API works, with its own token
     assert inside(ada, WHOAMI)["name"] == "ada"

@@ -60,6 +60,7 @@ from .rules import (
     parse_scope,
     parse_unit,
     period_start,
+    spends_from,
     spent,
     unit_label,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "parse_scope",
     "parse_unit",
     "period_start",
+    "spends_from",
     "spent",
     "unit_label",
 ]

@@ -403,6 +403,12 @@ def hourly_usage(status: BudgetStatus, price: PriceSnapshot) -> Decimal:
     return Decimal(price.gpus)
 
 
+def spends_from(status: BudgetStatus, price: PriceSnapshot | None) -> bool:
+    """Whether a server at `price` spends from the budget in `status`: the servers the
+    budget policy stops. One without a price snapshot counts (not knowing never spares it)."""
+    return price is None or hourly_usage(status, price) > 0
+
+
 def budget_view(status: BudgetStatus | None, warn_fraction) -> dict | None:
     """What a page shows of a budget: left, of, period, and a warning near or past the end.
 

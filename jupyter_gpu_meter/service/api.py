@@ -168,6 +168,6 @@ class NotFoundAPIHandler(JSONHandler):
     def prepare(self):
         raise web.HTTPError(
             404,
-            "no such API: use api/usage, api/users, api/gpus, api/export.csv, api/budgets, "
-            "api/snapshots, api/homes, api/health or api/openapi.yaml",
+            "no such API: use api/usage, api/users, api/gpus, api/server-status, api/export.csv, "
+            "api/budgets, api/snapshots, api/homes, api/health or api/openapi.yaml",
         )

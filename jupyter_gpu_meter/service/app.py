@@ -35,10 +35,8 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from urllib.parse import urlparse
 
 from jupyterhub.traitlets import Callable
-from tornado.httpserver import HTTPServer
 from traitlets import Float, Unicode, default
 from traitlets.config import Application
 
@@ -56,8 +54,9 @@ from . import storage_pass
 from .hubapi import HubAPI
 from .loops import DockerEvents, every, follow_the_hub, handle_events
 from .policy_runner import Policies, PolicyRunner
+from .server_status import ServerStatus
 from .state import LedgerWrites, MeterState, error_class, error_summary
-from .web import create_application
+from .web import listen
 from .writes import queue_decision, queue_rollups, queue_session_writes, refused_openings
 
 
@@ -68,6 +67,7 @@ class MeterService(Application):
     version = __version__
     description = "Meter GPU notebook sessions into the ledger; run by JupyterHub as a service."
     classes = [GPUInventory, GPUSampler, Pricing, Policies, Budgets, HubIdentity, HomeVolumes]
+    classes += [ServerStatus]
     aliases = {
         "config": "MeterService.config_file",
         "db-url": "MeterService.db_url",
@@ -159,6 +159,15 @@ class MeterService(Application):
     @default("service_url")
     def _service_url_default(self):
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    notebook_ip = Unicode(
+        "",
+        help="""
+        Where notebooks reach this host, e.g. ``172.18.0.1`` (``setup_network`` sets
+        its network's gateway): the meter listens there too, on ``service_url``'s
+        port, for ``api/server-status`` and ``api/health`` only. "": nowhere else.
+        """,
+    ).tag(config=True)
 
     service_prefix = Unicode(
         help="URL prefix of the service's pages, set by the hub (``JUPYTERHUB_SERVICE_PREFIX``).",
@@ -419,18 +428,14 @@ class MeterService(Application):
         if os.environ.get("JUPYTERHUB_SERVICE_NAME"):
             tasks.append(follow_the_hub(stop, self.log))
         tasks = [asyncio.ensure_future(task) for task in tasks]
-
-        url = urlparse(self.service_url)
-        server = HTTPServer(create_application(self, self.service_prefix), xheaders=True)
-        server.listen(url.port or 80, url.hostname or "127.0.0.1")
-        self.log.info("GPU meter listening on %s%s", self.service_url, self.service_prefix)
-
+        servers = listen(self, self.service_url, self.service_prefix, self.notebook_ip)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         self.log.info("Stopping: writing what is pending")
         self.events.stop()
-        server.stop()
+        for server in servers:
+            server.stop()
         for task in tasks:
             task.cancel()
         try:

@@ -24,7 +24,7 @@ from traitlets import Bool, Dict, Float, Int, validate
 from traitlets.config import LoggingConfigurable
 
 from .. import policies
-from ..budgets import Budgets, hourly_usage
+from ..budgets import Budgets, spends_from
 from ..policies import STOP, WARN, Decision, ServerState, track_idle
 from .isolation_check import IsolationCheck
 from .state import MeterState, error_class
@@ -393,11 +393,7 @@ class PolicyRunner:
         if decision is None:
             self.warned.pop(user, None)
             return
-        paid = [
-            self.server_state(c)
-            for c in containers
-            if c.price is None or hourly_usage(status, c.price) > 0
-        ]
+        paid = [self.server_state(c) for c in containers if spends_from(status, c.price)]
         if decision.action == STOP:
             for server in paid:
                 await self.stop(server, decision)

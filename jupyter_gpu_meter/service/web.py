@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import jinja2
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
+from tornado.httpserver import HTTPServer
 
 from ..homes import HomeVolumes
 from ..pricing import Pricing
@@ -41,6 +43,7 @@ from .pages import (
     make_templates,
 )
 from .reader import LiveState, UsagePages, UsageReader
+from .server_status import ServerStatusHandler, StatusSource
 
 
 @dataclass
@@ -62,6 +65,8 @@ class WebContext:
     service_name: str = "gpu-meter"
     #: homes and snapshots (Docker); None where the meter has no Docker engine
     homes: HomeService | None = None
+    #: what api/server-status reads (the policy runner, the ledger's caches)
+    status: StatusSource | None = None
 
 
 def _hub_config(meter, name: str, default):
@@ -83,6 +88,7 @@ def make_context(
     clock=None,
     live: LiveState | None = None,
     homes: HomeService | None = None,
+    status: StatusSource | None = None,
 ) -> WebContext:
     """The web app's shared state, from the running meter (its ledger, pricing, config,
     and its :class:`~jupyter_gpu_meter.service.state.MeterState` through `live`)."""
@@ -111,10 +117,12 @@ def make_context(
     templates = make_templates(
         _hub_config(meter, "template_paths", []), _hub_config(meter, "template_vars", {})
     )
+    live = live or LiveState(
+        meter.state, health=meter.health, inventory_source=meter.inventory_source
+    )
     return WebContext(
         reader=reader,
-        live=live
-        or LiveState(meter.state, health=meter.health, inventory_source=meter.inventory_source),
+        live=live,
         hub_auth=hub_auth,
         hub_api=hub_api,
         templates=templates,
@@ -124,6 +132,7 @@ def make_context(
         base_url=base_url,
         service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME") or "gpu-meter",
         homes=homes or HomeService.from_meter(meter),
+        status=status or StatusSource.from_meter(meter, live),
     )
 
 
@@ -147,6 +156,7 @@ def routes(context: WebContext) -> list:
         (prefix + "api/usage", UsageAPIHandler, args),
         (prefix + "api/users", UsersAPIHandler, args),
         (prefix + "api/gpus", GPUsAPIHandler, args),
+        (prefix + "api/server-status", ServerStatusHandler, args),
         (prefix + "api/export.csv", ExportHandler, args),
         *budget_routes(prefix, args),
         *home_routes(prefix, args),
@@ -168,7 +178,9 @@ def app_settings(context: WebContext) -> dict:
     }
 
 
-def create_application(meter, prefix: str, **pieces) -> web.Application:
+def create_application(
+    meter, prefix: str, *, context: WebContext | None = None, **pieces
+) -> web.Application:
     """The meter's web app under `prefix` (``/services/gpu-meter/`` behind the hub).
 
     Health, the usage pages, the JSON API, the CSV export and /metrics
@@ -177,15 +189,63 @@ def create_application(meter, prefix: str, **pieces) -> web.Application:
     tests: ``hub_auth``, ``hub_api``, ``reader``, ``clock``, ``live``
     (a :class:`~jupyter_gpu_meter.service.reader.LiveState` on a real
     :class:`~jupyter_gpu_meter.service.state.MeterState`), ``homes`` (a
-    :class:`~jupyter_gpu_meter.service.home_api.HomeService`).
+    :class:`~jupyter_gpu_meter.service.home_api.HomeService`), ``status`` (a
+    :class:`~jupyter_gpu_meter.service.server_status.StatusSource`); or
+    `context`, one made by :func:`make_context` (shared with the notebooks' app).
     """
-    context = make_context(meter, prefix, **pieces)
+    context = context or make_context(meter, prefix, **pieces)
     scrub_web_logs()  # Tornado logs refused requests' URLs, tokens and all
     return web.Application(
         [(prefix + "api/health", HealthHandler, {"meter": meter}), *routes(context)],
         log_function=_log_request,
         **app_settings(context),
     )
+
+
+class NotebookNotFoundHandler(NotFoundAPIHandler):
+    """Anything else on the notebooks' address: a JSON 404 that says what is there."""
+
+    def prepare(self):
+        raise web.HTTPError(
+            404,
+            "on the address notebooks reach, the meter answers only api/server-status and "
+            "api/health; the rest is at /services/gpu-meter/ through the hub",
+        )
+
+
+def create_notebook_application(meter, context: WebContext) -> web.Application:
+    """What the meter answers on the address notebooks reach (``c.MeterService.notebook_ip``):
+    ``api/server-status`` and ``api/health`` under the same prefix, a JSON 404 for the
+    rest (no pages, no OAuth, no /metrics: the least that notebooks need)."""
+    prefix = context.prefix
+    args = {"context": context}
+    return web.Application(
+        [
+            (prefix + "api/health", HealthHandler, {"meter": meter}),
+            (prefix + "api/server-status", ServerStatusHandler, args),
+            (".*", NotebookNotFoundHandler),
+        ],
+        log_function=_log_request,
+        **app_settings(context),
+    )
+
+
+def listen(meter, service_url: str, prefix: str, notebook_ip: str = "") -> list[HTTPServer]:
+    """Serve the meter's app on `service_url`, and on `notebook_ip` (same port) the
+    notebooks' (:func:`create_notebook_application`); the HTTP servers, to stop."""
+    url = urlparse(service_url)
+    port = url.port or 80
+    context = make_context(meter, prefix)
+    server = HTTPServer(create_application(meter, prefix, context=context), xheaders=True)
+    server.listen(port, url.hostname or "127.0.0.1")
+    meter.log.info("GPU meter listening on %s%s", service_url, prefix)
+    servers = [server]
+    if notebook_ip and notebook_ip != url.hostname:
+        # no proxy in front of this one: an X-Forwarded-For would be the notebook's word
+        servers.append(HTTPServer(create_notebook_application(meter, context)))
+        servers[-1].listen(port, notebook_ip)
+        meter.log.info("... and for notebooks on http://%s:%s%s", notebook_ip, port, prefix)
+    return servers
 
 
 def _log_request(handler):
