@@ -20,7 +20,7 @@ PROFILE_KEYS = (
     "datasets",
 )
 #: keys ``user_options`` may have
-OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets", "snapshot")
+OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets", "snapshot", "template")
 #: the longest snapshot id ``user_options`` may name
 MAX_SNAPSHOT_ID = 64
 
@@ -58,6 +58,8 @@ class Choice:
     datasets: tuple[str, ...] = ()
     #: the id of one of the user's snapshots to restore into the home first ("" for none)
     snapshot: str = ""
+    #: the slug of the project template to copy into the home ("" for none)
+    template: str = ""
 
 
 def slugify(text: str) -> str:
@@ -140,12 +142,14 @@ def resolve_choice(
     default_gpus: int = 0,
     max_gpus: int | None = None,
     datasets: Sequence[str] = (),
+    templates: Sequence[str] = (),
 ) -> Choice:
     """Turn ``user_options`` into a :class:`Choice`, or raise :class:`ChoiceError`.
 
     `models` maps each GPU model present to how many GPUs of it exist;
     `max_gpus` is the per-user maximum (None: no limit beyond the machine);
-    `datasets` names the datasets a user may mount (with any profile or count).
+    `datasets` names the datasets a user may mount (with any profile or count);
+    `templates` the project templates' slugs a user may start with.
     """
     options = dict(user_options or {})
     if set(options) == {"user_options"} and isinstance(options["user_options"], Mapping):
@@ -157,6 +161,7 @@ def resolve_choice(
             f"allowed: {', '.join(OPTION_KEYS)}"
         )
     snapshot = _snapshot_id(options.pop("snapshot", ""))
+    template = _template_slug(options.pop("template", ""), templates)
     chosen = parse_datasets(options.pop("datasets"), datasets) if "datasets" in options else ()
     choice = _resolve_gpus(options, profiles, models, default_gpus, max_gpus)
     profile = next((p for p in profiles if p.slug == choice.profile), None)
@@ -168,7 +173,17 @@ def resolve_choice(
                 f"profile {profile.slug!r} may not mount the dataset(s) "
                 f"{', '.join(map(repr, refused))}; it allows: {', '.join(allowed) or 'none'}"
             )
-    return replace(choice, datasets=chosen, snapshot=snapshot)
+    return replace(choice, datasets=chosen, snapshot=snapshot, template=template)
+
+
+def _template_slug(value, templates: Sequence[str]) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or value not in templates:
+        raise ChoiceError(
+            f"unknown template {str(value)[:64]!r}; available: {', '.join(templates) or 'none'}"
+        )
+    return value
 
 
 def _snapshot_id(value) -> str:

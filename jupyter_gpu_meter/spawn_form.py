@@ -46,6 +46,7 @@ def render_spawn_form(
     datasets_folder: str = "",
     user_options: Mapping | None = None,
     snapshots: Sequence = (),
+    templates: Sequence = (),
 ) -> str:
     """The spawn form's HTML.
 
@@ -55,7 +56,8 @@ def render_spawn_form(
     user's remaining budget as text ("12.50 of 50.00 USD …"), None without a
     budget; `datasets`: :class:`~jupyter_gpu_meter.datasets.Dataset` list
     mounted in `datasets_folder`; `user_options`: the last choice, preselected;
-    `snapshots`: :class:`~jupyter_gpu_meter.snapshots.Snapshot` list to start from.
+    `snapshots`: :class:`~jupyter_gpu_meter.snapshots.Snapshot` list to start from;
+    `templates`: :class:`~jupyter_gpu_meter.project_templates.Template` list to copy in.
     """
     user_options = user_options or {}
     chosen = user_options.get("profile") or next(
@@ -77,6 +79,8 @@ def render_spawn_form(
         datasets_folder=datasets_folder,
         chosen_datasets=user_options.get("datasets") or [],
         snapshots=list(snapshots),
+        templates=list(templates),
+        chosen_template=user_options.get("template") or "",
     )
 
 
@@ -98,6 +102,8 @@ def options_from_form(formdata: Mapping) -> dict:
         options["snapshot"] = first("snapshot")
     if datasets:
         options["datasets"] = datasets
+    if first("template"):
+        options["template"] = first("template")
     return options
 
 

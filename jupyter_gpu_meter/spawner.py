@@ -36,11 +36,12 @@ from .spawn_form import model_counts, options_from_form, render_spawn_form, spaw
 from .spawner_budget import budget_left, read_budget_status, refusal
 from .spawner_checks import StartChecks, spawn_error
 from .spawner_homes import HomesMixin
+from .spawner_templates import TemplatesMixin
 
 __all__ = ["GPUDockerSpawner", "spawn_error"]
 
 
-class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
+class GPUDockerSpawner(HomesMixin, StartChecks, TemplatesMixin, DockerSpawner):
     """A DockerSpawner whose servers own whole GPUs, exclusively.
 
     The user picks a profile or a GPU count; the spawner picks free healthy
@@ -187,7 +188,7 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
     def _owner(self) -> str:
         return f"{self.user.name}/{self.name}"
 
-    def resolve_choice(self, inventory: Inventory) -> Choice:
+    def resolve_choice(self, inventory: Inventory, templates=()) -> Choice:
         """The user's choice as a :class:`Choice`; a 400 that lists what is allowed if invalid."""
         models = {}
         for gpu in inventory.gpus:
@@ -200,6 +201,7 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
                 default_gpus=self.default_gpus,
                 max_gpus=self.max_gpus_per_user,
                 datasets=list(self._datasets()),
+                templates=list(templates),
             )
         except ChoiceError as e:
             raise spawn_error(400, str(e)) from None
@@ -226,7 +228,9 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
         # the ledger is read while Docker works; the answer is awaited before the container
         budget = asyncio.ensure_future(self._budget_status())
         inventory = await self.discover_gpus()
-        choice = self.resolve_choice(inventory)
+        self._offered_templates = await self.available_templates()
+        choice = self.resolve_choice(inventory, self._offered_templates)
+        self.template = choice.template
         if choice.image:
             self.image = choice.image
         if choice.cpu_limit is not None:
@@ -315,7 +319,10 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
 
     def docker(self, method, *args, **kwargs):
         if method == "create_container":
-            kwargs["host_config"] = self._with_datasets(kwargs.get("host_config"))
+            kwargs["host_config"] = self._with_templates(
+                self._with_datasets(kwargs.get("host_config")),
+                getattr(self, "_offered_templates", {}).values(),
+            )
             kwargs = enforce_create_kwargs(
                 kwargs,
                 gpu_uuids=self.gpu_uuids,
@@ -386,6 +393,7 @@ class GPUDockerSpawner(HomesMixin, StartChecks, DockerSpawner):
             datasets_folder=posixpath.join(self.home_volumes.mount_path, FOLDER),
             user_options=self.user_options,
             snapshots=await self._snapshot_choices(),
+            templates=list((await self.available_templates()).values()),
         )
 
     _options_from_form = staticmethod(options_from_form)
