@@ -48,6 +48,7 @@ GIT_TIMEOUT = 120
 
 def _git(*args: str) -> None:
     """Run git; TemplateError with its message when it fails. Never prompts."""
+    command = args[2] if args[0] == "-C" else args[0]
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
     try:
         # the admin's own configuration, never a user's input; git found on the hub's PATH
@@ -62,12 +63,12 @@ def _git(*args: str) -> None:
     except FileNotFoundError:
         raise TemplateError("the git command is not installed on the hub's host") from None
     except subprocess.TimeoutExpired:
-        raise TemplateError(f"git {args[0]} took longer than {GIT_TIMEOUT} s") from None
+        raise TemplateError(f"git {command} took longer than {GIT_TIMEOUT} s") from None
     except subprocess.CalledProcessError as e:
-        message = (e.stderr or e.stdout or "").strip().splitlines()
-        raise TemplateError(
-            f"git {args[0]} failed: {message[-1] if message else f'exit {e.returncode}'}"
-        ) from None
+        lines = (e.stderr or e.stdout or "").strip().splitlines()
+        fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+        reason = (fatal or lines or [f"exit {e.returncode}"])[0]
+        raise TemplateError(f"git {command} failed: {reason}") from None
 
 
 def split_repository(entry: str) -> tuple[str, str]:
