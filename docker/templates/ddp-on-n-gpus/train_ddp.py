@@ -2,7 +2,7 @@
 
 Run it with torchrun (the notebook does this for you):
 
-    torchrun --standalone --nproc_per_node=N train_ddp.py --steps 50
+    torchrun --nnodes=1 --master-addr=127.0.0.1 --master-port=29500 --nproc_per_node=N train_ddp.py
 
 torchrun starts N copies of this script and gives each its RANK, LOCAL_RANK and
 WORLD_SIZE. With GPUs each process drives one GPU and the processes talk over
