@@ -300,3 +300,14 @@ def test_git_missing_or_hanging_is_a_template_error(tmp_path, monkeypatch):
     monkeypatch.setattr(spawner_templates, "GIT_TIMEOUT", 0.5)
     with pytest.raises(TemplateError, match="^git clone took longer than 0.5 s$"):
         sync_repository("file:///nowhere", tmp_path / "cache")
+
+
+def test_check_config_stops_a_hub_whose_template_settings_cannot_work():
+    from jupyter_gpu_meter.hubconfig import check_config
+
+    c = Config()
+    c.Templates.directories = ["relative/templates"]
+    with pytest.raises(ValueError, match="c.Templates.directories: 'relative/templates' is not"):
+        check_config(c)
+    c.Templates.directories = ["/srv/templates"]
+    check_config(c)
