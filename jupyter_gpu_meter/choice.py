@@ -23,7 +23,7 @@ PROFILE_KEYS = (
     "datasets",
 )
 #: keys ``user_options`` may have
-OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets", "snapshot", "image")
+OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets", "snapshot", "image", "template")
 #: the longest snapshot id ``user_options`` may name
 MAX_SNAPSHOT_ID = 64
 
@@ -66,6 +66,8 @@ class Choice:
     snapshot: str = ""
     #: the display name of the image (``image`` is its reference); "" where none is known
     image_name: str = ""
+    #: the slug of the project template to copy into the home ("" for none)
+    template: str = ""
 
 
 def slugify(text: str) -> str:
@@ -155,6 +157,7 @@ def resolve_choice(
     datasets: Sequence[str] = (),
     allowed_images: Mapping[str, str] | str | None = None,
     default_image: str = "",
+    templates: Sequence[str] = (),
 ) -> Choice:
     """Turn ``user_options`` into a :class:`Choice`, or raise :class:`ChoiceError`.
 
@@ -163,6 +166,7 @@ def resolve_choice(
     `datasets` names the datasets a user may mount (with any profile or count);
     `allowed_images` is the spawner's (:func:`~jupyter_gpu_meter.images.normalize_allowed`)
     and `default_image` its ``image`` (:mod:`~jupyter_gpu_meter.images`).
+    `templates` the project templates' slugs a user may start with.
     """
     options = dict(user_options or {})
     if set(options) == {"user_options"} and isinstance(options["user_options"], Mapping):
@@ -175,6 +179,7 @@ def resolve_choice(
         )
     snapshot = _snapshot_id(options.pop("snapshot", ""))
     requested_image = options.pop("image", None)
+    template = _template_slug(options.pop("template", ""), templates)
     chosen = parse_datasets(options.pop("datasets"), datasets) if "datasets" in options else ()
     choice = _resolve_gpus(options, profiles, models, default_gpus, max_gpus)
     profile = next((p for p in profiles if p.slug == choice.profile), None)
@@ -193,6 +198,7 @@ def resolve_choice(
         snapshot=snapshot,
         image=image.reference or None,
         image_name=image.name,
+        template=template,
     )
 
 
@@ -209,6 +215,16 @@ def _image(requested, profile: Profile | None, allowed, default: str):
         return resolve_image(requested, allowed=allowed, default=default, where=where)
     except ImageNotAllowed as e:
         raise ChoiceError(str(e)) from None
+
+
+def _template_slug(value, templates: Sequence[str]) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or value not in templates:
+        raise ChoiceError(
+            f"unknown template {str(value)[:64]!r}; available: {', '.join(templates) or 'none'}"
+        )
+    return value
 
 
 def _snapshot_id(value) -> str:

@@ -362,10 +362,14 @@ def check_config(c) -> None:
     settings now, so a bad one stops the hub at start with a ValueError that
     says what is allowed, instead of failing every start later: the dataset
     definitions (``c.Datasets``) and the datasets each profile of
-    ``c.GPUDockerSpawner.profile_list`` names.
+    ``c.GPUDockerSpawner.profile_list`` names, and the templates' settings
+    (``c.Templates``).
     """
     from .choice import parse_profiles
     from .datasets import Datasets
+    from .spawner_templates import Templates
+
+    Templates(config=c)
 
     defined = Datasets(config=c).by_name()
     profiles = parse_profiles(c.get("GPUDockerSpawner", {}).get("profile_list", []))

@@ -49,6 +49,7 @@ def render_spawn_form(
     images: Sequence[str] = (),
     profile_images: Mapping[str, Sequence[str]] | None = None,
     image_default: str = "",
+    templates: Sequence = (),
 ) -> str:
     """The spawn form's HTML.
 
@@ -62,6 +63,7 @@ def render_spawn_form(
     `images`: the image names offered without profiles, `profile_images` those of
     each profile (slug -> names; :func:`~jupyter_gpu_meter.images.offered`: a select
     only where there are two or more), `image_default` the name preselected.
+    `templates`: :class:`~jupyter_gpu_meter.project_templates.Template` list to copy in.
     """
     user_options = user_options or {}
     chosen = user_options.get("profile") or next(
@@ -86,6 +88,8 @@ def render_spawn_form(
         images=list(images),
         profile_images=dict(profile_images or {}),
         chosen_image=user_options.get("image") or image_default,
+        templates=list(templates),
+        chosen_template=user_options.get("template") or "",
     )
 
 
@@ -112,6 +116,8 @@ def options_from_form(formdata: Mapping) -> dict:
         options["snapshot"] = first("snapshot")
     if datasets:
         options["datasets"] = datasets
+    if first("template"):
+        options["template"] = first("template")
     return options
 
 

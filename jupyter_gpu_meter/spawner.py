@@ -38,11 +38,12 @@ from .spawner_budget import budget_left, read_budget_status, refusal
 from .spawner_checks import StartChecks, spawn_error
 from .spawner_homes import HomesMixin
 from .spawner_meter import MeterURLMixin
+from .spawner_templates import TemplatesMixin
 
 __all__ = ["GPUDockerSpawner", "spawn_error"]
 
 
-class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, DockerSpawner):
+class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, TemplatesMixin, DockerSpawner):
     """A DockerSpawner whose servers own whole GPUs, exclusively.
 
     The user picks a profile or a GPU count; the spawner picks free healthy
@@ -214,7 +215,7 @@ class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, DockerSpawner):
         resolved it (per profile, by display name) into ``self.image``."""
         return self.image
 
-    def resolve_choice(self, inventory: Inventory) -> Choice:
+    def resolve_choice(self, inventory: Inventory, templates=()) -> Choice:
         """The user's choice as a :class:`Choice`; a 400 that lists what is allowed if invalid."""
         default_image, allowed = self.default_image, self.allowed_image_choices()
         models = {}
@@ -230,6 +231,7 @@ class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, DockerSpawner):
                 datasets=list(self._datasets()),
                 allowed_images=allowed,
                 default_image=default_image,
+                templates=list(templates),
             )
         except ChoiceError as e:
             raise spawn_error(400, str(e)) from None
@@ -256,7 +258,9 @@ class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, DockerSpawner):
         # the ledger is read while Docker works; the answer is awaited before the container
         budget = asyncio.ensure_future(self._budget_status())
         inventory = await self.discover_gpus()
-        choice = self.resolve_choice(inventory)
+        self._offered_templates = await self.available_templates()
+        choice = self.resolve_choice(inventory, self._offered_templates)
+        self.template = choice.template
         self.image = choice.image or self.default_image
         self.image_name = choice.image_name or self.image
         if choice.cpu_limit is not None:
@@ -346,7 +350,10 @@ class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, DockerSpawner):
 
     def docker(self, method, *args, **kwargs):
         if method == "create_container":
-            kwargs["host_config"] = self._with_datasets(kwargs.get("host_config"))
+            kwargs["host_config"] = self._with_templates(
+                self._with_datasets(kwargs.get("host_config")),
+                getattr(self, "_offered_templates", {}).values(),
+            )
             kwargs = enforce_create_kwargs(
                 kwargs,
                 gpu_uuids=self.gpu_uuids,
@@ -427,6 +434,7 @@ class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, DockerSpawner):
             images=offered(allowed),
             profile_images=offered_per_profile(profiles, allowed, self.default_image),
             image_default=display_name(self.default_image, allowed),
+            templates=list((await self.available_templates()).values()),
         )
 
     _options_from_form = staticmethod(options_from_form)

@@ -29,6 +29,7 @@ PURE = (
     "jupyter_gpu_meter.labels",
     "jupyter_gpu_meter.clock",
     "jupyter_gpu_meter.spawn_form",
+    "jupyter_gpu_meter.project_templates",
 )
 #: what a pure module may not import: I/O, engines, servers, drivers
 PLUMBING = ("docker", "sqlalchemy", "tornado", "pynvml", "jupyterhub", "requests", "subprocess")

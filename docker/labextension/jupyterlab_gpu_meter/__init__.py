@@ -8,7 +8,7 @@ Installing the wheel enables both: the server extension through
 
 from __future__ import annotations
 
-from . import status
+from . import status, templates
 
 __version__ = "0.1.0"
 __all__ = ["__version__"]
@@ -25,7 +25,7 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def _load_jupyter_server_extension(serverapp) -> None:
     """Add the extension's handlers to the server (one module per route group)."""
     status.setup(serverapp)
-    # templates.setup(serverapp): the templates part (GET templates, POST templates/<slug>)
+    templates.setup(serverapp)
 
 
 # Jupyter Server 1 / notebook spelling, for tools that still look for it.
