@@ -144,7 +144,8 @@ def test_container_is_hardened(make_hub):
         ({"gpus": 1, "gpu_model": "V100"}, f"unknown GPU model 'V100'; available: {MODEL}"),
         (
             {"gpus": 1, "env": {"NVIDIA_VISIBLE_DEVICES": "all"}},
-            "unknown option(s) 'env'; allowed: gpus, gpu_model, profile, datasets, snapshot, image",
+            "unknown option(s) 'env'; allowed: "
+            "gpus, gpu_model, profile, datasets, snapshot, image, template",
         ),
         (
             {"user_options": {"gpus": -1}},  # JupyterHub 6's body shape
