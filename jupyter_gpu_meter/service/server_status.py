@@ -231,8 +231,8 @@ def status_json(container, *, session, tick, now: datetime) -> dict:
         "running": True,
         "started_at": isoformat(started_at),
         "measured_at": isoformat(tick.at) if tick is not None else None,
-        # the image's display name, once sessions record it (issue #13, item 2)
-        "image": getattr(session, "image", None) or "",
+        # the image's display name (its label) as the ledger recorded it
+        "image": session.image if session is not None else container.image,
         "gpus": rows,
         **texts,
     }
