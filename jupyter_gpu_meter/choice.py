@@ -21,6 +21,7 @@ PROFILE_KEYS = (
     "image",
     "allowed_images",
     "datasets",
+    "ssh",
 )
 #: keys ``user_options`` may have
 OPTION_KEYS = ("gpus", "gpu_model", "profile", "datasets", "snapshot", "image", "template")
@@ -48,6 +49,8 @@ class Profile:
     #: the images its servers may run (:func:`~jupyter_gpu_meter.images.normalize_allowed`);
     #: None: the spawner's ``allowed_images``
     allowed_images: dict[str, str] | str | None = None
+    #: SSH into its servers on or off; None: the spawner's ``ssh_enabled``
+    ssh: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class Choice:
     image_name: str = ""
     #: the slug of the project template to copy into the home ("" for none)
     template: str = ""
+    #: the profile's ``ssh``: SSH on or off for this server; None: the spawner's setting
+    ssh: bool | None = None
 
 
 def slugify(text: str) -> str:
@@ -104,6 +109,11 @@ def parse_profiles(entries: Sequence[Mapping]) -> tuple[Profile, ...]:
                     f"([] for none), got {datasets!r}"
                 )
             datasets = tuple(datasets)
+        if not isinstance(entry.get("ssh", False), bool):
+            raise ValueError(
+                f"{where}: 'ssh' must be True or False (SSH into this profile's servers; "
+                f"absent: c.GPUDockerSpawner.ssh_enabled decides), got {entry['ssh']!r}"
+            )
         allowed = entry.get("allowed_images")
         if allowed is not None:
             allowed = normalize_allowed(allowed, f"{where}: 'allowed_images'")
@@ -290,4 +300,5 @@ def _from_profile(profile: Profile, models: Mapping[str, int], max_gpus: int | N
         cpu_limit=profile.cpu_limit,
         mem_limit=profile.mem_limit,
         image=profile.image,
+        ssh=profile.ssh,
     )
