@@ -33,6 +33,8 @@ GPU_VISIBILITY_ENV = (
     "HIP_VISIBLE_DEVICES",
 )
 
+#: "1" where SSH is on for the server (the image starts its sshd), "0" where off; = label SSH
+SSH_ENV = "JUPYTER_GPU_METER_SSH"
 
 #: what an admin may allow by name (``GPUDockerSpawner.allow_unsafe_settings``) -> what it lets in
 UNSAFE_SETTINGS = {
@@ -382,6 +384,8 @@ def enforce_create_kwargs(
         if key not in GPU_VISIBILITY_ENV
     }
     env.update(gpu_environment(gpu_uuids))
+    if labels.SSH in container_labels:  # sshd starts on the variable, keys follow the label
+        env[SSH_ENV] = container_labels[labels.SSH]
     kwargs["environment"] = env
     kwargs["labels"] = {**dict(kwargs.get("labels") or {}), **container_labels}
     kwargs["user"] = hardening.user
@@ -430,6 +434,7 @@ def container_labels(
     profile: str,
     hub_id: str,
     image: str = "",
+    ssh: bool = False,
 ) -> dict[str, str]:
     return {
         labels.MANAGED: "1",
@@ -440,4 +445,5 @@ def container_labels(
         labels.GPU_MODEL: gpu_model or "",
         labels.PROFILE: profile,
         labels.IMAGE: image,
+        labels.SSH: "1" if ssh else "0",
     }
