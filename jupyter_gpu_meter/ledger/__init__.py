@@ -1,4 +1,5 @@
-"""The ledger: sessions, rollups, processes, storage, state, decisions, budgets (SQLAlchemy 2).
+"""The ledger: sessions, rollups, processes, storage, state, decisions, budgets, SSH keys
+(SQLAlchemy 2).
 
 One module per aggregate, behind the :class:`Ledger` facade (see :mod:`.store`).
 """
@@ -17,12 +18,14 @@ from .records import (
     RollupRow,
     SessionEfficiency,
     SessionRecord,
+    SSHKeyRecord,
     StoragePeriod,
     StorageSum,
     UsageSum,
     truncate_to_minute,
 )
 from .schema import LedgerSchemaError
+from .ssh_keys import DuplicateKey, TooManyKeys
 from .store import Ledger
 from .types import Money, UTCDateTime
 
@@ -32,6 +35,7 @@ __all__ = [
     "BudgetChange",
     "BudgetRecord",
     "DecisionRecord",
+    "DuplicateKey",
     "EfficiencySum",
     "Ledger",
     "LedgerSchemaError",
@@ -42,9 +46,11 @@ __all__ = [
     "Rollup",
     "RollupRow",
     "SessionEfficiency",
+    "SSHKeyRecord",
     "SessionRecord",
     "StoragePeriod",
     "StorageSum",
+    "TooManyKeys",
     "UTCDateTime",
     "UsageSum",
     "WriteBuffer",

@@ -296,6 +296,25 @@ class StoragePeriodModel(Base):
     )
 
 
+
+class SSHKeyModel(Base):
+    """A user's SSH public key, checked (:func:`jupyter_gpu_meter.ssh.parse_public_key`)."""
+
+    __tablename__ = "ssh_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
+    #: ``SHA256:…``, as ``ssh-keygen -lf`` prints it
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    key_type: Mapped[str] = mapped_column(String(64))
+    #: ``"<type> <base64 blob>"``: the authorized_keys line without its comment
+    public_key: Mapped[str] = mapped_column(Text)
+    comment: Mapped[str] = mapped_column(String(255))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("username", "fingerprint"),)
+
+
 # --- which user and server names the ledger can store ----------------------
 
 #: every column that holds a JupyterHub user, group or server name
@@ -308,6 +327,7 @@ NAME_COLUMNS = (
     BudgetChangeModel.__table__.c.name,
     BudgetChangeModel.__table__.c.changed_by,
     StoragePeriodModel.__table__.c.username,
+    SSHKeyModel.__table__.c.username,
 )
 #: the most characters a name may have: PostgreSQL refuses longer (SQLite does not check)
 NAME_MAX_LENGTH = min(column.type.length for column in NAME_COLUMNS)

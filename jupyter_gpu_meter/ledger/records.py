@@ -318,3 +318,23 @@ class BudgetChange:
     currency: str | None
     period: str | None
     note: str
+
+
+@dataclass(frozen=True)
+class SSHKeyRecord:
+    """One of a user's SSH public keys, as the ledger keeps it."""
+
+    id: int
+    user: str
+    #: ``SHA256:…``, as ``ssh-keygen -lf`` prints it
+    fingerprint: str
+    key_type: str
+    #: ``"<type> <base64 blob>"``: the authorized_keys line without its comment
+    public_key: str
+    comment: str
+    added_at: datetime
+
+    @property
+    def line(self) -> str:
+        """The authorized_keys line: ``"<type> <blob> <comment>"``."""
+        return f"{self.public_key} {self.comment}".rstrip(" ")

@@ -23,6 +23,7 @@ TABLES = (
     "budget_changes",
     "storage_periods",
     "process_usage",
+    "ssh_keys",
 )
 
 

@@ -13,6 +13,7 @@ takes the one :class:`~.engine.Database` (engine, transactions, clock):
 :mod:`.decisions`         policy decisions
 :mod:`.budgets`           budgets, their changes, budget status
 :mod:`.storage`           homes' and snapshots' sizes over time
+:mod:`.ssh_keys`          users' SSH public keys
 ========================  ====================================================
 
 :class:`Ledger` composes them and delegates each method to its store, so
@@ -40,6 +41,7 @@ from .engine import DEFAULT_URL, Database, make_engine
 from .processes import ProcessStore
 from .rollups import RollupStore
 from .sessions import SessionStore
+from .ssh_keys import SSHKeyStore
 from .state import StateStore
 from .storage import STORAGE_MEASURED_KEY, StorageStore
 
@@ -59,7 +61,8 @@ def _delegate(store: str, method: Callable) -> Callable:
 
 
 class Ledger:
-    """Sessions, rollups, processes, state, decisions, budgets, storage (SQLite or PostgreSQL).
+    """Sessions, rollups, processes, state, decisions, budgets, storage, SSH keys (SQLite or
+    PostgreSQL).
 
     ``Ledger("sqlite:///jupyter_gpu_meter.sqlite")`` or
     ``Ledger("postgresql+psycopg://jgm:secret@db/jgm")``. Nothing connects
@@ -82,6 +85,7 @@ class Ledger:
         self.state_store = StateStore(self.db)
         self.decision_store = DecisionStore(self.db)
         self.storage_store = StorageStore(self.db)
+        self.ssh_key_store = SSHKeyStore(self.db)
         self.budget_store = BudgetStore(
             self.db, self.session_store, self.storage_store, self.efficiency_store
         )
@@ -174,3 +178,8 @@ class Ledger:
     budget_changes = _delegate("budget_store", BudgetStore.budget_changes)
     budget_status = _delegate("budget_store", BudgetStore.budget_status)
     user_budget_status = _delegate("budget_store", BudgetStore.user_budget_status)
+
+    # SSH keys
+    ssh_keys = _delegate("ssh_key_store", SSHKeyStore.ssh_keys)
+    add_ssh_key = _delegate("ssh_key_store", SSHKeyStore.add_ssh_key)
+    remove_ssh_key = _delegate("ssh_key_store", SSHKeyStore.remove_ssh_key)
