@@ -5,7 +5,8 @@ driver, prepare the home and datasets (:mod:`~jupyter_gpu_meter.spawner_homes`),
 allocate GPUs (:class:`~jupyter_gpu_meter.allocation.Allocator`), check the
 budget (:mod:`~jupyter_gpu_meter.spawner_budget`), the network
 (:mod:`~jupyter_gpu_meter.spawner_checks`), restore a snapshot, create the
-container. Docker calls run on DockerSpawner's executor; GPU discovery and
+container (and write the user's SSH keys into it: :mod:`~jupyter_gpu_meter.spawner_ssh`).
+Docker calls run on DockerSpawner's executor; GPU discovery and
 ledger reads on the spawner's own (:attr:`GPUDockerSpawner.meter_executor`),
 so a slow ledger never holds up anyone's Docker calls.
 """
@@ -38,12 +39,15 @@ from .spawner_budget import budget_left, read_budget_status, refusal
 from .spawner_checks import StartChecks, spawn_error
 from .spawner_homes import HomesMixin
 from .spawner_meter import MeterURLMixin
+from .spawner_ssh import SSHMixin
 from .spawner_templates import TemplatesMixin
 
 __all__ = ["GPUDockerSpawner", "spawn_error"]
 
 
-class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, TemplatesMixin, DockerSpawner):
+class GPUDockerSpawner(
+    MeterURLMixin, HomesMixin, StartChecks, TemplatesMixin, SSHMixin, DockerSpawner
+):
     """A DockerSpawner whose servers own whole GPUs, exclusively.
 
     The user picks a profile or a GPU count; the spawner picks free healthy
@@ -71,9 +75,10 @@ class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, TemplatesMixin, D
         ``"64G"``), ``image`` (its default image reference), ``allowed_images``
         (the images its servers may run, in the forms of ``allowed_images``
         but not a callable; replaces the spawner's for this profile; ``{}``:
-        only its ``image``) and ``datasets`` (the names from
+        only its ``image``), ``datasets`` (the names from
         ``c.Datasets.definitions`` it may mount, e.g. ``["imagenet"]``, ``[]``
-        for none; all if absent). Users choose one with
+        for none; all if absent) and ``ssh`` (``True`` or ``False``: SSH into
+        its servers; ``ssh_enabled`` if absent). Users choose one with
         ``{"profile": "<slug>"}``. Empty: users choose a GPU count.
         """,
     ).tag(config=True)
@@ -261,6 +266,7 @@ class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, TemplatesMixin, D
         self._offered_templates = await self.available_templates()
         choice = self.resolve_choice(inventory, self._offered_templates)
         self.template = choice.template
+        self.choose_ssh(choice.ssh)
         self.image = choice.image or self.default_image
         self.image_name = choice.image_name or self.image
         if choice.cpu_limit is not None:
@@ -366,6 +372,7 @@ class GPUDockerSpawner(MeterURLMixin, HomesMixin, StartChecks, TemplatesMixin, D
                         profile=getattr(self, "_profile", ""),
                         hub_id=self.hub_id,
                         image=self.image_name,
+                        ssh=self.ssh,
                     ),
                     # the price in force now travels with the container to the meter
                     **self.price_snapshot().to_labels(),
