@@ -86,6 +86,17 @@ def test_the_chosen_profile_s_ssh_reaches_the_choice_and_users_cannot_set_it():
         chosen({"profile": "off", "ssh": True})
 
 
+def test_check_config_stops_a_hub_whose_profile_has_a_bad_ssh():
+    from jupyter_gpu_meter.hubconfig import check_config
+
+    c = Config()
+    c.GPUDockerSpawner.profile_list = [{"display_name": "Workshop", "ssh": "no"}]
+    with pytest.raises(ValueError, match=r"'Workshop'\): 'ssh' must be True or False"):
+        check_config(c)
+    c.GPUDockerSpawner.profile_list = [{"display_name": "Workshop", "ssh": False}]
+    check_config(c)
+
+
 def test_ssh_enabled_is_a_bool_and_a_profile_overrides_it_either_way():
     with pytest.raises(TraitError, match="'ssh_enabled' trait .* expected a bool"):
         spawner(ssh_enabled="no")
