@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 from urllib.parse import quote, urlencode
 
 from tornado import web
@@ -202,8 +203,8 @@ def server_url(base: str, user: str, server: str = "") -> str:
     return base + path
 
 
-async def ssh_section(handler, subject: str) -> dict:
-    """What the usage page's "SSH" section shows (the ``ssh`` of ``usage.html``)."""
+async def ssh_section(handler, subject: str) -> SimpleNamespace:
+    """What the usage page's "SSH" section shows (the ``ssh`` of ``ssh_keys.html``)."""
     context, viewer = handler.context, handler.viewer
     own = subject == viewer.name
     reader = context.reader
@@ -221,19 +222,19 @@ async def ssh_section(handler, subject: str) -> dict:
         except Exception as e:
             log.warning("Listing %s's SSH servers failed: %s", subject, e)
     hub = public_url(handler) + context.base_url
-    return {
-        "keys": keys,
-        "problem": problem,
-        "own": own,
-        "may_remove": own or (viewer.admin and await may_stop(context, viewer, subject, "")),
-        "max_keys": MAX_KEYS_PER_USER,
-        "pip": f"pip install {public_url(handler)}{context.prefix}ssh/{wheel_filename()}",
-        "snippets": [
+    return SimpleNamespace(
+        keys=keys,
+        problem=problem,
+        own=own,
+        may_remove=own or (viewer.admin and await may_stop(context, viewer, subject, "")),
+        max_keys=MAX_KEYS_PER_USER,
+        pip=f"pip install {public_url(handler)}{context.prefix}ssh/{wheel_filename()}",
+        snippets=[
             {"server": s, "text": config_snippet(server_url(hub, subject, s), subject, s)}
             for s in (servers if own else [])
         ],
-        "message": handler.query("ssh"),
-    }
+        message=handler.query("ssh"),
+    )
 
 
 class SSHKeyFormHandler(KeyChanges, PageHandler):
