@@ -18,7 +18,7 @@ PROFILE = PREFIX + "profile"
 IMAGE = PREFIX + "image"
 #: the id of the hub whose spawner made the container: each hub's meter meters only its own
 HUB = PREFIX + "hub"
-#: "1" where SSH is on for the server (its sshd runs; the meter writes its keys), else "0"
+#: "1": SSH is on for this server (sshd behind the server's proxy), "0": off
 SSH = PREFIX + "ssh"
 #: on the notebook image: the CUDA version its PyTorch was built for
 CUDA_VERSION = PREFIX + "cuda-version"

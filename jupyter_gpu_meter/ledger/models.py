@@ -296,7 +296,6 @@ class StoragePeriodModel(Base):
     )
 
 
-
 class SSHKeyModel(Base):
     """A user's SSH public key, checked (:func:`jupyter_gpu_meter.ssh.parse_public_key`)."""
 

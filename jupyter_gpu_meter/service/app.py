@@ -55,6 +55,7 @@ from .hubapi import HubAPI
 from .loops import DockerEvents, every, follow_the_hub, handle_events
 from .policy_runner import Policies, PolicyRunner
 from .server_status import ServerStatus
+from .ssh_push import KeyPusher
 from .state import LedgerWrites, MeterState, error_class, error_summary
 from .web import listen
 from .writes import queue_decision, queue_rollups, queue_session_writes, refused_openings
@@ -245,6 +246,7 @@ class MeterService(Application):
         self.storage_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-meter-storage")
         #: volumes over HomeVolumes.size_warning at the last pass (the loop replaces it whole)
         self.oversized = frozenset()
+        self.ssh_keys = KeyPusher.from_meter(self)  # writes users' keys into their servers
         self.events = DockerEvents(self.tracker, lambda: self.state.events_since_ns, self.log)
 
     def _check_clock(self):
@@ -388,6 +390,8 @@ class MeterService(Application):
         if changes is not None:
             self._apply(changes)
             await self._write_ledger()
+        if self.ssh_keys is not None:
+            self.ssh_keys.on_event_soon(event)
         if event.get("timeNano"):
             self.state.events_since_ns = int(event["timeNano"])
 

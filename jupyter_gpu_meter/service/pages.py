@@ -197,7 +197,8 @@ class UserPageHandler(PageHandler):
             return "?" + urlencode({k: v for k, v in args.items() if v not in (None, "")})
 
         history = view.history
-        from .home_api import home_section  # (it builds on this module's handlers)
+        from .home_api import home_section  # (these build on this module's handlers)
+        from .ssh_api import ssh_section
 
         home = await home_section(self.context, viewer, subject)
         stoppable = await stoppable_servers(
@@ -214,6 +215,7 @@ class UserPageHandler(PageHandler):
             sparkline=lambda item: sparkline_svg(item.utilization),
             live=live,
             home=home,
+            ssh=await ssh_section(self, subject),
             snapshots_message=self.query("snapshots"),
             since_text=self.query("since") or "",
             until_text=self.query("until") or "",

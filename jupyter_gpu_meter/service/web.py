@@ -44,6 +44,8 @@ from .pages import (
 )
 from .reader import LiveState, UsagePages, UsageReader
 from .server_status import ServerStatusHandler, StatusSource
+from .ssh_api import SSHKeys, ssh_routes
+from .ssh_push import KeyPusher
 
 
 @dataclass
@@ -67,6 +69,10 @@ class WebContext:
     homes: HomeService | None = None
     #: what api/server-status reads (the policy runner, the ledger's caches)
     status: StatusSource | None = None
+    #: writes users' SSH keys into their servers; None where the meter has no Docker engine
+    ssh: KeyPusher | None = None
+    #: the usage page's SSH section (c.SSHKeys)
+    ssh_settings: SSHKeys | None = None
 
 
 def _hub_config(meter, name: str, default):
@@ -89,6 +95,7 @@ def make_context(
     live: LiveState | None = None,
     homes: HomeService | None = None,
     status: StatusSource | None = None,
+    ssh: KeyPusher | None = None,
 ) -> WebContext:
     """The web app's shared state, from the running meter (its ledger, pricing, config,
     and its :class:`~jupyter_gpu_meter.service.state.MeterState` through `live`)."""
@@ -133,6 +140,8 @@ def make_context(
         service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME") or "gpu-meter",
         homes=homes or HomeService.from_meter(meter),
         status=status or StatusSource.from_meter(meter, live),
+        ssh=ssh or getattr(meter, "ssh_keys", None),
+        ssh_settings=SSHKeys(parent=parent),
     )
 
 
@@ -160,6 +169,7 @@ def routes(context: WebContext) -> list:
         (prefix + "api/export.csv", ExportHandler, args),
         *budget_routes(prefix, args),
         *home_routes(prefix, args),
+        *ssh_routes(prefix, args),
         (prefix + "api/openapi.yaml", OpenAPIHandler),
         (prefix + "api/.*", NotFoundAPIHandler),
         (prefix + "metrics", MetricsHandler, args),
@@ -190,8 +200,9 @@ def create_application(
     (a :class:`~jupyter_gpu_meter.service.reader.LiveState` on a real
     :class:`~jupyter_gpu_meter.service.state.MeterState`), ``homes`` (a
     :class:`~jupyter_gpu_meter.service.home_api.HomeService`), ``status`` (a
-    :class:`~jupyter_gpu_meter.service.server_status.StatusSource`); or
-    `context`, one made by :func:`make_context` (shared with the notebooks' app).
+    :class:`~jupyter_gpu_meter.service.server_status.StatusSource`), ``ssh`` (a
+    :class:`~jupyter_gpu_meter.service.ssh_push.KeyPusher`); or `context`, one made by
+    :func:`make_context` (shared with the notebooks' app).
     """
     context = context or make_context(meter, prefix, **pieces)
     scrub_web_logs()  # Tornado logs refused requests' URLs, tokens and all
