@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 import tarfile
+import time
 
 import docker.errors
 import pytest
@@ -402,3 +403,49 @@ async def test_docker_away_is_logged_and_the_change_stands(ledger, keys, caplog)
     assert await pusher.after_change("ada") == []
     assert "Writing ada's SSH keys into their servers failed" in caplog.text
     pusher.close()
+
+
+async def test_the_meter_writes_the_keys_when_docker_says_an_ssh_server_started(
+    docker_client, ledger, keys, tmp_path
+):
+    """The whole path in the meter: Docker's real start event -> MeterService._handle_event
+    -> the container's authorized_keys (a spawner that could not read the ledger)."""
+    from traitlets.config import Config
+
+    from jupyter_gpu_meter.container import container_labels
+    from jupyter_gpu_meter.pricing import Pricing
+    from jupyter_gpu_meter.service.app import MeterService
+    from tests.test_meter_state import FakeHub
+
+    api = docker_client.api
+    key = ledger.add_ssh_key("ada", ssh.parse_public_key(keys["ed25519"][0]), T0)
+    hub = f"hub-sshmeter-{secrets.token_hex(3)}"
+    url = ledger.db.engine.url.render_as_string(hide_password=False)
+    meter = MeterService(db_url=url, config=Config({"HubIdentity": {"hub_id": hub}}))
+    meter.writer_id = "test"
+    meter._setup(docker_api=api, hub_api=FakeHub())
+    assert meter.ssh_keys is not None and meter.ssh_keys.hub_id == hub
+    found = {
+        **container_labels(
+            user="ada", server="", gpu_uuids=(), gpu_model="", profile="cpu", hub_id=hub
+        ),
+        **Pricing(cpu_price="0.10").snapshot("", 0).to_labels(),
+        labels.SSH: "1",
+    }
+    container = api.create_container(
+        IMAGE, command=["sleep", "300"], name=hub, labels=found, stop_signal="SIGKILL"
+    )["Id"]
+    try:
+        since_ns = time.time_ns() - 10**9
+        api.start(container)
+        # the meter's own reading of Docker's events, as it replays them after a restart
+        events = meter.tracker.events(since_ns, time.time_ns() + 10**9)
+        (event,) = [e for e in events if e.get("Action") == "start" and e["id"] == container]
+        await meter._handle_event(event)
+        await asyncio.gather(*meter.ssh_keys.pending)
+        assert cat(api, container) == key.line + "\n"
+    finally:
+        api.remove_container(container, force=True)
+        meter.ssh_keys.close()
+        meter.ledger_executor.shutdown()
+        meter.ledger.close()
