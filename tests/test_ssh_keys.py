@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 
 import docker.errors
@@ -263,6 +264,41 @@ def test_a_duplicate_and_a_key_over_the_limit_are_refused(ledger, keys):
     with pytest.raises(TooManyKeys, match="remove one before adding another"):
         ledger.add_ssh_key("ada", ssh.parse_public_key(keys["ecdsa256"][0]), at(99))
     assert len(ledger.ssh_keys("ada")) == ssh.MAX_KEYS_PER_USER
+
+
+def test_adds_at_once_never_pass_the_limit_together(make_ledger):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ledger = make_ledger()
+    ledger.upgrade()
+
+    def key(i):
+        return ssh.parse_public_key("ssh-ed25519 " + wire(b"ssh-ed25519", i.to_bytes(32, "big")))
+
+    for i in range(ssh.MAX_KEYS_PER_USER - 1):
+        ledger.add_ssh_key("ada", key(i), at(i))
+
+    def add(i):
+        try:
+            return ledger.add_ssh_key("ada", key(100 + i), at(100 + i))
+        except TooManyKeys:
+            return None
+
+    # each add waits after its count for the others to count too (at most 2 s): without
+    # a lock per user they would all count 19 and all insert
+    barrier = threading.Barrier(6, timeout=2)
+
+    @sa.event.listens_for(ledger.engine, "after_cursor_execute")
+    def meet(connection, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT COUNT") and "ssh_keys" in statement:
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:  # the others wait for a lock: go on
+                pass
+
+    with ThreadPoolExecutor(6) as pool:
+        added = [r for r in pool.map(add, range(6)) if r is not None]
+    assert len(added) == 1 and len(ledger.ssh_keys("ada")) == ssh.MAX_KEYS_PER_USER
 
 
 def test_the_ledger_takes_only_checked_keys_and_aware_times(ledger, keys):
