@@ -168,7 +168,9 @@ def test_surrounding_whitespace_and_tabs_between_fields_are_fine(keys):
 
 def test_the_archive_holds_root_owned_dirs_and_a_0644_file(keys):
     parsed = ssh.parse_public_key(keys["ed25519"][0])
-    archive = tarfile.open(fileobj=io.BytesIO(ssh.authorized_keys_archive([parsed])))
+    data = ssh.authorized_keys_archive([parsed], mtime=1_800_000_000)
+    assert ssh.authorized_keys_archive([parsed], mtime=1_800_000_000) == data  # repeatable
+    archive = tarfile.open(fileobj=io.BytesIO(data))
     members = {m.name.rstrip("/"): m for m in archive.getmembers()}
     assert list(members) == [
         "etc",
@@ -177,7 +179,7 @@ def test_the_archive_holds_root_owned_dirs_and_a_0644_file(keys):
         "etc/jupyter-gpu-meter/ssh/authorized_keys",
     ]
     for name, member in members.items():
-        assert (member.uid, member.gid) == (0, 0)
+        assert (member.uid, member.gid, member.mtime) == (0, 0, 1_800_000_000)
         assert member.mode == (0o644 if name.endswith("authorized_keys") else 0o755)
     text = archive.extractfile(members["etc/jupyter-gpu-meter/ssh/authorized_keys"]).read()
     assert text.decode() == parsed.line + "\n"
@@ -382,6 +384,8 @@ async def test_keys_are_written_into_the_users_running_ssh_servers_only(
         assert owner.split() == ["root", "644"]
         folders = "stat -c '%U %a' /etc/jupyter-gpu-meter /etc/jupyter-gpu-meter/ssh /etc"
         assert cat(api, container_id, folders).split() == ["root", "755"] * 3
+        # Docker gives /etc the archive's time: now, not 1970
+        assert int(cat(api, container_id, "stat -c %Y /etc")) > 1_700_000_000
     # the notebook's user reads it and cannot change it
     assert "ermission denied" in cat(
         api, default, "id -u; echo x >> /etc/jupyter-gpu-meter/ssh/authorized_keys 2>&1"
