@@ -44,6 +44,7 @@ from .pages import (
 )
 from .reader import LiveState, UsagePages, UsageReader
 from .server_status import ServerStatusHandler, StatusSource
+from .ssh_client import ClientWheelHandler
 
 
 @dataclass
@@ -163,6 +164,7 @@ def routes(context: WebContext) -> list:
         (prefix + "api/openapi.yaml", OpenAPIHandler),
         (prefix + "api/.*", NotFoundAPIHandler),
         (prefix + "metrics", MetricsHandler, args),
+        (prefix + "ssh/([^/]+)", ClientWheelHandler, {"prefix": prefix}),
         (callback, OAuthCallbackHandler, args),
         (prefix + "static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
     ]
