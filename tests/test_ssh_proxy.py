@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -143,14 +144,20 @@ async def test_relay_to_tcp_and_the_server_closing_ends_it(hub):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={"JUPYTERHUB_API_TOKEN": TOKEN},
     )  # fmt: skip
-    assert TOKEN.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    assert TOKEN not in command_line(proc.pid)
     proc.stdin.write(len(data).to_bytes(4, "big") + data)  # stdin stays open
     out = await asyncio.wait_for(proc.stdout.read(), 30)
     assert out == hashlib.sha256(data).hexdigest().encode()
     assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
-async def test_tls_with_a_private_ca(tmp_path):
+def command_line(pid) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text()
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1: (cert, key) paths."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -158,8 +165,11 @@ async def test_tls_with_a_private_ca(tmp_path):
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
         check=True, capture_output=True,
     )  # fmt: skip
-    import ssl
+    return cert, key
 
+
+async def test_tls_with_a_private_ca(certificate):
+    cert, key = certificate
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     sock, port = bind_unused_port()
