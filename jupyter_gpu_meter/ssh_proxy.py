@@ -412,13 +412,14 @@ def pump(conn, rest: bytes = b"", stdin: int = 0, stdout: int = 1) -> int:
 
     for target in (downstream, upstream):
         threading.Thread(target=target, daemon=True).start()
-    result = done.get()
-    if result == "eof":  # we closed: let the server finish and answer
-        try:
+    try:
+        result = done.get()
+        if result == "eof":  # we closed: let the server finish and answer
             result = done.get(timeout=CLOSE_WAIT)
-        except queue.Empty:
-            result = 0
-        result = 0 if result == "eof" else result
+    except queue.Empty:
+        result = 0
+    except KeyboardInterrupt:
+        result = "interrupted"
     conn.close()
     if result:
         print(f"{PROG}: {result}", file=sys.stderr)

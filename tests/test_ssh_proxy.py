@@ -10,6 +10,7 @@ scripted raw server for what tornado never sends (fragments, pings).
 
 import asyncio
 import base64
+import configparser
 import hashlib
 import os
 import ssl
@@ -121,6 +122,33 @@ async def test_bytes_come_back_as_they_went(hub, size):
     status, out, err = await run(hub.url, data)
     assert (status, err) == (0, "")
     assert out == data
+
+
+async def test_a_keystroke_comes_back_at_once(hub, capsys):
+    """Interactive ssh: one byte is sent and answered without waiting for more."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-S", "-I", str(PROXY), hub.url,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"JUPYTERHUB_API_TOKEN": TOKEN},
+    )  # fmt: skip
+    proc.stdin.write(b"a")  # the handshake first, then this
+    assert await asyncio.wait_for(proc.stdout.readexactly(1), 30) == b"a"
+    rounds = []
+    for key in b"keystrokes":
+        start = time.perf_counter()
+        proc.stdin.write(bytes([key]))
+        assert await asyncio.wait_for(proc.stdout.readexactly(1), 5) == bytes([key])
+        rounds.append(time.perf_counter() - start)
+    proc.stdin.close()
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    with capsys.disabled():
+        print(f"\none keystroke there and back: {sorted(rounds)[5] * 1000:.2f} ms (median)")
+
+
+def test_the_console_script_is_declared():
+    setup = configparser.ConfigParser()
+    setup.read(PROXY.parent.parent / "setup.cfg")
+    scripts = setup["options.entry_points"]["console_scripts"]
+    assert "jupyter-gpu-meter-ssh = jupyter_gpu_meter.ssh_proxy:main" in scripts
 
 
 async def test_ten_megabytes_and_the_throughput(hub, capsys):
