@@ -265,13 +265,13 @@ def _handshake(conn, url, token: str, server_url: str, token_file: str) -> bytes
         ).encode()
     )
     data = b""
-    while b"\r\n\r\n" not in data:
+    while b"\r\n\r\n" not in data:  # (frames may follow the headers in one read)
+        if len(data) > 65536:
+            raise ProxyError(f"{url.netloc} answered with headers over 64 KiB")
         more = conn.recv()
         if not more:
             raise ProxyError(f"{url.netloc} closed the connection before answering")
         data += more
-        if len(data) > 65536:
-            raise ProxyError(f"{url.netloc} answered with headers over 64 KiB")
     head, _, rest = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)

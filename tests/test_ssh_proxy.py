@@ -437,3 +437,63 @@ def test_masking_is_rfc_6455():
     assert ssh_proxy.mask(key, b"Hello") == bytes([0x7F, 0x9F, 0x4D, 0x51, 0x58])
     data = os.urandom(100003)
     assert ssh_proxy.mask(key, ssh_proxy.mask(key, data)) == data
+
+
+def raw(answer: bytes):
+    """A server that reads the request and answers `answer` (no handshake), then hangs up."""
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"", "closed the connection before answering"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "did not answer in HTTP: 'SSH-2.0-OpenSSH_9.2'"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000, "answered with headers over 64 KiB"),
+    ],
+)
+async def test_answers_that_are_not_http(answer, message):
+    server, url = await serve(raw(answer))
+    async with server:
+        code, _, err = await run(url, b"x")
+    assert code == 255 and message in err
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        (b"\x82\x81abcdx", "masked or extended frame"),  # a masked server frame
+        (b"\xc2\x01x", "masked or extended frame"),  # RSV1 without an extension
+        (b"\x89\x7e\x00\x80" + b"p" * 128, "control frame over 125 bytes"),
+        (b"\x09\x00", "control frame over 125 bytes or in parts"),  # a ping without FIN
+        (b"\x83\x00", "unknown opcode 3"),
+    ],
+)
+async def test_frames_that_break_rfc_6455(frames, message):
+    async def script(reader, writer):
+        writer.write(frames)
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+
+    server, url = await serve(scripted(script))
+    async with server:
+        code, _, err = await run(url, None)
+    assert code == 255 and message in err
+
+
+async def test_tls_to_a_server_that_hangs_up():
+    async def hang_up(reader, writer):
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        code, _, err = await run(f"https://127.0.0.1:{port}/user/ada/", b"x")
+    assert code == 255 and f"the connection to 127.0.0.1:{port} failed" in err
