@@ -27,44 +27,15 @@ from traitlets import Unicode, validate
 from traitlets.config import Configurable
 
 from .. import labels, usage
-from .._version import __version__
 from ..ledger import DuplicateKey, TooManyKeys
 from ..ssh import MAX_KEYS_PER_USER, parse_public_key
+from ..ssh_proxy import config_snippet
+from ..ssh_wheel import wheel_filename
 from .api import APIHandler
 from .hubapi import STOP_SCOPE
 from .pages import PageHandler, may_stop
 
 log = logging.getLogger(__name__)
-
-# --- engineer C's client (issue 14) --------------------------------------------------
-# STAND-IN until jupyter_gpu_meter.ssh_proxy / ssh_wheel land (the lead removes the
-# fallbacks at the merge): the same signatures and the spec's output.
-try:
-    from ..ssh_proxy import config_snippet
-except ImportError:
-
-    def config_snippet(server_url: str, user: str, server: str = "", login: str = "jovyan"):
-        alias = f"gpu-{user}" + (f"-{server}" if server else "")
-        return (
-            f"Host {alias}\n    HostName {alias}\n    User {login}\n"
-            f"    ProxyCommand jupyter-gpu-meter-ssh {server_url}\n"
-            "    StrictHostKeyChecking accept-new\n    ServerAliveInterval 30\n"
-        )
-
-
-try:
-    from ..ssh_wheel import client_wheel
-
-    def wheel_filename() -> str:
-        return client_wheel()[0]
-
-except ImportError:
-
-    def wheel_filename() -> str:
-        return f"jupyter_gpu_meter_ssh-{__version__.replace('-', '_')}-py3-none-any.whl"
-
-
-# --------------------------------------------------------------------------------------
 
 
 class SSHKeys(Configurable):
