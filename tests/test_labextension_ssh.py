@@ -31,6 +31,7 @@ from jupyterlab_gpu_meter.ssh_activity import (  # noqa: E402
     process_titles,
     ssh_session_open,
 )
+
 from tests.test_labextension_server import free_port, wait_for_server  # noqa: E402
 
 
