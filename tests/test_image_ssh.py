@@ -199,3 +199,77 @@ def test_the_host_key_survives_a_restart(container):
     assert sh(container, f"ssh-keygen -lf {key}.pub") == before
     # known_hosts from the first login: a changed key would fail here
     ssh(container, "-o StrictHostKeyChecking=yes", "jovyan@127.0.0.1", "true")
+
+
+#: inside the container: the websocket <base>sshd/ of a real jupyter server, through
+#: jupyter-server-proxy's raw socket bridge, answers with sshd's banner
+WEBSOCKET_CHECK = """
+import asyncio, json, sys
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
+
+async def main(port):
+    base = f"127.0.0.1:{port}/user/ada/"
+    headers = {"Authorization": "token t0ken"}
+    for _ in range(600):  # the server starts in a few seconds
+        try:
+            await AsyncHTTPClient().fetch(f"http://{base}api/status", headers=headers)
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    out = {}
+    plain = await AsyncHTTPClient().fetch(
+        f"http://{base}sshd", headers=headers, follow_redirects=False, raise_error=False)
+    out["no_slash"] = [plain.code, plain.headers.get("Location")]
+    try:
+        ws = await websocket_connect(HTTPRequest(f"ws://{base}sshd/", headers=headers))
+        banner = b""
+        while not banner.endswith(b"\\n"):
+            banner += await ws.read_message()
+        out["banner"] = banner.decode()
+        ws.close()
+    except Exception as error:
+        out["error"] = str(error)
+    print(json.dumps(out))
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def jupyter_server(box, port: int, ssh: str) -> dict:
+    box.exec_run(
+        [
+            "bash",
+            "-c",
+            f"JUPYTER_GPU_METER_SSH={ssh} exec jupyter server --ServerApp.ip=127.0.0.1 "
+            f"--ServerApp.port={port} --ServerApp.base_url=/user/ada/ "
+            f"--IdentityProvider.token=t0ken > /tmp/server-{port}.log 2>&1",
+        ],
+        detach=True,
+    )
+    put_text(box, f"/tmp/ws_check_{port}.py", WEBSOCKET_CHECK)
+    output = sh(box, f"/opt/notebook/bin/python /tmp/ws_check_{port}.py {port}")
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def put_text(box, path: str, text: str) -> None:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        data = text.encode()
+        info = tarfile.TarInfo(path.rsplit("/", 1)[1])
+        info.size, info.mode, info.uid, info.gid = len(data), 0o644, 1000, 100
+        tar.addfile(info, io.BytesIO(data))
+    assert box.put_archive(path.rsplit("/", 1)[0], archive.getvalue())
+
+
+def test_the_server_proxy_entry_bridges_the_websocket_to_sshd(container):
+    on = jupyter_server(container, 8890, "1")
+    assert on.get("banner", "").startswith("SSH-2.0-OpenSSH"), (
+        on,
+        sh(container, "tail -30 /tmp/server-8890.log"),
+    )
+    assert on["no_slash"][0] in (301, 302)  # <server_url>sshd only redirects to sshd/
+    off = jupyter_server(container, 8891, "0")
+    # no entry: jupyter_server redirects sshd/ to sshd (its trailing-slash rule), which is 404
+    assert "banner" not in off and off.get("error") == "HTTP 302: Found", off
+    assert off["no_slash"][0] == 404
