@@ -273,3 +273,49 @@ def test_the_server_proxy_entry_bridges_the_websocket_to_sshd(container):
     # no entry: jupyter_server redirects sshd/ to sshd (its trailing-slash rule), which is 404
     assert "banner" not in off and off.get("error") == "HTTP 302: Found", off
     assert off["no_slash"][0] == 404
+
+
+def test_the_wrapper_refuses_a_bad_port_and_root(container):
+    for port in ("", "ssh", "0", "65536"):
+        output = sh(container, f"jupyter-gpu-meter-sshd {port}", expect=2)
+        assert "PORT" in output, output
+    as_root = container.exec_run(["jupyter-gpu-meter-sshd", "2300"], user="0")
+    assert as_root.exit_code == 2
+    assert b"runs as the notebook user, not root" in as_root.output
+
+
+def test_a_value_sshd_cannot_quote_is_left_out_and_said_so(container):
+    port = 2224
+    container.exec_run(
+        [
+            "bash",
+            "-c",
+            f"export JUPYTER_GPU_METER_QUOTE='a\"b' JUPYTER_GPU_METER_SPACE='a b'; "
+            f"exec jupyter-gpu-meter-sshd {port} 2>/tmp/sshd-{port}.log",
+        ],
+        detach=True,
+    )
+    sh(
+        container,
+        f"for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && exit 0; "
+        f"sleep 0.05; done; cat /tmp/sshd-{port}.log; exit 1",
+    )
+    env = sh(
+        container,
+        " ".join(
+            [
+                *SSH[:2],
+                str(port),
+                *SSH[3:],
+                "-i",
+                f"{KEYS}/good",
+                "-o StrictHostKeyChecking=accept-new",
+                "jovyan@127.0.0.1",
+                "env",
+            ]
+        ),
+    )
+    assert "JUPYTER_GPU_METER_SPACE=a b" in env
+    assert "JUPYTER_GPU_METER_QUOTE" not in env
+    log = sh(container, f"cat /tmp/sshd-{port}.log")
+    assert "JUPYTER_GPU_METER_QUOTE left out of SSH sessions" in log
