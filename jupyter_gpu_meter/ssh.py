@@ -1,4 +1,5 @@
-"""SSH public keys: what a user may add, their fingerprints, and the file sshd reads. Pure.
+"""SSH public keys: what a user may add, their fingerprints, and the file sshd reads. Pure
+(no I/O; the archive's default time is the clock's).
 
 A key a user adds on the usage page or through ``api/ssh-keys`` is one line of
 ``authorized_keys``: ``<type> <base64 blob> [comment]`` and nothing else.
@@ -25,6 +26,8 @@ import re
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .clock import utcnow
 
 #: the most keys one user may have
 MAX_KEYS_PER_USER = 20
@@ -242,7 +245,7 @@ def authorized_keys_text(keys: Iterable) -> str:
     return "".join(_line_of(key) + "\n" for key in keys)
 
 
-def _member(name: str, *, directory: bool, size: int = 0, mtime: int = 0) -> tarfile.TarInfo:
+def _member(name: str, *, directory: bool, mtime: int, size: int = 0) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
     info.mode = 0o755 if directory else 0o644
@@ -253,11 +256,18 @@ def _member(name: str, *, directory: bool, size: int = 0, mtime: int = 0) -> tar
     return info
 
 
-def authorized_keys_archive(keys: Iterable, *, mtime: int = 0) -> bytes:
+def authorized_keys_archive(keys: Iterable, *, mtime: int | None = None) -> bytes:
     """A tar for ``put_archive(container, "/", …)``: ``etc/``, ``etc/jupyter-gpu-meter/``,
     ``etc/jupyter-gpu-meter/ssh/`` (directories 0755, root) and ``authorized_keys`` in
     it (0644, root) holding :func:`authorized_keys_text` of `keys`. No keys: an empty
-    file, so removed keys stop working. `mtime`: the members' time (seconds)."""
+    file, so removed keys stop working.
+
+    `mtime` (seconds since the epoch): the members' time, now by default. Docker
+    gives existing directories the archive's times too, so ``/etc`` would read 1970
+    after a write with a fixed 0.
+    """
+    if mtime is None:
+        mtime = int(utcnow().timestamp())
     data = authorized_keys_text(keys).encode("utf-8")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:

@@ -39,6 +39,7 @@ from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service import create_application
 from jupyter_gpu_meter.service.home_api import HomeService
 from jupyter_gpu_meter.service.reader import LiveState
+from jupyter_gpu_meter.service.ssh_push import KeyPusher
 from jupyter_gpu_meter.service.state import MeterState
 from jupyter_gpu_meter.sessions import ManagedContainer, Opening, SessionChanges
 from tests.hub import IMAGE
@@ -98,6 +99,32 @@ def flatmap_query(context, query):
         return st.just(query)
     edged = st.fixed_dictionaries({}, optional=edges).map(lambda extra: {**query, **extra})
     return st.one_of(st.just(query), edged)
+
+
+#: SSH keys at and beyond the edges of what api/ssh-keys takes, mixed into generated bodies
+GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdIW6O9r1gFVE64aGqkWeUhD5hXFqSPUO9xVt8K2v3u"
+SSH_KEYS = [
+    GOOD_KEY + " ada@laptop",
+    GOOD_KEY,
+    f'command="sh -c id" {GOOD_KEY}',
+    f"no-pty,no-port-forwarding {GOOD_KEY}",
+    f"{GOOD_KEY}\n{GOOD_KEY}",
+    f"{GOOD_KEY} {GOOD_KEY}",
+    f"{GOOD_KEY} nul\x00",
+    f"{GOOD_KEY} {HOSTILE}",
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n",
+    "ssh-rsa " + "A" * 20000,
+    "ssh-ed25519 " + "\udcff",
+    "ssh-ed25519 AAAA====",
+]
+
+
+@schema.hook
+def flatmap_body(context, body):
+    """Some generated bodies with a "key" get an edge key instead."""
+    if not isinstance(body, dict) or "key" not in body:
+        return st.just(body)
+    return st.one_of(st.just(body), st.sampled_from(SSH_KEYS).map(lambda k: {**body, "key": k}))
 
 
 class Tokens(KnownTokens):
@@ -187,6 +214,7 @@ def base_url(tmp_path_factory, home_service):
             clock=lambda: NOW,
             live=live,
             homes=home_service,
+            ssh=KeyPusher(home_service.api, ledger, "hub-fuzz"),
         )
         HTTPServer(application).add_sockets([sock])
         loop.call_soon(ready.set)

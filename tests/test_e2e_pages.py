@@ -294,3 +294,25 @@ def test_the_admin_sees_everyone_and_every_gpu_and_can_stop_a_server(hub, person
     assert "ada/" in page.locator("#gpu-meter-stopped").inner_text()
     wait_until(lambda: hub.server_model("ada") is None, 60, "ada's server to stop")
     assert admin.dialogs == []
+
+
+def test_a_user_adds_and_removes_an_ssh_key_on_the_page(hub, person):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdIW6O9r1gFVE64aGqkWeUhD5hXFqSPUO9xVt8K2v3u"
+    fingerprint = "SHA256:P/YIw9Lg6C8yOZvrIQvFOIwCQ2BrskTtPMW3U+27+Bw"
+    ada = person("ada")
+    ada.open("")
+    ada.page.fill("#ssh-key", f'command="sh" {key}')
+    ada.page.click("#add-ssh-key button[type=submit]")
+    assert "not done: options before the key type" in ada.page.inner_text("#ssh-message")
+    ada.page.fill("#ssh-key", f"{key} ada@laptop\n")
+    ada.page.click("#add-ssh-key button[type=submit]")
+    assert ada.page.inner_text("#ssh-message") == f"key {fingerprint} added"
+    assert fingerprint in ada.page.inner_text("#ssh-keys-table")
+    # through the hub's proxy: the address the browser used, the server's path under it
+    snippet = ada.page.inner_text(".gpu-meter-ssh-config")
+    assert f"ProxyCommand jupyter-gpu-meter-ssh {hub.url}/user/ada/" in snippet
+    assert f"pip install {hub.url}/services/gpu-meter/ssh/" in ada.page.inner_text("#ssh-pip")
+    screenshot(ada.page, "usage-page-ssh.png")
+    ada.page.click(".gpu-meter-remove-key")
+    assert ada.page.inner_text("#ssh-message") == f"key {fingerprint} removed"
+    assert "No SSH keys." in ada.page.inner_text("#ssh-keys-table")

@@ -9,6 +9,8 @@ import secrets
 import shutil
 import subprocess
 import tarfile
+import threading
+import time
 
 import docker.errors
 import pytest
@@ -166,7 +168,9 @@ def test_surrounding_whitespace_and_tabs_between_fields_are_fine(keys):
 
 def test_the_archive_holds_root_owned_dirs_and_a_0644_file(keys):
     parsed = ssh.parse_public_key(keys["ed25519"][0])
-    archive = tarfile.open(fileobj=io.BytesIO(ssh.authorized_keys_archive([parsed])))
+    data = ssh.authorized_keys_archive([parsed], mtime=1_800_000_000)
+    assert ssh.authorized_keys_archive([parsed], mtime=1_800_000_000) == data  # repeatable
+    archive = tarfile.open(fileobj=io.BytesIO(data))
     members = {m.name.rstrip("/"): m for m in archive.getmembers()}
     assert list(members) == [
         "etc",
@@ -175,7 +179,7 @@ def test_the_archive_holds_root_owned_dirs_and_a_0644_file(keys):
         "etc/jupyter-gpu-meter/ssh/authorized_keys",
     ]
     for name, member in members.items():
-        assert (member.uid, member.gid) == (0, 0)
+        assert (member.uid, member.gid, member.mtime) == (0, 0, 1_800_000_000)
         assert member.mode == (0o644 if name.endswith("authorized_keys") else 0o755)
     text = archive.extractfile(members["etc/jupyter-gpu-meter/ssh/authorized_keys"]).read()
     assert text.decode() == parsed.line + "\n"
@@ -264,6 +268,41 @@ def test_a_duplicate_and_a_key_over_the_limit_are_refused(ledger, keys):
     assert len(ledger.ssh_keys("ada")) == ssh.MAX_KEYS_PER_USER
 
 
+def test_adds_at_once_never_pass_the_limit_together(make_ledger):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ledger = make_ledger()
+    ledger.upgrade()
+
+    def key(i):
+        return ssh.parse_public_key("ssh-ed25519 " + wire(b"ssh-ed25519", i.to_bytes(32, "big")))
+
+    for i in range(ssh.MAX_KEYS_PER_USER - 1):
+        ledger.add_ssh_key("ada", key(i), at(i))
+
+    def add(i):
+        try:
+            return ledger.add_ssh_key("ada", key(100 + i), at(100 + i))
+        except TooManyKeys:
+            return None
+
+    # each add waits after its count for the others to count too (at most 2 s): without
+    # a lock per user they would all count 19 and all insert
+    barrier = threading.Barrier(6, timeout=2)
+
+    @sa.event.listens_for(ledger.engine, "after_cursor_execute")
+    def meet(connection, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT COUNT") and "ssh_keys" in statement:
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:  # the others wait for a lock: go on
+                pass
+
+    with ThreadPoolExecutor(6) as pool:
+        added = [r for r in pool.map(add, range(6)) if r is not None]
+    assert len(added) == 1 and len(ledger.ssh_keys("ada")) == ssh.MAX_KEYS_PER_USER
+
+
 def test_the_ledger_takes_only_checked_keys_and_aware_times(ledger, keys):
     with pytest.raises(TypeError, match="PublicKey"):
         ledger.add_ssh_key("ada", keys["ed25519"][0], T0)
@@ -345,6 +384,8 @@ async def test_keys_are_written_into_the_users_running_ssh_servers_only(
         assert owner.split() == ["root", "644"]
         folders = "stat -c '%U %a' /etc/jupyter-gpu-meter /etc/jupyter-gpu-meter/ssh /etc"
         assert cat(api, container_id, folders).split() == ["root", "755"] * 3
+        # Docker gives /etc the archive's time: now, not 1970
+        assert int(cat(api, container_id, "stat -c %Y /etc")) > 1_700_000_000
     # the notebook's user reads it and cannot change it
     assert "ermission denied" in cat(
         api, default, "id -u; echo x >> /etc/jupyter-gpu-meter/ssh/authorized_keys 2>&1"
@@ -402,3 +443,49 @@ async def test_docker_away_is_logged_and_the_change_stands(ledger, keys, caplog)
     assert await pusher.after_change("ada") == []
     assert "Writing ada's SSH keys into their servers failed" in caplog.text
     pusher.close()
+
+
+async def test_the_meter_writes_the_keys_when_docker_says_an_ssh_server_started(
+    docker_client, ledger, keys, tmp_path
+):
+    """The whole path in the meter: Docker's real start event -> MeterService._handle_event
+    -> the container's authorized_keys (a spawner that could not read the ledger)."""
+    from traitlets.config import Config
+
+    from jupyter_gpu_meter.container import container_labels
+    from jupyter_gpu_meter.pricing import Pricing
+    from jupyter_gpu_meter.service.app import MeterService
+    from tests.test_meter_state import FakeHub
+
+    api = docker_client.api
+    key = ledger.add_ssh_key("ada", ssh.parse_public_key(keys["ed25519"][0]), T0)
+    hub = f"hub-sshmeter-{secrets.token_hex(3)}"
+    url = ledger.db.engine.url.render_as_string(hide_password=False)
+    meter = MeterService(db_url=url, config=Config({"HubIdentity": {"hub_id": hub}}))
+    meter.writer_id = "test"
+    meter._setup(docker_api=api, hub_api=FakeHub())
+    assert meter.ssh_keys is not None and meter.ssh_keys.hub_id == hub
+    found = {
+        **container_labels(
+            user="ada", server="", gpu_uuids=(), gpu_model="", profile="cpu", hub_id=hub
+        ),
+        **Pricing(cpu_price="0.10").snapshot("", 0).to_labels(),
+        labels.SSH: "1",
+    }
+    container = api.create_container(
+        IMAGE, command=["sleep", "300"], name=hub, labels=found, stop_signal="SIGKILL"
+    )["Id"]
+    try:
+        since_ns = time.time_ns() - 10**9
+        api.start(container)
+        # the meter's own reading of Docker's events, as it replays them after a restart
+        events = meter.tracker.events(since_ns, time.time_ns() + 10**9)
+        (event,) = [e for e in events if e.get("Action") == "start" and e["id"] == container]
+        await meter._handle_event(event)
+        await asyncio.gather(*meter.ssh_keys.pending)
+        assert cat(api, container) == key.line + "\n"
+    finally:
+        api.remove_container(container, force=True)
+        meter.ssh_keys.close()
+        meter.ledger_executor.shutdown()
+        meter.ledger.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from ..ssh import MAX_KEYS_PER_USER, PublicKey
@@ -54,7 +54,9 @@ class SSHKeyStore:
         """Add a checked key (:func:`jupyter_gpu_meter.ssh.parse_public_key`) for `user`.
 
         :class:`DuplicateKey` if `user` has it already, :class:`TooManyKeys` at
-        the limit (both ValueErrors whose text says what to do).
+        the limit (both ValueErrors whose text says what to do). SQLite takes its
+        write lock at BEGIN and PostgreSQL a lock per user, so two adds at once
+        never pass the limit together.
         """
         if not isinstance(key, PublicKey):
             raise TypeError(f"expected a PublicKey from jupyter_gpu_meter.ssh, got {key!r}")
@@ -69,6 +71,11 @@ class SSHKeyStore:
         count = select(func.count()).select_from(_keys).where(_keys.c.username == user)
         try:
             with self.db.write() as connection:
+                if self.db.dialect == "postgresql":  # one add per user at a time: the count holds
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                        {"key": f"jgm-ssh-keys:{user}"},
+                    )
                 if connection.execute(count).scalar_one() >= MAX_KEYS_PER_USER:
                     raise TooManyKeys(
                         f"{user} has {MAX_KEYS_PER_USER} SSH keys, the most allowed: "

@@ -77,8 +77,8 @@ class SSHKeys(Configurable):
         snippet and the ``pip install`` line on the usage page, e.g.
         ``https://hub.example.org`` (a path after it is the hub's base URL's
         place: leave it out, the page adds ``c.JupyterHub.base_url``). Empty: the
-        scheme and host the browser used (the meter trusts the proxy's
-        ``X-Forwarded-Proto`` and ``X-Forwarded-Host``).
+        scheme and host the browser used (the ``Host`` header, which the hub's
+        proxy passes on, and the proxy's ``X-Forwarded-Proto``).
         """,
     ).tag(config=True)
 
