@@ -45,6 +45,7 @@ from .pages import (
 from .reader import LiveState, UsagePages, UsageReader
 from .server_status import ServerStatusHandler, StatusSource
 from .ssh_api import SSHKeys, ssh_routes
+from .ssh_client import ClientWheelHandler
 from .ssh_push import KeyPusher
 
 
@@ -173,6 +174,7 @@ def routes(context: WebContext) -> list:
         (prefix + "api/openapi.yaml", OpenAPIHandler),
         (prefix + "api/.*", NotFoundAPIHandler),
         (prefix + "metrics", MetricsHandler, args),
+        (prefix + "ssh/([^/]+)", ClientWheelHandler, {"prefix": prefix}),
         (callback, OAuthCallbackHandler, args),
         (prefix + "static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
     ]
