@@ -31,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import docker
 import requests
+
+import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.hub import Hub  # noqa: E402  (the same harness as the end-to-end tests)
