@@ -372,7 +372,11 @@ def test_a_profile_with_ssh_off_refuses_with_the_clients_clear_message(hub):
     result = hub.client.run("ssh", alias, "true", key=cyd_key, token=hub.tokens["cyd"])
     assert result.returncode == 255
     assert "no SSH at" in result.stderr and "SSH is off" in result.stderr, result.stderr
+    # once stopped, the client says so (the proxy sends the URL to the hub)
     hub.stop_server("cyd")
+    result = hub.client.run("ssh", alias, "true", key=cyd_key, token=hub.tokens["cyd"])
+    assert result.returncode == 255
+    assert "is not running" in result.stderr, result.stderr
 
 
 # --- an open SSH session keeps the server from the idle culler ------------------------
