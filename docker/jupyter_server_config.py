@@ -13,6 +13,12 @@
 #   MLFLOW_TRACKING_URI  where mlflow.log_* writes (sqlite in ~/mlruns)
 # An admin may point either elsewhere through the spawner's `environment`.
 #
+# SSH: when the spawner turned it on for this server (JUPYTER_GPU_METER_SSH=1),
+# an entry "sshd" bridges the websocket <server_url>sshd/ (note the slash:
+# <server_url>sshd only redirects) to OpenSSH's sshd on 127.0.0.1:{port}, run as
+# this user by /usr/local/bin/jupyter-gpu-meter-sshd on the first connection.
+# No launcher tile: it is for `ssh` (jupyter-gpu-meter-ssh as ProxyCommand), not a browser.
+#
 # To turn an app off or add one, an image built FROM this one appends to this
 # file (e.g. `del c.ServerProxy.servers["mlflow"]`) or replaces it: see
 # docs/how-to/images-and-templates.md, "The notebook image's tools".
@@ -105,3 +111,13 @@ c.ServerProxy.servers = {
         "launcher_entry": {"title": "MLflow", "category": "Other"},
     },
 }
+
+if os.environ.get("JUPYTER_GPU_METER_SSH") == "1":
+    c.ServerProxy.servers["sshd"] = {
+        "command": ["jupyter-gpu-meter-sshd", "{port}"],
+        # websocket binary frames <-> the TCP stream (every other request: 405)
+        "raw_socket_proxy": True,
+        # the first start makes the host key: well under a second
+        "timeout": 60,
+        "launcher_entry": {"enabled": False},
+    }

@@ -8,7 +8,7 @@ Installing the wheel enables both: the server extension through
 
 from __future__ import annotations
 
-from . import status, templates
+from . import ssh_activity, status, templates
 
 __version__ = "0.1.0"
 __all__ = ["__version__"]
@@ -26,6 +26,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
     """Add the extension's handlers to the server (one module per route group)."""
     status.setup(serverapp)
     templates.setup(serverapp)
+    ssh_activity.setup(serverapp)
 
 
 # Jupyter Server 1 / notebook spelling, for tools that still look for it.
