@@ -9,7 +9,7 @@ is this venv's ``python -m jupyter_gpu_meter.ssh_proxy``), then run ``ssh``,
 alone (``IdentitiesOnly``, no agent) and ``BatchMode`` (nothing waits on a prompt).
 
 One hub for the module (ada's 1-GPU server runs throughout); the culling test,
-last, restarts it with jupyterhub-idle-culler as a service.
+last, runs jupyterhub-idle-culler against it and ends with ada's server culled.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ PROFILES = [
 #: seconds between the notebook server's activity reports to the hub (default 300)
 ACTIVITY_INTERVAL = 5
 #: the culler's --timeout: more than the image's SSH activity check (30 s) plus a report
-CULL_TIMEOUT = 60
+CULL_TIMEOUT = 75
 CONFIG = {
     "GPUDockerSpawner.profile_list": PROFILES,
     "GPUDockerSpawner.environment": {"JUPYTERHUB_ACTIVITY_INTERVAL": str(ACTIVITY_INTERVAL)},
@@ -387,24 +387,7 @@ def last_activity(hub, user) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def test_an_open_ssh_session_keeps_the_server_past_the_cullers_timeout(hub):
-    culler = {
-        "name": "idle-culler",
-        "command": [
-            sys.executable,
-            "-m",
-            "jupyterhub_idle_culler",
-            f"--timeout={CULL_TIMEOUT}",
-            "--cull-every=5",
-        ],
-    }
-    role = {
-        "name": "idle-culler",
-        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-        "services": ["idle-culler"],
-    }
-    # the restart starts a new proxy: sessions are opened after it
-    hub.restart(**{"JupyterHub.services": [culler], "JupyterHub.load_roles": [role]})
+def test_an_open_ssh_session_keeps_the_server_past_the_cullers_timeout(hub, tmp_path):
     opened = datetime.now(timezone.utc)
     session = subprocess.Popen(
         ["ssh", *hub.client.options(hub.keys["ada"]), hub.alias, "sleep 600"],
@@ -412,19 +395,45 @@ def test_an_open_ssh_session_keeps_the_server_past_the_cullers_timeout(hub):
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    # jupyterhub-idle-culler as admins run it, with the test's admin token (its scopes
+    # include the culler's); on its own, not as a hub service: no hub restart, whose
+    # new proxy would cut the session
+    log = (tmp_path / "culler.log").open("wb")
+    culler = None
     try:
-        # bob's server: nothing going on, started after ada's session opened
+        # bob's server: nothing going on; ada's too but for her SSH session
         hub.start_server("bob", {"profile": "cpu"})
-        # the session reaches the hub as ada's activity
+        # the session reaches the hub as ada's activity (the image checks every 30 s)
         wait_until(lambda: last_activity(hub, "ada") > opened, 90, "ada's SSH activity")
+        culler = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterhub_idle_culler",
+                f"--url={hub.api_url}",
+                f"--timeout={CULL_TIMEOUT}",
+                "--cull-every=5",
+            ],
+            env={**os.environ, "JUPYTERHUB_API_TOKEN": hub.settings["token"]},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_until(lambda: hub.server_model("bob") is None, 3 * CULL_TIMEOUT, "the culler: bob")
-        # bob's was culled after CULL_TIMEOUT idle: ada's, inactive in the browser since
-        # before bob started, survives only by her SSH session
+        # bob's was culled after CULL_TIMEOUT idle; ada's, with no other use since
+        # before bob's started, is kept by her SSH session alone
         assert session.poll() is None, session.stderr.read()
         assert datetime.now(timezone.utc) - opened > timedelta(seconds=CULL_TIMEOUT)
         assert (hub.server_model("ada") or {}).get("ready"), "ada's server was culled"
-    finally:
         session.terminate()
         session.wait(30)
-    # with the session closed, ada's server is culled as any idle one
-    wait_until(lambda: hub.server_model("ada") is None, 4 * CULL_TIMEOUT, "the culler: ada")
+        # with the session closed, ada's server is culled as any idle one
+        wait_until(lambda: hub.server_model("ada") is None, 4 * CULL_TIMEOUT, "the culler: ada")
+    except BaseException:
+        print((tmp_path / "culler.log").read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        for process in (session, culler):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(30)
+        log.close()
