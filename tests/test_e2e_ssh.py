@@ -52,22 +52,23 @@ CONFIG = {
 class Client:
     """The OpenSSH client of one laptop: a config file, known hosts, keys, the user's token."""
 
-    def __init__(self, hub: Hub, directory: Path):
+    def __init__(self, hub: Hub, directory: Path, proxy_command: str = ""):
         self.hub = hub
         self.dir = directory
+        #: what runs as ssh's ProxyCommand: by default this checkout's client
+        self.proxy_command = proxy_command or f"{sys.executable} -m jupyter_gpu_meter.ssh_proxy"
         directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "config"
         self.config.write_text("")
         self.known_hosts = directory / "known_hosts"
 
     def add_host(self, user: str, server: str = "") -> str:
-        """The usage page's block for the server, run with this venv's python; its alias."""
+        """The usage page's block for the server, with this laptop's ProxyCommand; its alias."""
         url = f"{self.hub.url}/user/{user}/" + (f"{server}/" if server else "")
         block = config_snippet(url, user, server).replace(
-            "ProxyCommand jupyter-gpu-meter-ssh",
-            f"ProxyCommand {sys.executable} -m jupyter_gpu_meter.ssh_proxy",
+            "ProxyCommand jupyter-gpu-meter-ssh", f"ProxyCommand {self.proxy_command}"
         )
-        assert "ProxyCommand " + sys.executable in block
+        assert f"ProxyCommand {self.proxy_command} {url}\n" in block
         with self.config.open("a") as file:
             file.write(block + "\n")
         return block.split()[1]
