@@ -199,3 +199,123 @@ def test_the_host_key_survives_a_restart(container):
     assert sh(container, f"ssh-keygen -lf {key}.pub") == before
     # known_hosts from the first login: a changed key would fail here
     ssh(container, "-o StrictHostKeyChecking=yes", "jovyan@127.0.0.1", "true")
+
+
+#: inside the container: the websocket <base>sshd/ of a real jupyter server, through
+#: jupyter-server-proxy's raw socket bridge, answers with sshd's banner
+WEBSOCKET_CHECK = """
+import asyncio, json, sys
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
+
+async def main(port):
+    base = f"127.0.0.1:{port}/user/ada/"
+    headers = {"Authorization": "token t0ken"}
+    for _ in range(600):  # the server starts in a few seconds
+        try:
+            await AsyncHTTPClient().fetch(f"http://{base}api/status", headers=headers)
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    out = {}
+    plain = await AsyncHTTPClient().fetch(
+        f"http://{base}sshd", headers=headers, follow_redirects=False, raise_error=False)
+    out["no_slash"] = [plain.code, plain.headers.get("Location")]
+    try:
+        ws = await websocket_connect(HTTPRequest(f"ws://{base}sshd/", headers=headers))
+        banner = b""
+        while not banner.endswith(b"\\n"):
+            banner += await ws.read_message()
+        out["banner"] = banner.decode()
+        ws.close()
+    except Exception as error:
+        out["error"] = str(error)
+    print(json.dumps(out))
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def jupyter_server(box, port: int, ssh: str) -> dict:
+    box.exec_run(
+        [
+            "bash",
+            "-c",
+            f"JUPYTER_GPU_METER_SSH={ssh} exec jupyter server --ServerApp.ip=127.0.0.1 "
+            f"--ServerApp.port={port} --ServerApp.base_url=/user/ada/ "
+            f"--IdentityProvider.token=t0ken > /tmp/server-{port}.log 2>&1",
+        ],
+        detach=True,
+    )
+    put_text(box, f"/tmp/ws_check_{port}.py", WEBSOCKET_CHECK)
+    output = sh(box, f"/opt/notebook/bin/python /tmp/ws_check_{port}.py {port}")
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def put_text(box, path: str, text: str) -> None:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        data = text.encode()
+        info = tarfile.TarInfo(path.rsplit("/", 1)[1])
+        info.size, info.mode, info.uid, info.gid = len(data), 0o644, 1000, 100
+        tar.addfile(info, io.BytesIO(data))
+    assert box.put_archive(path.rsplit("/", 1)[0], archive.getvalue())
+
+
+def test_the_server_proxy_entry_bridges_the_websocket_to_sshd(container):
+    on = jupyter_server(container, 8890, "1")
+    assert on.get("banner", "").startswith("SSH-2.0-OpenSSH"), (
+        on,
+        sh(container, "tail -30 /tmp/server-8890.log"),
+    )
+    assert on["no_slash"][0] in (301, 302)  # <server_url>sshd only redirects to sshd/
+    off = jupyter_server(container, 8891, "0")
+    # no entry: jupyter_server redirects sshd/ to sshd (its trailing-slash rule), which is 404
+    assert "banner" not in off and off.get("error") == "HTTP 302: Found", off
+    assert off["no_slash"][0] == 404
+
+
+def test_the_wrapper_refuses_a_bad_port_and_root(container):
+    for port in ("", "ssh", "0", "65536"):
+        output = sh(container, f"jupyter-gpu-meter-sshd {port}", expect=2)
+        assert "PORT" in output, output
+    as_root = container.exec_run(["jupyter-gpu-meter-sshd", "2300"], user="0")
+    assert as_root.exit_code == 2
+    assert b"runs as the notebook user, not root" in as_root.output
+
+
+def test_a_value_sshd_cannot_quote_is_left_out_and_said_so(container):
+    port = 2224
+    container.exec_run(
+        [
+            "bash",
+            "-c",
+            f"export JUPYTER_GPU_METER_QUOTE='a\"b' JUPYTER_GPU_METER_SPACE='a b'; "
+            f"exec jupyter-gpu-meter-sshd {port} 2>/tmp/sshd-{port}.log",
+        ],
+        detach=True,
+    )
+    sh(
+        container,
+        f"for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && exit 0; "
+        f"sleep 0.05; done; cat /tmp/sshd-{port}.log; exit 1",
+    )
+    env = sh(
+        container,
+        " ".join(
+            [
+                *SSH[:2],
+                str(port),
+                *SSH[3:],
+                "-i",
+                f"{KEYS}/good",
+                "-o StrictHostKeyChecking=accept-new",
+                "jovyan@127.0.0.1",
+                "env",
+            ]
+        ),
+    )
+    assert "JUPYTER_GPU_METER_SPACE=a b" in env
+    assert "JUPYTER_GPU_METER_QUOTE" not in env
+    log = sh(container, f"cat /tmp/sshd-{port}.log")
+    assert "JUPYTER_GPU_METER_QUOTE left out of SSH sessions" in log

@@ -25,6 +25,7 @@ def load(monkeypatch, tmp_path):
             "JUPYTERHUB_PUBLIC_URL",
             "JUPYTERHUB_PUBLIC_HUB_URL",
             "JUPYTERHUB_HOST",
+            "JUPYTER_GPU_METER_SSH",
         ):
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
@@ -84,3 +85,12 @@ def test_mlflow_accepts_the_hubs_public_origin_and_the_admins(load, monkeypatch)
     environment = load().ServerProxy.servers["mlflow"]["environment"]
     monkeypatch.setenv("JUPYTERHUB_HOST", "https://ada.hub.example.org")
     assert environment() == {"MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": "https://ada.hub.example.org"}
+
+
+def test_sshd_is_an_entry_only_when_the_spawner_turned_ssh_on(load):
+    sshd = load(JUPYTER_GPU_METER_SSH="1").ServerProxy.servers["sshd"]
+    assert sshd["command"] == ["jupyter-gpu-meter-sshd", "{port}"]
+    assert sshd["raw_socket_proxy"] is True
+    assert sshd["launcher_entry"] == {"enabled": False}
+    for off in ({}, {"JUPYTER_GPU_METER_SSH": "0"}, {"JUPYTER_GPU_METER_SSH": "true"}):
+        assert "sshd" not in load(**off).ServerProxy.servers, off
