@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -140,7 +141,19 @@ def add_key(hub, token, private: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, docker_client):
+def tools():
+    """The OpenSSH client and rsync on this machine (scripts/setup installs them)."""
+    missing = [tool for tool in ("ssh", "scp", "ssh-keygen", "rsync") if not shutil.which(tool)]
+    if missing:
+        message = f"{', '.join(missing)} missing: apt-get install openssh-client rsync "
+        message += "(scripts/setup does)"
+        if os.environ.get("JGM_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, docker_client, tools):
     hub = Hub(tmp_path_factory.mktemp("hub"), docker_client, "2", meter=True, **CONFIG)
     try:
         hub.start()
