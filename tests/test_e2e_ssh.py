@@ -377,6 +377,20 @@ def test_a_key_added_works_at_once_and_a_key_removed_stops_at_once(hub):
     assert as_ada(hub, hub.alias, "true").returncode == 0
 
 
+def test_a_named_server_started_later_has_the_keys_from_its_start(hub):
+    # ada's keys from the ledger are in it from its start (the spawner writes them
+    # before the container starts; the meter again when it sees it start)
+    response = hub.start_server("ada", {"profile": "cpu"}, server="gpu1")
+    assert response.status_code in (201, 202) and hub.wait_for("ada", "gpu1"), response.text
+    alias = hub.client.add_host("ada", "gpu1")
+    assert alias == "gpu-ada-gpu1"
+    result = as_ada(hub, alias, "gpu-info --json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == hub.seen_inside("ada", "gpu1")  # its own, no GPU
+    assert hub.gpus_held()["ada/gpu1"] == []
+    hub.stop_server("ada", "gpu1")
+
+
 def test_a_profile_with_ssh_off_refuses_with_the_clients_clear_message(hub):
     response = hub.start_server("cyd", {"profile": "no-ssh"})
     assert response.status_code in (201, 202) and hub.wait_for("cyd"), response.text
