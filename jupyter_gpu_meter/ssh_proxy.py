@@ -20,7 +20,7 @@ import ssl
 import stat
 import sys
 import threading
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 PROG = "jupyter-gpu-meter-ssh"
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"  # noqa: S105 (a variable's name)
@@ -194,13 +194,23 @@ def hub_url(server_url: str) -> str:
     return base + "/" if found else server_url
 
 
-def refusal(status: int, reason: str, server_url: str, token_file: str) -> str:
+def redirected_status(status: int, location: str, server_url: str) -> int:
+    """A redirect's meaning: to ``…/sshd`` (jupyter_server has no such route: SSH off)
+    404, to the hub's ``/hub/user/…`` (a stopped server) 503, else (login) `status`."""
+    sshd = urlsplit(websocket_url(server_url)).path  # /user/ada/sshd/
+    target = urlsplit(urljoin(server_url, location)).path if 300 <= status < 400 else None
+    base, _, tail = sshd.rpartition("/user/")
+    return {sshd.rstrip("/"): 404, f"{base}/hub/user/{tail}": 503}.get(target, status)
+
+
+def refusal(status: int, reason: str, server_url: str, token_file: str, location="") -> str:
     """The one line a refused handshake prints: why, and what to do."""
     hub, answer, ws = (
         hub_url(server_url),
         f"HTTP {status} {reason}".strip(),
         websocket_url(server_url),
     )
+    status = redirected_status(status, location, server_url)
     if status == 401 or 300 <= status < 400:
         why = f"the hub did not accept the token ({answer}): make a new one at {hub}hub/token "
         return why + f"and put it in ${TOKEN_ENV} or {token_file}"
@@ -278,9 +288,10 @@ def _handshake(conn, url, token: str, server_url: str, token_file: str) -> bytes
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         raise ProxyError(f"{url.netloc} did not answer in HTTP: {lines[0][:80]!r}")
     status = int(parts[1])
-    if status != 101:
-        raise ProxyError(refusal(status, (parts + [""])[2], server_url, token_file))
     headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    if status != 101:
+        reason, location = (parts + [""])[2], headers.get("location", "")
+        raise ProxyError(refusal(status, reason, server_url, token_file, location))
     expected = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()  # noqa: S324
     if headers.get("upgrade", "").lower() != "websocket" or (
         headers.get("sec-websocket-accept") != expected

@@ -71,6 +71,10 @@ class StatusHandler(web.RequestHandler):
     def get(self, status):
         if status == "302":
             return self.redirect("/hub/login?next=/user/ada/sshd/")
+        if status == "301":  # jupyter_server without an sshd route strips the slash
+            return self.redirect(f"/user/{status}/sshd", status=301)
+        if status == "303":  # the proxy sends a stopped server's URLs to the hub
+            return self.redirect(f"/hub/user/{status}/sshd/", status=303)
         raise web.HTTPError(int(status))
 
 
@@ -218,6 +222,8 @@ async def test_tls_with_a_private_ca(certificate):
 REFUSALS = {
     "401": "did not accept the token",
     "302": "did not accept the token",
+    "301": "no SSH at",
+    "303": "is not running",
     "403": "may not reach",
     "404": "no SSH at",
     "503": "is not running",
