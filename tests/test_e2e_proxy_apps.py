@@ -84,13 +84,17 @@ def test_tensorboard_and_mlflow_answer_their_owner_through_the_hub_and_refuse_ot
     mlflow_url = f"{hub.url}/user/ada/mlflow/"
     seconds = {}
 
-    # JupyterLab's launcher lists both (jupyter-server-proxy's labextension reads this)
+    # JupyterLab's launcher lists both (jupyter-server-proxy's labextension reads this);
+    # the server's sshd (SSH is on by default) is proxied too but is no launcher tile
     info = ada.get(f"{hub.url}/user/ada/server-proxy/servers-info", timeout=30)
     assert info.status_code == 200, info.text
-    assert {
-        app["name"]: (app["launcher_entry"]["enabled"], app["launcher_entry"]["title"])
-        for app in info.json()["server_processes"]
-    } == {"tensorboard": (True, "TensorBoard"), "mlflow": (True, "MLflow")}
+    apps = {app["name"]: app["launcher_entry"] for app in info.json()["server_processes"]}
+    assert {name: entry["enabled"] for name, entry in apps.items()} == {
+        "tensorboard": True,
+        "mlflow": True,
+        "sshd": False,
+    }
+    assert (apps["tensorboard"]["title"], apps["mlflow"]["title"]) == ("TensorBoard", "MLflow")
 
     # what ada writes with the image's defaults, before either app runs
     exec_python(container, LOG_TENSORBOARD_RUN)
