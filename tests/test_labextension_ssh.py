@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -32,21 +33,32 @@ from jupyterlab_gpu_meter.ssh_activity import (  # noqa: E402
     ssh_session_open,
 )
 
+from tests.metering import wait_until  # noqa: E402
 from tests.test_labextension_server import free_port, wait_for_server  # noqa: E402
 
 
 def titled(title: str) -> subprocess.Popen:
-    """A real process whose /proc/<pid>/cmdline starts with `title`, as sshd's do."""
-    process = subprocess.Popen(["bash", "-c", f"exec -a '{title}' sleep 600"])
-    for _ in range(500):  # bash execs at once; a few ms at most
+    """A real process whose /proc/<pid>/cmdline starts with `title`, as sshd's do.
+
+    `title` is the process's argv[0] from its exec on. The kernel lets Popen go on
+    before the new program's arguments are in place, so /proc shows them a moment
+    later (longer on a loaded machine): wait for that, up to 30 s.
+    """
+    process = subprocess.Popen([title, "600"], executable=shutil.which("sleep"))
+
+    def titled_yet():
         try:
-            if Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(title.encode()):
-                return process
+            cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
         except OSError:
-            pass
-        os.sched_yield()
-    process.kill()
-    raise AssertionError(f"no process titled {title!r}")
+            return False
+        return cmdline.split(b"\0")[0] == title.encode()
+
+    try:
+        wait_until(titled_yet, 30, f"a process titled {title!r}")
+    except BaseException:
+        process.kill()
+        raise
+    return process
 
 
 @pytest.fixture

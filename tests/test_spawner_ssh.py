@@ -192,7 +192,8 @@ def assert_ssh(container, value: str) -> None:
 
 
 def assert_no_keys_file(container) -> None:
-    assert inside(container, "test", "-e", "/etc/jupyter-gpu-meter")[0] == 1
+    # the image makes the empty folder /etc/jupyter-gpu-meter/ssh; only the file tells
+    assert inside(container, "test", "-e", "/etc/jupyter-gpu-meter/ssh/authorized_keys")[0] == 1
 
 
 def keys_file(container) -> str:
