@@ -167,7 +167,7 @@ class NodeConfigCommand(Application):
             if inventory_source.simulated:
                 inventory_source.simulated_host = node
             config = node_config(inventory_source.discover(), node)
-        except (MixedModels, TraitError) as e:
+        except (ValueError, TraitError) as e:  # MixedModels, a bad node name
             self.log.critical("%s", e)
             self.exit(2)
         if self.format == "json":
