@@ -113,7 +113,9 @@ def test_simulated_host_gives_each_node_its_own_uuids(monkeypatch):
         for i in range(2)
     ]
     assert not {g.uuid for g in node1} & {g.uuid for g in node2}
-    assert not {g.uuid for g in node1} & {g.uuid for g in parse_simulated("2xNVIDIA H100 80GB HBM3")}
+    assert not {g.uuid for g in node1} & {
+        g.uuid for g in parse_simulated("2xNVIDIA H100 80GB HBM3")
+    }
     # the same node after a restart: the same GPUs
     assert node1 == parse_simulated("2xNVIDIA H100 80GB HBM3", "gpu-node-1")
     assert [(g.index, g.model) for g in node1] == [(i, "NVIDIA H100 80GB HBM3") for i in range(2)]
