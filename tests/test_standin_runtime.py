@@ -219,8 +219,12 @@ def test_a_node_runs_containers_through_the_stand_in(node):
 
     def environment(*env):
         flags = " ".join(f"-e {shlex.quote(e)}" for e in env)
+        # run, wait, then read the log: an attached `docker run` of a container this short
+        # can miss its output
         out = node_exec(
-            node, f"docker run --rm --network none {flags} jgm-standin-cat cat /proc/self/environ"
+            node,
+            f"c=$(docker run -d --network none {flags} jgm-standin-cat cat /proc/self/environ)"
+            ' && docker wait "$c" >/dev/null && docker logs "$c" && docker rm "$c" >/dev/null',
         )
         return dict(entry.split("=", 1) for entry in out.split("\0") if "=" in entry)
 
