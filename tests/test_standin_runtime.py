@@ -18,10 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_gpu_meter.cluster import placement_constraint, task_gpu_uuids
+from jupyter_gpu_meter.gpus import SIMULATED_ENV
+from tests.test_cli import cli
+
 SCRIPT = Path(__file__).parent.parent / "scripts" / "standin" / "nvidia-container-runtime"
 #: a Debian image with docker.io and python3 (scripts/swarm-cluster builds it)
 NODE_BASE = os.environ.get("JGM_NODE_BASE_IMAGE", "jupyter-gpu-meter/swarm-node-base:bookworm")
 PREFIX = "jgm-standin-test"
+H100 = "NVIDIA H100 80GB HBM3"
 # every capability but CAP_SYS_RESOURCE, which this machine kind's bounding set lacks
 # (so --privileged fails: "unable to apply caps")
 NODE_CAPS = (
@@ -162,60 +167,74 @@ def node_exec(node, command, check=True):
     return output
 
 
+def import_cat_image(node):
+    """A tiny image in the node: cat and what it links, from the node's own files."""
+    node_exec(
+        node,
+        "tar -c -h -C / usr/bin/cat lib64/ld-linux-x86-64.so.2 usr/lib/x86_64-linux-gnu/libc.so.6"
+        " | docker import - jgm-standin-cat >/dev/null",
+    )
+
+
 @pytest.fixture
-def node(docker_client):
+def node(docker_client, monkeypatch):
+    """A Docker-in-Docker node configured by ``node-config --format json`` for 2 simulated
+    H100s: their generic resources, the stand-in as the default runtime."""
     import docker
 
     try:
         docker_client.images.get(NODE_BASE)
     except docker.errors.ImageNotFound:
         pytest.skip(f"no node image {NODE_BASE}: scripts/swarm-cluster up builds it")
-    daemon = {
-        "default-runtime": "nvidia",
-        "runtimes": {"nvidia": {"path": "nvidia-container-runtime"}},
-    }
+    name = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(SIMULATED_ENV, f"2x{H100}")
+    config = json.loads(cli("node-config", "--node", name, "--format", "json").stdout)
     start = (
-        f"mkdir -p /etc/docker && printf '%s' {shlex.quote(json.dumps(daemon))} "
-        "> /etc/docker/daemon.json && /standin/nvidia-container-runtime --install /usr/local/bin "
-        "&& exec dockerd --storage-driver vfs --iptables=false --ip-forward=false --bridge=none "
-        ">/var/log/dockerd.log 2>&1"
+        "mkdir -p /etc/docker && printf '%s' "
+        f"{shlex.quote(json.dumps(config['daemon_json']))} > /etc/docker/daemon.json"
+        " && /standin/nvidia-container-runtime --install /usr/local/bin"
+        # images come only from `docker import` here: no registry to ask
+        " && DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 exec dockerd --storage-driver vfs"
+        " --iptables=false --ip-forward=false --bridge=none"
+        " >/var/log/dockerd.log 2>&1"
     )
-    container = docker_client.containers.run(
-        NODE_BASE,
-        ["sh", "-c", start],
-        name=f"{PREFIX}-{uuid.uuid4().hex[:8]}",
-        detach=True,
-        network_mode="none",
-        cap_add=NODE_CAPS,
-        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        tmpfs={"/run": ""},
-        volumes={
-            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-            str(SCRIPT.parent): {"bind": "/standin", "mode": "ro"},
-        },
-    )
+    network = docker_client.networks.create(name)
+    container = None
     try:
+        container = docker_client.containers.run(
+            NODE_BASE,
+            ["sh", "-c", start],
+            name=name,
+            hostname=name,
+            detach=True,
+            network=name,
+            cap_add=NODE_CAPS,
+            security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+            tmpfs={"/run": ""},
+            volumes={
+                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                str(SCRIPT.parent): {"bind": "/standin", "mode": "ro"},
+            },
+        )
         deadline = time.monotonic() + 60
         while node_exec(container, "docker info >/dev/null 2>&1; echo $?", check=False) != "0\n":
             container.reload()
             assert container.status == "running", container.logs().decode()
             assert time.monotonic() < deadline, node_exec(container, "cat /var/log/dockerd.log")
             time.sleep(0.2)
+        container.node_config = config
         yield container
     finally:
-        container.remove(force=True, v=True)
+        if container is not None:
+            container.remove(force=True, v=True)
+        network.remove()
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_node_runs_containers_through_the_stand_in(node):
     assert node_exec(node, "docker info --format '{{.DefaultRuntime}}'").strip() == "nvidia"
-    # a tiny image: cat and what it links, from the node's own files
-    node_exec(
-        node,
-        "tar -c -h -C / usr/bin/cat lib64/ld-linux-x86-64.so.2 usr/lib/x86_64-linux-gnu/libc.so.6"
-        " | docker import - jgm-standin-cat >/dev/null",
-    )
+    import_cat_image(node)
 
     def environment(*env):
         flags = " ".join(f"-e {shlex.quote(e)}" for e in env)
@@ -242,3 +261,41 @@ def test_a_node_runs_containers_through_the_stand_in(node):
         "NVIDIA_VISIBLE_DEVICES=GPU-c",
     ]
     assert all(" create bundle=/" in line for line in log)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_swarm_node_configured_by_node_config_gives_a_task_its_gpus(node):
+    """node-config's daemon.json and label command, a one-node swarm, a service asking for
+    2 GPUs of the model by the label constraint (a model name with spaces): the task's
+    container gets DOCKER_RESOURCE_NVIDIA-GPU = the node's two UUIDs, comma-separated, and
+    the stand-in turns it into NVIDIA_VISIBLE_DEVICES."""
+    uuids = [gpu["uuid"] for gpu in node.node_config["gpus"]]
+    advertised = node_exec(node, "docker info --format '{{json .GenericResources}}'")
+    assert {r["NamedResourceSpec"]["Value"] for r in json.loads(advertised)} == set(uuids)
+    import_cat_image(node)
+    address = node_exec(node, "hostname -i").split()[0]
+    node_exec(node, f"docker swarm init --advertise-addr {address} >/dev/null")
+    node_exec(node, shlex.join(node.node_config["label_command"]))
+    constraint = placement_constraint(H100)
+    node_exec(
+        node,
+        "docker service create -d --no-resolve-image --name gpus --restart-condition none"
+        f" --generic-resource NVIDIA-GPU=2 --constraint {shlex.quote(constraint)}"
+        " jgm-standin-cat cat /proc/self/environ >/dev/null 2>&1",
+    )
+    deadline = time.monotonic() + 90
+    state = ""
+    while not state.startswith("Complete"):
+        assert time.monotonic() < deadline, node_exec(node, "docker service ps --no-trunc gpus")
+        time.sleep(0.2)
+        state = node_exec(node, "docker service ps gpus --format '{{.CurrentState}}'")
+    task = json.loads(node_exec(node, "docker inspect $(docker service ps -q gpus)"))[0]
+    assert task_gpu_uuids(task) == uuids
+    container = task["Status"]["ContainerStatus"]["ContainerID"]
+    env = json.loads(
+        node_exec(node, f"docker inspect --format '{{{{json .Config.Env}}}}' {container}")
+    )
+    assert f"DOCKER_RESOURCE_NVIDIA-GPU={','.join(uuids)}" in env
+    seen = node_exec(node, f"docker logs {container}").split("\0")
+    assert f"NVIDIA_VISIBLE_DEVICES={','.join(uuids)}" in seen
