@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,8 @@ class SwarmCluster:
 
 
 def run_script(*args: str, prefix: str) -> str:
-    env = {**os.environ, "JGM_CLUSTER": prefix}
+    # node-config runs in this venv (the package of this checkout)
+    env = {"JGM_VENV": sys.prefix, **os.environ, "JGM_CLUSTER": prefix}
     env.pop("DOCKER_HOST", None)  # the script drives this host's engine
     done = subprocess.run(
         [str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=1800
