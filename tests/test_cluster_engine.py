@@ -153,8 +153,14 @@ def test_gpus_are_exclusive_and_a_third_h100_task_is_pending(swarm_cluster, serv
     assert "insufficient resources" in pending["Status"]["Err"]
 
 
-def test_a_task_without_gpus_sees_none(swarm_cluster, services):
-    service = services(["sleep", "600"])
+def test_a_task_without_gpus_keeps_its_own_setting(swarm_cluster, services):
+    # As the real runtime: without an assigned GPU the container's own
+    # NVIDIA_VISIBLE_DEVICES stands (the image says "all", like PyTorch's), so a
+    # spawner sets "void" for a server without GPUs; with one, the assigned UUID
+    # wins over the image's "all" (the test above).
+    image_env = swarm_cluster.client().images.get(swarm_cluster.image).attrs["Config"]["Env"]
+    assert "NVIDIA_VISIBLE_DEVICES=all" in image_env
+    service = services(["sleep", "600"], env={"NVIDIA_VISIBLE_DEVICES": "void"})
     task = wait_until(lambda: tasks_in(service, RUNNING), timeout=120, what="a task")[0]
     assert assigned_gpus(task) == []
     env = process_env(swarm_cluster, task)
