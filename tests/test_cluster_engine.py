@@ -6,6 +6,8 @@ turning the assigned GPU into NVIDIA_VISIBLE_DEVICES, and the networking contrac
 at the cluster network's gateway and nothing else)."""
 
 import http.server
+import os
+import subprocess
 import threading
 import urllib.request
 import uuid
@@ -14,6 +16,7 @@ import pytest
 
 import docker
 from jupyter_gpu_meter import gpus as gpus_module
+from tests.cluster import REPO
 from tests.metering import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -266,3 +269,50 @@ def test_env_prints_the_manager_and_the_nodes(swarm_cluster):
     assert env["JGM_CLUSTER_GATEWAY"] == swarm_cluster.gateway
     nodes = dict(item.split("=", 1) for item in env["JGM_CLUSTER_NODES"].split(","))
     assert nodes == {n.name: n.address for n in swarm_cluster.nodes.values()}
+
+
+def script_fails(*args, prefix, env=None):
+    """Run scripts/swarm-cluster expecting it to fail; its exit status and stderr."""
+    from tests.cluster import SCRIPT
+
+    done = subprocess.run(
+        [str(SCRIPT), *args],
+        env={**os.environ, "JGM_CLUSTER": prefix, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0, done.stdout
+    return done.returncode, done.stderr
+
+
+def test_the_script_names_what_is_missing(swarm_cluster):
+    absent = swarm_cluster.unique("absent")
+    assert script_fails("env", prefix=absent) == (
+        1,
+        f"swarm-cluster: ERROR: cluster {absent} is down (scripts/swarm-cluster up)\n",
+    )
+    code, err = script_fails("status", prefix=absent)
+    assert (code, err) == (1, f"swarm-cluster: cluster {absent} is down\n")
+    code, err = script_fails("load", "jgm-test/no-such-image:1", prefix=swarm_cluster.prefix)
+    assert "no image jgm-test/no-such-image:1 on this host" in err
+    code, err = script_fails("frobnicate", prefix=swarm_cluster.prefix)
+    assert code == 2 and "swarm-cluster up" in err
+
+
+def test_a_node_whose_engine_cannot_start_fails_up_with_its_log(swarm_cluster):
+    prefix = swarm_cluster.unique("broken")
+    try:
+        code, err = script_fails(
+            "up", "--no-load", prefix=prefix, env={"JGM_CLUSTER_STORAGE": "no-such-driver"}
+        )
+        assert code == 1
+        assert f"node {prefix}-1 exited while starting" in err
+        assert "no-such-driver" in err  # dockerd's own complaint, from the node's log
+    finally:
+        subprocess.run(
+            [str(REPO / "scripts" / "swarm-cluster"), "down", "--volumes"],
+            env={**os.environ, "JGM_CLUSTER": prefix},
+            capture_output=True,
+            timeout=300,
+        )
