@@ -13,9 +13,13 @@ tests skip, unless ``JGM_REQUIRE_DOCKER=1`` (scripts/test), then they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,9 +72,50 @@ class SwarmCluster:
         """A name for a Docker object a test creates (services are removed by the test)."""
         return f"jgm-test-{what}-{uuid.uuid4().hex[:8]}"
 
+    @contextlib.contextmanager
+    def expose(self, port: int, host: str = "127.0.0.1"):
+        """Make a server of this host that listens on `host`:`port` only (PostgreSQL
+        from scripts/start-postgres listens on 127.0.0.1) reachable from the tasks:
+        yields the (gateway, port) to give them; a TCP relay until the block ends."""
+        relay = _RelayServer((self.gateway, 0), _Relay)
+        relay.target = (host, port)
+        threading.Thread(target=relay.serve_forever, daemon=True).start()
+        try:
+            yield self.gateway, relay.server_address[1]
+        finally:
+            relay.shutdown()
+            relay.server_close()
+
     def close(self):
         for client in self._clients.values():
             client.close()
+
+
+class _RelayServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    target: tuple[str, int]
+
+
+class _Relay(socketserver.BaseRequestHandler):
+    def handle(self):
+        with socket.create_connection(self.server.target, timeout=10) as upstream:
+            upstream.settimeout(None)
+            back = threading.Thread(target=_pump, args=(upstream, self.request), daemon=True)
+            back.start()
+            _pump(self.request, upstream)
+            back.join()
+
+
+def _pump(source, sink):
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 def run_script(*args: str, prefix: str) -> str:

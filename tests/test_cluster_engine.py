@@ -253,6 +253,26 @@ def test_networking_contract_both_ways_on_every_node(swarm_cluster, services):
         server.server_close()
 
 
+def test_a_server_on_localhost_is_exposed_to_tasks(swarm_cluster, services):
+    # e.g. PostgreSQL of scripts/start-postgres (127.0.0.1 only) for the agents
+    seen = []
+    handler = type("Recorder", (_Recorder,), {"seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with swarm_cluster.expose(server.server_address[1]) as (address, port):
+            fetch = f"import urllib.request; urllib.request.urlopen('http://{address}:{port}/x')"
+            services(
+                ["python3", "-c", fetch],
+                constraints=[f"node.hostname=={swarm_cluster.prefix}-3"],
+                restart_policy=docker.types.RestartPolicy(condition="none"),
+            )
+            wait_until(lambda: seen == ["/x"], timeout=60, what="the task's request")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _get(url):
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
