@@ -319,10 +319,7 @@ def test_agents_as_processes_killed_and_restarted(postgres_url, containers):
         # the hub's sweep, at the time the test chooses: 2 intervals (1 s) after the last
         assert ledger.sweep_lost_nodes(last + timedelta(seconds=1)) == {}
         swept = ledger.sweep_lost_nodes(last + timedelta(seconds=1.001))
-        assert swept == {"node-a": sorted(swept["node-a"])} and set(swept["node-a"]) == {
-            a1.id,
-            a2.id,
-        }
+        assert swept == {"node-a": sorted([a1.id, a2.id])}
         assert ledger.get_session(b.id).running
         a2.stop(timeout=0)
 

@@ -227,8 +227,10 @@ class NodeStore:
         return closed
 
     def _open_of(self, node: str) -> list[str]:
-        statement = select(_sessions.c.container_id).where(
-            _sessions.c.node == node, _sessions.c.ended_at.is_(None)
+        statement = (
+            select(_sessions.c.container_id)
+            .where(_sessions.c.node == node, _sessions.c.ended_at.is_(None))
+            .order_by(_sessions.c.container_id)
         )
         with self.db.read() as connection:
             return list(connection.execute(statement).scalars())
@@ -237,8 +239,10 @@ class NodeStore:
         """End one open session of a lost node at its last heartbeat, if still lost."""
         with self.db.write() as connection:
             # the node's heartbeat may have come since the sweep read it: then it is back
+            # locked (PostgreSQL) until the session is closed: a heartbeat waits, then
+            # the agent's reconcile reopens what survived
             still_lost = connection.execute(
-                select(_nodes.c.lost_at).where(_nodes.c.name == node)
+                select(_nodes.c.lost_at).where(_nodes.c.name == node).with_for_update()
             ).scalar_one_or_none()
             if still_lost is None:
                 return False

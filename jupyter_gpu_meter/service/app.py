@@ -29,13 +29,11 @@ server, and ``api/health`` and /metrics count it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import secrets
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 
 from jupyterhub.traitlets import Callable
 from traitlets import Float, Unicode, default
@@ -62,7 +60,7 @@ from .web import listen
 from .writes import queue_decision, queue_rollups, queue_session_writes, refused_openings
 
 
-class MeterService(Application, nodes.ClusterSettings):
+class MeterService(Application, nodes.ClusterSettings, storage_pass.MeasuresStorage):
     """Records every notebook session's runtime, GPUs, utilization and price in the ledger."""
 
     name = "jupyter-gpu-meter"
@@ -325,7 +323,7 @@ class MeterService(Application, nodes.ClusterSettings):
 
     async def _flush(self):
         queue_rollups(self.buffer, self.ledger, self.log, self.aggregator, self.state.running)
-        if self.state.running:
+        if self.state.running and not self.cluster:  # (cluster: the agents saw them)
             # "seen running at": the end of a session whose end Docker forgot
             # (engine restarted, container gone) is known to within one flush
             self.buffer.add(self.ledger.touch_sessions, list(self.state.running), self.clock())
@@ -359,34 +357,6 @@ class MeterService(Application, nodes.ClusterSettings):
         self.aggregator.add(tick, self.state.gpu_owners(), self.state.running.keys())
         self.runner.observe(tick)
         await self.runner.check_isolation(tick)
-
-    def storage_pass(self, now: datetime) -> storage_pass.StoragePass:
-        """Measure this hub's homes and snapshots and record their periods up to `now`.
-
-        Blocking (Docker and the ledger): the loop runs it in the storage
-        thread; tests call it with the time they choose.
-        """
-        return storage_pass.storage_pass(
-            self.docker_api,
-            self.ledger,
-            self.pricing,
-            hub_id=self.hub_id,
-            helper_image=self.home_volumes.helper_image,
-            interval_s=self.storage_interval,
-            now=now,
-            log=self.log,
-        )
-
-    async def _measure_storage(self):
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.storage_executor, self.storage_pass, self.clock()
-        )
-        self.oversized = storage_pass.report(
-            result,
-            log=self.log,
-            size_warning=self.home_volumes.size_warning,
-            oversized=self.oversized,
-        )
 
     async def _check_policies(self):
         """One policy check; then ``api/health`` tells when it began (the meter's clock)."""
@@ -446,15 +416,11 @@ class MeterService(Application, nodes.ClusterSettings):
 
     async def _loops(self) -> list:
         """The loops to run (coroutines): metering this engine, or (cluster) the ledger's."""
-        policies = self._every(
-            self.policies.interval, self._check_policies, "Policies", first=False
-        )
+        check = self._every(self.policies.interval, self._check_policies, "Policies", first=False)
         if self.cluster:
-            self.log.info("Cluster mode: the nodes' agents meter; this meter reads the ledger")
-            sweep = functools.partial(nodes.follow_the_ledger, self)
-            return [self._every(self.node_sweep_interval, sweep, "Node sweep"), policies]
+            return [nodes.sweep_loop(self), check]
         storage = self._every(self.storage_interval, self._measure_storage, "Storage measurement")
-        return [*await self._metering_loops(), policies, storage]
+        return [*await self._metering_loops(), check, storage]
 
     async def _metering_loops(self) -> list:
         """Docker events, reconcile, GPU sampling, ledger flush: what meters this engine."""

@@ -19,10 +19,14 @@ agents' heartbeats.
 
 from __future__ import annotations
 
+import functools
+
 from traitlets import Bool, Float, HasTraits
 
 from ..gpus import GPU, Inventory
+from ..ledger import LOST_AFTER_HEARTBEATS
 from ..sessions import ManagedContainer
+from .loops import every
 
 
 class ClusterSettings(HasTraits):
@@ -76,6 +80,17 @@ class LedgerInventory:
         return Inventory(gpus, source="cluster")
 
 
+def sweep_loop(meter):
+    """The hub's loop in cluster mode: :func:`follow_the_ledger` every ``node_sweep_interval``."""
+    meter.log.info("Cluster mode: the nodes' agents meter; this meter reads the ledger")
+    return every(
+        meter.node_sweep_interval,
+        functools.partial(follow_the_ledger, meter),
+        "Node sweep",
+        meter.log,
+    )
+
+
 async def follow_the_ledger(meter) -> None:
     """One node sweep, then the running servers from the ledger (cluster mode).
 
@@ -89,7 +104,7 @@ async def follow_the_ledger(meter) -> None:
             "Node %s lost (no heartbeat for %s heartbeat intervals): %d session(s) ended "
             "'node lost' at its last heartbeat",
             node,
-            2,
+            LOST_AFTER_HEARTBEATS,
             len(container_ids),
         )
     sessions = await meter._in_ledger_thread(meter.ledger.open_sessions)
