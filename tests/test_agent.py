@@ -275,6 +275,21 @@ def test_an_agents_node_defaults_to_dockers_name(docker_client, tmp_path):
         agent.ledger_executor.shutdown()
 
 
+def test_the_agent_command_without_a_hub_id_says_what_to_give(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_GPU_METER_HUB_ID"}
+    result = subprocess.run(
+        [sys.executable, "-m", "jupyter_gpu_meter.cli", "agent", "--node=n1"]
+        + [f"--db-url=sqlite:///{tmp_path / 'l.sqlite'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "needs the hub's id: give --hub-id=<id> or $JUPYTER_GPU_METER_HUB_ID" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("node", ["n" * 101, "a,b", " a"])
 def test_a_node_name_the_ledger_cannot_hold_is_refused(node):
     with pytest.raises(AgentConfigError, match="at most 100 characters, no commas"):

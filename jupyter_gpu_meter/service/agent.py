@@ -89,6 +89,13 @@ class MeterAgent(MeterService):
         """,
     ).tag(config=True)
 
+    def start(self):
+        try:
+            asyncio.run(self.start_async())
+        except AgentConfigError as e:
+            self.log.critical("%s", e)
+            self.exit(1)
+
     # --- set up ------------------------------------------------------------------
 
     def _setup(self, *, docker_api=None, hub_api=None):
