@@ -34,6 +34,7 @@ from jupyter_gpu_meter.service.gpus import gpu_rows
 from jupyter_gpu_meter.service.reader import LiveState
 from tests.hub import IMAGE
 from tests.metering import wait_until
+from tests.test_ledger import UNREACHABLE_POSTGRES
 from tests.test_meter_state import FakeHub
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -64,12 +65,12 @@ def containers(docker_client):
     prefix = f"jgm-agent-{secrets.token_hex(4)}"
     made = []
 
-    def start(hub, user="ada", uuids=("GPU-x",)):
+    def start(hub, user="ada", uuids=("GPU-x",), priced_for=None):
         found = container_labels(
             user=user, server="", gpu_uuids=(), gpu_model=H100, profile="gpu", hub_id=hub
         )
         found[labels.GPU_COUNT] = str(len(uuids))
-        found.update(PRICING.snapshot(H100, len(uuids)).to_labels())
+        found.update(PRICING.snapshot(H100, priced_for or len(uuids)).to_labels())
         container = docker_client.containers.run(
             IMAGE,
             ["sleep", "600"],
@@ -242,6 +243,46 @@ async def test_a_lost_node_ends_its_sessions_at_its_last_heartbeat_and_reconcile
     rows = gpu_rows(None, inventory, hub.state.running, viewer="admin", sees_everyone=True)
     assert [row["allocated"] for row in rows] == [False, False]  # x is no simulated GPU
     assert LiveState(hub.state).running()[survives.id].node == "node-a"
+
+
+async def test_a_failed_heartbeat_is_logged_and_tried_on_the_next_period(docker_client, capsys):
+    config = Config({"HubIdentity": {"hub_id": "h"}})
+    agent = MeterAgent(db_url=UNREACHABLE_POSTGRES, config=config, node="n1")
+    agent._setup(docker_api=docker_client.api)
+    try:
+        await agent._heartbeat()  # raises nothing: the loop keeps its period
+        assert "Heartbeat failed (OperationalError), retrying in 15.0s" in capsys.readouterr().err
+    finally:
+        agent.ledger_executor.shutdown()
+
+
+class BrokenInventory:
+    """A GPU inventory that fails (a driver that answers nothing sensible)."""
+
+    def discover(self):
+        raise RuntimeError("NVML: unknown error")
+
+
+async def test_gpus_an_agent_cannot_list_are_reported_as_none(make_meters, capsys):
+    make_agent, _ = make_meters
+    agent = make_agent("node-a", "h", Clock())
+    agent.inventory_source = BrokenInventory()
+    assert agent._discover_gpus() == []
+    logged = capsys.readouterr().err
+    assert "GPU inventory failed (NVML: unknown error): heartbeats report no GPUs" in logged
+
+
+async def test_a_session_the_ledger_refuses_is_logged_as_unbilled(make_meters, containers, capsys):
+    make_agent, _ = make_meters
+    hub_id = f"jgm-agent-{secrets.token_hex(3)}"
+    agent = make_agent("node-a", hub_id, Clock())
+    wrong = containers(hub_id, "ada", uuids=("GPU-x",), priced_for=2)  # 1 GPU, priced for 2
+    await start_agent(agent)
+    assert agent.ledger.get_session(wrong.id) is None
+    logged = capsys.readouterr().err
+    assert f"container {wrong.id[:12]}) on node node-a: ValueError" in logged
+    assert "It runs unbilled: the agent cannot stop servers (no hub API)" in logged
+    assert agent.state.session_open_failures == 1 and wrong.id in agent.state.unbilled
 
 
 async def test_the_hub_in_cluster_mode_watches_no_docker(make_meters):
