@@ -10,7 +10,7 @@ from traitlets.utils.importstring import import_item
 from jupyter_gpu_meter.service.app import MeterService
 from tests.test_cli import cli
 
-COMMANDS = ["report", "upgrade-db", "budget", "homes", "snapshots", "node-config"]
+COMMANDS = ["report", "upgrade-db", "budget", "homes", "snapshots", "node-config", "agent"]
 
 
 def test_the_service_alone_declares_its_commands_without_importing_them():
@@ -31,6 +31,7 @@ def test_the_service_alone_declares_its_commands_without_importing_them():
             "homes": "jupyter_gpu_meter.cli.homes.HomesCommand",
             "snapshots": "jupyter_gpu_meter.cli.homes.SnapshotsCommand",
             "node-config": "jupyter_gpu_meter.cli.node_config.NodeConfigCommand",
+            "agent": "jupyter_gpu_meter.service.agent.MeterAgent",
         },
         "imported": [],
     }
@@ -65,6 +66,7 @@ def test_every_command_is_a_command_and_its_help_is_its_docstring():
         "snapshots restore",
         "snapshots delete",
         "node-config",
+        "agent",
     ]
     for path, cls, help in commands:
         assert issubclass(cls, Application), path
@@ -92,6 +94,9 @@ node-config
     Print a Swarm node's configuration from its GPUs (NVML, or the simulated ones):
     the daemon.json keys (GPUs as generic resources, the NVIDIA runtime), the
     runtime's swarm-resource line and the node-label command for a manager.
+agent
+    The meter of one GPU server in a cluster: its Docker events, GPUs and
+    heartbeats into the shared ledger, tagged with the node.
 
 Options
 """
