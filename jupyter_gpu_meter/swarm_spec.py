@@ -231,13 +231,16 @@ class TaskOutcome:
 
 
 def assigned_gpus(task: Mapping) -> tuple[str, ...]:
-    """The GPU UUIDs Swarm assigned a task (its ``AssignedGenericResources``)."""
+    """The GPU UUIDs Swarm assigned a task: Docker 20.10 says ``GenericResources``,
+    the Engine API's documentation ``AssignedGenericResources``; both are read."""
     found = []
-    for resource in task.get("AssignedGenericResources") or []:
+    resources = [*(task.get("GenericResources") or [])]
+    resources += task.get("AssignedGenericResources") or []
+    for resource in resources:
         for spec in resource.values():
             if isinstance(spec, Mapping) and spec.get("Kind") == GPU_KIND:
                 found.append(str(spec.get("Value", "")))
-    return tuple(uuid for uuid in found if uuid)
+    return tuple(dict.fromkeys(uuid for uuid in found if uuid))
 
 
 def task_outcome(task: Mapping) -> TaskOutcome:

@@ -313,7 +313,7 @@ def task(state, node="", gpus=(), err=""):
     return {
         "NodeID": node,
         "Status": {"State": state, "Err": err, "Message": state},
-        "AssignedGenericResources": [
+        "GenericResources": [  # where Docker 20.10 puts a task's assigned GPUs
             {"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": uuid}} for uuid in gpus
         ],
     }
