@@ -19,6 +19,7 @@ from traitlets import Dict, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 SIMULATED_ENV = "JUPYTER_GPU_METER_SIMULATED_GPUS"
+SIMULATED_HOST_ENV = "JUPYTER_GPU_METER_SIMULATED_HOST"
 SIMULATED_DEFAULT_MODEL = "Simulated GPU"
 _SIMULATED_NAMESPACE = uuidlib.UUID("6f1c1a52-3b8e-4c33-9d0b-8d1f5f0a2e11")
 
@@ -66,13 +67,21 @@ def _memory_from_name(model: str) -> int:
     return int(match.group(1) if match else 16) * 1024**3
 
 
-def parse_simulated(spec: str) -> tuple[GPU, ...]:
+def simulated_uuid(index: int, model: str, host: str = "") -> str:
+    """The UUID of simulated GPU `index` of `model` on `host` ("" on a one-host setup)."""
+    name = f"{host}/{index}:{model}" if host else f"{index}:{model}"
+    return "GPU-" + str(uuidlib.uuid5(_SIMULATED_NAMESPACE, name))
+
+
+def parse_simulated(spec: str, host: str = "") -> tuple[GPU, ...]:
     """GPUs from a simulated-GPU spec.
 
     The spec is a comma-separated list of groups; each group is a count
     (``4``), a count and a model (``2xNVIDIA H100 80GB HBM3``) or a model
-    (one GPU). UUIDs are derived from position and model, so the same spec
-    gives the same UUIDs after a restart.
+    (one GPU). UUIDs are derived from host, position and model, so the same
+    spec gives the same UUIDs after a restart, and two hosts (cluster nodes)
+    with the same spec have different GPUs. ``host=""`` gives the UUIDs of
+    a one-host setup.
     """
     gpus = []
     for group in spec.split(","):
@@ -91,7 +100,7 @@ def parse_simulated(spec: str) -> tuple[GPU, ...]:
             raise ValueError(_simulated_help(spec))
         for _ in range(count):
             index = len(gpus)
-            uuid = "GPU-" + str(uuidlib.uuid5(_SIMULATED_NAMESPACE, f"{index}:{model}"))
+            uuid = simulated_uuid(index, model, host)
             gpus.append(GPU(uuid, index, model, _memory_from_name(model)))
     return tuple(gpus)
 
@@ -167,6 +176,33 @@ class GPUInventory(LoggingConfigurable):
         parse_simulated(proposal.value)  # raises ValueError with the accepted forms
         return proposal.value
 
+    simulated_host = Unicode(
+        "",
+        help=f"""
+        The node the simulated GPUs belong to, for a cluster of simulated
+        nodes (tests, demo): each node's GPUs get UUIDs of their own, derived
+        from this name, e.g. ``"gpu-node-1"``. Set it to the node's Docker
+        engine name (``docker info --format '{{{{.Name}}}}'``), the name the
+        node advertises its ``NVIDIA-GPU`` resources under. Empty (one host):
+        the UUIDs do not depend on the host, as before.
+        Defaults to the environment variable ``{SIMULATED_HOST_ENV}``.
+        """,
+    ).tag(config=True)
+
+    @default("simulated_host")
+    def _simulated_host_from_env(self):
+        return os.environ.get(SIMULATED_HOST_ENV, "")
+
+    @validate("simulated_host")
+    def _check_simulated_host(self, proposal):
+        host = proposal.value
+        if host != host.strip() or any(c in host for c in "/=,\n"):
+            raise ValueError(
+                f"simulated_host {host!r}: use a node name without spaces at either end "
+                "and without '/', '=', ',' or newlines (e.g. 'gpu-node-1')"
+            )
+        return host
+
     static = List(
         Dict(),
         help="""
@@ -197,7 +233,8 @@ class GPUInventory(LoggingConfigurable):
     def discover(self) -> Inventory:
         """The current inventory. Blocking (NVML): call it off the event loop."""
         if self.simulated:
-            return Inventory(parse_simulated(self.simulated), source="simulated")
+            gpus = parse_simulated(self.simulated, self.simulated_host)
+            return Inventory(gpus, source="simulated")
         if self.static:
             gpus = tuple(
                 GPU(

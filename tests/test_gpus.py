@@ -1,10 +1,18 @@
 """GPU inventory from simulated and static settings, and the CUDA/driver check."""
 
+import uuid
+
 import pytest
 from traitlets.config import Config
 
 from jupyter_gpu_meter import GPUInventory
-from jupyter_gpu_meter.gpus import SIMULATED_ENV, cuda_driver_problem, parse_simulated
+from jupyter_gpu_meter.gpus import (
+    _SIMULATED_NAMESPACE,
+    SIMULATED_ENV,
+    SIMULATED_HOST_ENV,
+    cuda_driver_problem,
+    parse_simulated,
+)
 
 
 def test_simulated_count_and_models():
@@ -81,3 +89,39 @@ def test_cuda_driver_check(cuda, driver, needed):
     else:
         assert f"CUDA {cuda}, which needs an NVIDIA driver >= {needed}" in problem
         assert f"this host has {driver}" in problem
+
+
+def test_no_simulated_host_keeps_the_one_host_uuids(monkeypatch):
+    """One-host mode unchanged: these UUIDs are in existing ledgers and on running containers."""
+    monkeypatch.delenv(SIMULATED_HOST_ENV, raising=False)
+    inventory = GPUInventory(simulated="2xNVIDIA H100 80GB HBM3").discover()
+    # the UUIDs this spec had before simulated_host existed
+    assert [g.uuid for g in inventory.gpus] == [
+        "GPU-97af6e22-5401-5f0d-9ccb-4a36927eb650",
+        "GPU-075129b1-6825-512c-bda8-aa8cfcf16c8a",
+    ]
+    assert inventory.gpus == parse_simulated("2xNVIDIA H100 80GB HBM3")
+
+
+def test_simulated_host_gives_each_node_its_own_uuids(monkeypatch):
+    monkeypatch.setenv(SIMULATED_HOST_ENV, "gpu-node-1")
+    node1 = GPUInventory(simulated="2xNVIDIA H100 80GB HBM3").discover().gpus
+    node2 = GPUInventory(simulated="2xNVIDIA H100 80GB HBM3", simulated_host="gpu-node-2")
+    node2 = node2.discover().gpus
+    assert [g.uuid for g in node1] == [
+        "GPU-" + str(uuid.uuid5(_SIMULATED_NAMESPACE, f"gpu-node-1/{i}:NVIDIA H100 80GB HBM3"))
+        for i in range(2)
+    ]
+    assert not {g.uuid for g in node1} & {g.uuid for g in node2}
+    assert not {g.uuid for g in node1} & {
+        g.uuid for g in parse_simulated("2xNVIDIA H100 80GB HBM3")
+    }
+    # the same node after a restart: the same GPUs
+    assert node1 == parse_simulated("2xNVIDIA H100 80GB HBM3", "gpu-node-1")
+    assert [(g.index, g.model) for g in node1] == [(i, "NVIDIA H100 80GB HBM3") for i in range(2)]
+
+
+@pytest.mark.parametrize("bad", [" node", "node ", "a/b", "a=b", "a,b", "a\nb"])
+def test_bad_simulated_host_says_what_is_allowed(bad):
+    with pytest.raises(ValueError, match="use a node name without spaces at either end"):
+        GPUInventory(simulated_host=bad)

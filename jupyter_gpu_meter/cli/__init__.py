@@ -6,10 +6,11 @@ jupyter-gpu-meter upgrade-db [--db-url URL]
 jupyter-gpu-meter budget set|grant|remove|show|history ...
 jupyter-gpu-meter homes list|remove ...
 jupyter-gpu-meter snapshots list|take|restore|delete ...
+jupyter-gpu-meter node-config [--node NAME] [--format text|json]
 
 :class:`~jupyter_gpu_meter.service.app.MeterService` declares the
 subcommands by the import names of their classes (one module each here:
-:mod:`.report`, :mod:`.db`, :mod:`.budget`, :mod:`.homes`), so a command's
+:mod:`.report`, :mod:`.db`, :mod:`.budget`, :mod:`.homes`, :mod:`.node_config`), so a command's
 module is imported only when that command runs.
 """
 

@@ -96,6 +96,12 @@ class MeterService(Application):
             "jupyter_gpu_meter.cli.homes.SnapshotsCommand",
             "Snapshots of users' homes: list, take, restore, delete.",
         ),
+        "node-config": (
+            "jupyter_gpu_meter.cli.node_config.NodeConfigCommand",
+            "Print a Swarm node's configuration from its GPUs (NVML, or the simulated ones):\n"
+            "the daemon.json keys (GPUs as generic resources, the NVIDIA runtime), the\n"
+            "runtime's swarm-resource line and the node-label command for a manager.",
+        ),
     }
 
     config_file = Unicode(
