@@ -21,11 +21,12 @@ task's node and GPUs are logged and kept in the spawner's state.
 from __future__ import annotations
 
 import asyncio
+from typing import ClassVar
 from urllib.parse import urlparse
 
 import docker.errors
 from dockerspawner import DockerSpawner, SwarmSpawner
-from traitlets import Float, Int, Unicode, default
+from traitlets import Bool, Float, Unicode, default, validate
 
 from . import cluster, labels
 from .allocation import too_many_message
@@ -41,6 +42,7 @@ from .swarm_spec import (
     enforce_service_kwargs,
     model_limits,
     place,
+    published_port,
     task_outcome,
 )
 
@@ -68,14 +70,39 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         """,
     ).tag(config=True)
 
-    port = Int(
-        8888,
+    publish_mode = Unicode(
+        "host",
         help="""
-        The notebook's port inside its container, published on the nodes
-        (Swarm's routing mesh picks the published port); the hub connects to the
-        task's node at its address (``docker node inspect``: ``Status.Addr``).
+        How the notebook's port reaches the hub: ``"host"`` (the default) publishes
+        it on the task's node only, at a port Docker picks, and the hub connects to
+        that node's address; ``"ingress"`` publishes it through Swarm's routing mesh
+        on every node (every notebook then shares the ingress network).
         """,
     ).tag(config=True)
+
+    pull_on_nodes = Bool(
+        True,
+        help="""
+        Whether a node asks the image's registry for it before each start (Docker's
+        way, right where nodes pull from a registry). ``False`` for images loaded
+        onto every node (``docker load``, no registry): the service names the
+        image by its ID on the manager, and a node starts it at once instead of
+        waiting for a registry it cannot reach (about 20 s).
+        """,
+    ).tag(config=True)
+
+    @validate("publish_mode")
+    def _check_publish_mode(self, proposal):
+        if proposal.value not in ("host", "ingress"):
+            raise ValueError(
+                f"publish_mode: {proposal.value!r}; allowed: 'host' (the default) or 'ingress'"
+            )
+        return proposal.value
+
+    #: manager URL -> "user/server" -> (model, count) of this process's starts whose task
+    #: Swarm has not placed yet: concurrent starts count them, so they do not all ask for
+    #: the same last GPUs (and wait out pending_timeout) while other nodes have room
+    _placing: ClassVar[dict[str, dict[str, tuple[str, int]]]] = {}
 
     #: the node the current (or last) run's task runs on (its hostname), "" before
     node = Unicode("")
@@ -122,7 +149,7 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
     async def read_cluster(self) -> tuple[list, set[str]]:
         """The schedulable nodes' GPUs and the UUIDs running tasks hold, from the manager."""
         nodes = await self.docker("nodes")
-        tasks = await self.docker("tasks", filters={"desired-state": "running"})
+        tasks = await self.docker("tasks")  # a task shutting down holds its GPUs until stopped
         return cluster.cluster_gpus(nodes), cluster.assigned_uuids(tasks)
 
     async def discover_gpus(self) -> Inventory:
@@ -157,29 +184,54 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         gpus, assigned = await self.read_cluster()
         self._offered_templates = await self.available_templates()
         choice = self.choose(gpus, assigned, self._offered_templates)
-        await self._restore_home(choice.snapshot)  # homes are off: a snapshot is refused
-        if choice.gpus and self.max_gpus_per_user is not None:
-            mine = await self._users_other_gpus()
-            if mine + choice.gpus > self.max_gpus_per_user:
-                raise spawn_error(400, too_many_message(mine, choice.gpus, self.max_gpus_per_user))
-        await self._check_budget(await budget)
-        self._ulimits = dict(self.ulimits)
-        self._check_hub_reachable()
-        # DockerSpawner's start: a leftover service removed, ours created, its task awaited
-        return await DockerSpawner.start(self)
+        try:
+            await self._restore_home(choice.snapshot)  # homes are off: a snapshot is refused
+            if choice.gpus and self.max_gpus_per_user is not None:
+                mine = await self._users_other_gpus()
+                if mine + choice.gpus > self.max_gpus_per_user:
+                    raise spawn_error(
+                        400, too_many_message(mine, choice.gpus, self.max_gpus_per_user)
+                    )
+            await self._check_budget(await budget)
+            self._ulimits = dict(self.ulimits)
+            self._image_ref = self.image if self.pull_on_nodes else await self._image_id()
+            self._check_hub_reachable()
+            # DockerSpawner's start: a leftover service removed, ours created, its task awaited
+            return await DockerSpawner.start(self)
+        finally:
+            self._placed()
 
     def choose(self, gpus: list, assigned: set[str], templates=()) -> Choice:
         """Resolve and apply the user's choice against the cluster's `gpus` (``ClusterGPU``)
         and the `assigned` UUIDs: a 400 that lists what is allowed, or a 503 counted across
         the cluster when no node has room now. Sets the model Swarm is asked for."""
         choice = self.apply_choice(self.resolve_for_models(model_limits(gpus), templates))
+        placing = self._placing.setdefault(str(self.client.base_url), {})
+        placing.pop(self._owner, None)
         try:
-            model = place(gpus, assigned, choice.gpus, choice.gpu_model)
+            model = place(gpus, assigned, choice.gpus, choice.gpu_model, placing.values())
         except ClusterFull as e:
             raise spawn_error(503, str(e)) from None
         self.gpu_uuids, self.gpu_model, self.node, self.node_address = [], model or "", "", ""
         self._requested_gpus = choice.gpus
+        if model:  # held for this start until Swarm has placed its task (or it failed)
+            placing[self._owner] = (model, choice.gpus)
         return choice
+
+    def _placed(self):
+        """This start's task is placed, or the start failed: its reservation ends."""
+        self._placing.get(str(self.client.base_url), {}).pop(self._owner, None)
+
+    async def _image_id(self) -> str:
+        """The ID of :attr:`image` on the manager, which nodes find without a registry."""
+        try:
+            return (await self.docker("inspect_image", self.image))["Id"]
+        except docker.errors.ImageNotFound:
+            raise spawn_error(
+                500,
+                f"image {self.image} is not on the Swarm manager; with "
+                "c.GPUSwarmSpawner.pull_on_nodes = False, load it onto every node first",
+            ) from None
 
     def _check_hub_reachable(self):
         api_url = self.hub_connect_url or self.hub.api_url
@@ -218,8 +270,14 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
     def service_kwargs(self, create_kwargs) -> dict:
         """SwarmSpawner's ``create_service`` kwargs with this run's GPUs, labels and
         hardening enforced (:func:`~jupyter_gpu_meter.swarm_spec.enforce_service_kwargs`)."""
+        request = dict(create_kwargs)
+        image = getattr(self, "_image_ref", "") or self.image
+        request["task_template"] = {
+            **request["task_template"],
+            "ContainerSpec": {**request["task_template"]["ContainerSpec"], "Image": image},
+        }
         return enforce_service_kwargs(
-            create_kwargs,
+            request,
             gpu_count=self._requested_gpus,
             gpu_model=self.gpu_model,
             container_labels={
@@ -254,6 +312,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         while True:
             task = await self.get_task()
             outcome = task_outcome(task) if task else TaskOutcome("failed", message="no task")
+            if outcome.node_id:
+                self._placed()  # its GPUs now count as the task's (cluster.assigned_uuids)
             if outcome.state == "running":
                 return await self._record_placement(outcome)
             if outcome.state == "failed":
@@ -268,7 +328,9 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
     async def _no_room_message(self, outcome: TaskOutcome) -> str:
         gpus, assigned = await self.read_cluster()
         try:
-            place(gpus, assigned, self._requested_gpus, self.gpu_model or None)
+            others = self._placing.get(str(self.client.base_url), {})
+            reserved = [held for owner, held in others.items() if owner != self._owner]
+            place(gpus, assigned, self._requested_gpus, self.gpu_model or None, reserved)
         except ClusterFull as e:
             return str(e)
         # room now (a GPU freed meanwhile): say what Swarm said while the task waited
@@ -303,11 +365,11 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
 
     async def get_ip_and_port(self):
         """The task's node's address and the port published for the notebook."""
-        service = await self.get_object()
-        for port in (service or {}).get("Endpoint", {}).get("Ports") or []:
-            if port.get("TargetPort") == self.port and port.get("PublishedPort"):
-                return self.node_address, int(port["PublishedPort"])
-        raise spawn_error(500, f"service {self.object_name} publishes no port for {self.port}")
+        task, service = await self.get_task(), await self.get_object()
+        port = published_port(task or {}, service or {}, self.port)
+        if port is not None:
+            return self.node_address, port
+        raise RuntimeError(f"service {self.object_name} publishes no port for {self.port}")
 
     def get_state(self):
         state = super().get_state()

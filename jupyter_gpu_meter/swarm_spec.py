@@ -27,12 +27,6 @@ from .container import (
     refuse_writable,
 )
 
-#: the Swarm generic resource kind of a GPU: one per GPU, its value the GPU's UUID
-GPU_KIND = "NVIDIA-GPU"
-#: what Docker sets in a task's container: its assigned GPUs, comma-separated
-RESOURCE_ENV = "DOCKER_RESOURCE_" + GPU_KIND
-#: the node label naming a node's GPU model (one model per node)
-NODE_MODEL_LABEL = labels.PREFIX + "gpu-model"
 #: the container label saying how many GPUs the server asked for (= labels.GPU_COUNT)
 GPU_COUNT = labels.PREFIX + "gpu-count"
 #: where a notebook's shared memory is: a tmpfs of ``shm_size`` (services have no ShmSize)
@@ -45,10 +39,6 @@ FAILED_STATES = ("complete", "failed", "shutdown", "rejected", "orphaned", "remo
 
 class ClusterFull(Exception):
     """No node can take the request now; the message counts GPUs across the cluster."""
-
-
-def nodes_text(count: int) -> str:
-    return f"{count} node" + ("" if count == 1 else "s")
 
 
 def model_limits(gpus: Iterable) -> dict[str, int]:
@@ -64,55 +54,66 @@ def model_limits(gpus: Iterable) -> dict[str, int]:
     return {model: max(counts.values()) for model, counts in per_node.items()}
 
 
-def place(gpus: Sequence, assigned: Iterable[str], count: int, model: str | None) -> str | None:
+def free_after_reservations(
+    gpus: Sequence, assigned: Iterable[str], model: str, reserved: Iterable[tuple[str, int]] = ()
+) -> dict[str, int]:
+    """Node -> free GPUs of `model`, less the `reserved` (model, count) of starts whose
+    task Swarm has not placed yet, each taken from the node with the most free."""
+    free = cluster.free_on_nodes(gpus, assigned, model)
+    for reserved_model, count in reserved:
+        if reserved_model != model or not free:
+            continue
+        node = max(free, key=lambda name: free[name])
+        free[node] = max(0, free[node] - count)
+    return free
+
+
+def place(
+    gpus: Sequence,
+    assigned: Iterable[str],
+    count: int,
+    model: str | None,
+    reserved: Iterable[tuple[str, int]] = (),
+) -> str | None:
     """The GPU model a request of `count` GPUs (of `model`, any when None) gets, or
     :class:`ClusterFull`.
 
     A request fits where one node has `count` GPUs of the model that no running
-    task holds (`assigned`: UUIDs). Without a model the first model (in the
-    order of `gpus`) that fits is taken, so the service can say which one and
-    carry its price. None for a CPU-only request. The message is the one-host
-    message counted across the cluster, e.g. ``no free NVIDIA H100 80GB HBM3:
-    0 of 4 free on 2 nodes``.
+    task holds (`assigned`: UUIDs) and no start in flight has `reserved` (a list of
+    (model, count)). Without a model the first model (in the order of `gpus`)
+    that fits is taken, so the service can say which one and carry its price.
+    None for a CPU-only request. The refusal is the one-host message counted
+    across the cluster (:func:`jupyter_gpu_meter.cluster.no_free_message`), e.g.
+    ``no free NVIDIA H100 80GB HBM3: 0 of 4 free on 2 nodes``.
     """
     if count <= 0:
         return None
-    assigned = set(assigned)
+    assigned, reserved = set(assigned), list(reserved)
     models = [model] if model else list(dict.fromkeys(gpu.model for gpu in gpus))
+    free: dict[str, int] = {}
     for candidate in models:
-        free_per_node: dict[str, int] = {}
-        for gpu in gpus:
-            if gpu.model == candidate and gpu.uuid not in assigned:
-                free_per_node[gpu.node] = free_per_node.get(gpu.node, 0) + 1
-        if max(free_per_node.values(), default=0) >= count:
+        on_nodes = free_after_reservations(gpus, assigned, candidate, reserved)
+        if max(on_nodes.values(), default=0) >= count:
             return candidate
-    kind = [gpu for gpu in gpus if model is None or gpu.model == model]
-    what = model or (models[0] if len(models) == 1 else "GPU")
-    total = len(kind)
-    free = sum(1 for gpu in kind if gpu.uuid not in assigned)
-    nodes = len({gpu.node for gpu in kind})
-    if count == 1 or free == 0:
-        raise ClusterFull(cluster.no_free_message(what, free, total, nodes))
-    best: dict[str, int] = {}
-    for gpu in kind:
-        if gpu.uuid not in assigned:
-            best[gpu.node] = best.get(gpu.node, 0) + 1
+        free.update(on_nodes)  # one model per node: the nodes never overlap
+    total = sum(1 for gpu in gpus if model is None or gpu.model == model)
     raise ClusterFull(
-        f"not enough free {what}: {count} requested, {free} of {total} free on "
-        f"{nodes_text(nodes)}, at most {max(best.values())} on one node"
+        cluster.no_free_message(
+            model,
+            sum(free.values()),
+            total,
+            len(free),
+            requested=count,
+            most=max(free.values(), default=0),
+        )
     )
-
-
-def model_constraint(model: str) -> str:
-    """The placement constraint that keeps a task on nodes of `model` (spaces are fine)."""
-    return f"node.labels.{NODE_MODEL_LABEL}=={model}"
 
 
 def generic_resources(count: int) -> list[dict]:
     """A reservation of `count` GPUs, as the Engine API's ``GenericResources``."""
     if count <= 0:
         return []
-    return [{"DiscreteResourceSpec": {"Kind": GPU_KIND, "Value": count}}]
+    return [{"DiscreteResourceSpec": {"Kind": cluster.GPU_RESOURCE_KIND, "Value": count}}]
 
 
 def swarm_gpu_environment(env: Mapping[str, str], gpu_count: int) -> dict[str, str]:
@@ -126,7 +127,7 @@ def swarm_gpu_environment(env: Mapping[str, str], gpu_count: int) -> dict[str, s
     ``CUDA_VISIBLE_DEVICES`` is empty too, as on one host.
     """
     env = {key: value for key, value in env.items() if key not in GPU_VISIBILITY_ENV}
-    env.pop(RESOURCE_ENV, None)  # only Docker sets it
+    env.pop(cluster.SWARM_RESOURCE_ENV, None)  # only Docker sets it
     env["NVIDIA_VISIBLE_DEVICES"] = "void"
     if gpu_count:
         env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
@@ -147,6 +148,8 @@ def enforce_service_kwargs(
     gpu_model: str | None,
     container_labels: Mapping[str, str],
     hardening: Hardening,
+    port: int = 8888,
+    publish_mode: str = "host",
 ) -> dict:
     """A copy of docker-py ``create_service`` kwargs with GPUs, labels and limits enforced.
 
@@ -155,7 +158,10 @@ def enforce_service_kwargs(
     ``extra_*_spec`` settings. :class:`~jupyter_gpu_meter.container.ContainerRefused`
     for a root user, a mount that needs an opt-in ``hardening.allow_unsafe`` lacks,
     or a dataset volume mounted writable. The task never restarts (a restart
-    could land elsewhere, with other GPUs, unseen by the hub).
+    could land elsewhere, with other GPUs, unseen by the hub). The notebook's
+    `port` is published in `publish_mode`: ``"host"`` on its node's address only,
+    a port Docker picks (the task's ``Status.PortStatus``); ``"ingress"`` through
+    Swarm's routing mesh on every node.
     """
     check_container_user(hardening.user)
     kwargs = dict(create_kwargs)
@@ -203,17 +209,21 @@ def enforce_service_kwargs(
         c for c in placement.get("Constraints") or [] if not _is_model_constraint(str(c))
     ]
     if gpu_count and gpu_model:
-        constraints.append(model_constraint(gpu_model))
+        constraints.append(cluster.placement_constraint(gpu_model))
     placement["Constraints"] = constraints
     task["Placement"] = placement
     task["RestartPolicy"] = {"Condition": "none", "MaxAttempts": 0}
     kwargs["task_template"] = task
+    kwargs["endpoint_spec"] = {
+        **dict(kwargs.get("endpoint_spec") or {}),
+        "Ports": [{"Protocol": "tcp", "TargetPort": port, "PublishMode": publish_mode}],
+    }
     kwargs["labels"] = {**dict(kwargs.get("labels") or {}), **all_labels}
     return kwargs
 
 
 def _is_model_constraint(constraint: str) -> bool:
-    return constraint.replace(" ", "").startswith(f"node.labels.{NODE_MODEL_LABEL}")
+    return constraint.replace(" ", "").startswith(f"node.labels.{cluster.MODEL_LABEL}")
 
 
 # --- reading a task back ----------------------------------------------------
@@ -230,17 +240,21 @@ class TaskOutcome:
     message: str = ""
 
 
+def published_port(task: Mapping, service: Mapping, port: int) -> int | None:
+    """Where `port` of a task's container is published: on its node (host mode, the
+    task's ``Status.PortStatus``) or through the routing mesh (the service's
+    ``Endpoint``); None while Docker has not published it."""
+    found = ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []
+    found += (service.get("Endpoint") or {}).get("Ports") or []
+    for entry in found:
+        if entry.get("TargetPort") == port and entry.get("PublishedPort"):
+            return int(entry["PublishedPort"])
+    return None
+
+
 def assigned_gpus(task: Mapping) -> tuple[str, ...]:
-    """The GPU UUIDs Swarm assigned a task: Docker 20.10 says ``GenericResources``,
-    the Engine API's documentation ``AssignedGenericResources``; both are read."""
-    found = []
-    resources = [*(task.get("GenericResources") or [])]
-    resources += task.get("AssignedGenericResources") or []
-    for resource in resources:
-        for spec in resource.values():
-            if isinstance(spec, Mapping) and spec.get("Kind") == GPU_KIND:
-                found.append(str(spec.get("Value", "")))
-    return tuple(dict.fromkeys(uuid for uuid in found if uuid))
+    """The GPU UUIDs Swarm assigned a task (:func:`jupyter_gpu_meter.cluster.task_gpu_uuids`)."""
+    return tuple(cluster.task_gpu_uuids(task))
 
 
 def task_outcome(task: Mapping) -> TaskOutcome:

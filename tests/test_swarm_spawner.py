@@ -118,10 +118,27 @@ def test_free_gpus_on_different_nodes_do_not_make_a_pair():
     with pytest.raises(ClusterFull) as refused:
         place(four, {"GPU-h1", "GPU-h3"}, 2, H100)
     assert str(refused.value) == (
-        f"not enough free {H100}: 2 requested, 2 of 4 free on 2 nodes, at most 1 on one node"
+        f"not enough free {H100} on one node: 2 requested, 2 of 4 free on 2 nodes "
+        "(at most 1 on one node)"
     )
     with pytest.raises(ClusterFull, match=r"^no free GPU: 0 of 4 free on 2 nodes$"):
         place(CLUSTER, {"GPU-h1", "GPU-h2", "GPU-a1", "GPU-a2"}, 1, None)
+
+
+def test_starts_in_flight_count_until_swarm_has_placed_them():
+    # two 1-GPU starts on their way to the H100 node: a third goes to the A100s
+    assert place(CLUSTER, set(), 1, None, [(H100, 1), (H100, 1)]) == A100
+    with pytest.raises(ClusterFull) as refused:
+        place(CLUSTER, {"GPU-a1"}, 1, None, [(H100, 2), (A100, 1)])
+    assert str(refused.value) == "no free GPU: 0 of 4 free on 2 nodes"
+
+
+@pytest.fixture(autouse=True)
+def no_starts_in_flight():
+    """Each test starts with no reservation of earlier tests' spawners (one per process)."""
+    GPUSwarmSpawner._placing.clear()
+    yield
+    GPUSwarmSpawner._placing.clear()
 
 
 # --- the user's choice: one validation with GPUDockerSpawner ---------------------
@@ -161,6 +178,23 @@ def test_a_choice_the_cluster_cannot_serve_is_refused_before_any_service(options
     assert error.value.status_code == status
     assert error.value.jupyterhub_message.startswith(message)
     assert refused.object_id == ""  # nothing was created
+
+
+def test_concurrent_starts_spread_over_the_models_and_the_fifth_is_refused_at_once():
+    starts = [spawner(user, options={"gpus": 1}) for user in ("u1", "u2", "u3", "u4", "u5")]
+    for made in starts[:4]:
+        made.choose(CLUSTER, set())
+    assert [made.gpu_model for made in starts[:4]] == [H100, H100, A100, A100]
+    with pytest.raises(Exception) as error:
+        starts[4].choose(CLUSTER, set())
+    assert error.value.status_code == 503
+    assert error.value.jupyterhub_message == "no free GPU: 0 of 4 free on 2 nodes"
+    starts[0]._placed()  # its task is placed: its GPU is in the tasks' list from now on
+    with pytest.raises(Exception, match="no free GPU"):
+        starts[4].choose(CLUSTER, {"GPU-h1"})
+    starts[1]._placed()  # its start failed: nothing holds its GPU any more
+    starts[4].choose(CLUSTER, {"GPU-h1"})
+    assert starts[4].gpu_model == H100
 
 
 def test_a_profile_of_a_model_the_cluster_lacks_says_what_it_has():
