@@ -184,6 +184,12 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         gpus, assigned = await self.read_cluster()
         self._offered_templates = await self.available_templates()
         choice = self.choose(gpus, assigned, self._offered_templates)
+        return await self.start_chosen(choice, budget)
+
+    async def start_chosen(self, choice: Choice, budget=None):
+        """The rest of a start once :meth:`choose` has placed `choice`: the checks, the
+        service, its task. `budget`: the pending read of the user's budget status (None:
+        no check). The reservation :meth:`choose` made ends with it."""
         try:
             await self._restore_home(choice.snapshot)  # homes are off: a snapshot is refused
             if choice.gpus and self.max_gpus_per_user is not None:
@@ -192,7 +198,7 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
                     raise spawn_error(
                         400, too_many_message(mine, choice.gpus, self.max_gpus_per_user)
                     )
-            await self._check_budget(await budget)
+            await self._check_budget(None if budget is None else await budget)
             self._ulimits = dict(self.ulimits)
             self._image_ref = self.image if self.pull_on_nodes else await self._image_id()
             self._check_hub_reachable()
