@@ -11,6 +11,7 @@ one counted them) is driven with the spawner class itself, as that hub would.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import statistics
 import time
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.hub import Hub
+from tests.hub import Hub, login
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -146,6 +147,10 @@ def test_an_a100_user_lands_on_the_a100_node_and_sees_only_its_gpu(cluster_hub, 
     assert labels["jupyter-gpu-meter.gpu-count"] == "1"
     assert labels["jupyter-gpu-meter.gpu-model"] == A100
 
+    # the spawn form counts across the cluster
+    form = html.unescape(login(hub, "bob").get(hub.url + "/hub/spawn", timeout=30).text)
+    assert f"{A100} (1 of 2 free)" in form and f"{H100} (2 of 2 free)" in form
+
     # a CPU-only server may land anywhere and sees no GPU
     assert hub.start_server("cpu", {"gpus": 0}).status_code in (201, 202)
     _, assigned, environ = hub.placement("cpu")
@@ -259,7 +264,10 @@ def test_a_start_that_loses_the_race_inside_swarm_fails_within_pending_timeout(s
 def test_spawn_time_on_the_cluster_against_one_host(cluster_hub, make_hub, swarm_cluster):
     """The median of five starts to ready, the same image on both (reported, and bounded)."""
     cluster = cluster_hub()
-    one_host = make_hub("2", **{"GPUDockerSpawner.image": swarm_cluster.image})
+    # the same image and the same work: homes are off on the cluster, so here too
+    one_host = make_hub(
+        "2", **{"GPUDockerSpawner.image": swarm_cluster.image, "HomeVolumes.enabled": False}
+    )
     times = {"cluster": [], "one host": []}
     for i in range(5):
         times["cluster"].append(cluster.time_to_ready(f"c{i}", {"gpus": 1}))
@@ -271,3 +279,47 @@ def test_spawn_time_on_the_cluster_against_one_host(cluster_hub, make_hub, swarm
         + f" ({json.dumps({k: [round(v, 2) for v in vs] for k, vs in times.items()})})"
     )
     assert medians["cluster"] < medians["one host"] + 10
+
+
+PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print(target, "open")
+    except OSError as e:
+        print(target, "closed", type(e).__name__)
+"""
+
+
+def test_notebooks_reach_the_hub_but_not_each_other_nor_the_engines(cluster_hub, swarm_cluster):
+    hub = cluster_hub()
+    for user, model in (("ada", A100), ("bob", H100), ("cyd", H100)):
+        assert hub.start_server(user, {"gpus": 1, "gpu_model": model}).status_code in (201, 202)
+    where = {}
+    for user in ("ada", "bob", "cyd"):
+        (task,) = hub.services(user)[0].tasks(filters={"desired-state": "running"})
+        port = task["Status"]["PortStatus"]["Ports"][0]["PublishedPort"]
+        where[user] = (hub.state(user)["node"], hub.state(user)["node_address"], port)
+    hub_port = hub.settings["hub_port"]
+    targets = {
+        f"{swarm_cluster.gateway}:{hub_port}": "open",  # the hub's API
+        f"{where['bob'][1]}:{where['bob'][2]}": "closed",  # a notebook on another node
+        f"{where['ada'][1]}:2375": "closed",  # its own node's engine
+        f"{swarm_cluster.docker_host.split('//')[1]}": "closed",  # the manager's engine
+    }
+    if where["bob"][0] == where["cyd"][0]:  # two notebooks on one node: not each other
+        targets[f"{where['cyd'][1]}:{where['cyd'][2]}"] = "closed"
+    for user in ("ada", "bob"):
+        node = where[user][0]
+        (container,) = swarm_cluster.node_client(node).containers.list(
+            filters={"label": f"{SERVICE_LABEL}={hub.prefix}{user}"}
+        )
+        probe = {**targets}
+        if user == "bob":  # from bob: ada on the other node
+            probe.pop(f"{where['bob'][1]}:{where['bob'][2]}")
+            probe[f"{where['ada'][1]}:{where['ada'][2]}"] = "closed"
+        result = container.exec_run(["python3", "-c", PROBE, *probe])
+        seen = dict(line.split()[:2] for line in result.output.decode().splitlines())
+        assert seen == probe, (user, result.output.decode())
