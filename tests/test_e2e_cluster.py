@@ -200,49 +200,57 @@ def test_a_twelve_way_start_race_never_gives_one_gpu_twice(cluster_hub):
     print(f"\n12-way race: 4 started, 8 refused in {took:.1f} s")
 
 
-def test_a_start_that_loses_the_race_inside_swarm_fails_within_pending_timeout(swarm_cluster):
-    """Another hub took both A100s after this one counted them free: the task stays
-    pending, the start fails within pending_timeout with the cluster-counted message,
-    and its service is removed."""
+def spawner_of(cluster, user, prefix, options, **settings):
+    """GPUSwarmSpawner as a hub makes it for `user`, driven here without the hub process
+    (the hub's parts it reads are plain stand-ins)."""
     from jupyterhub import orm
     from traitlets.config import Config
 
     from jupyter_gpu_meter import GPUSwarmSpawner
 
+    made = GPUSwarmSpawner(
+        user=SimpleNamespace(name=user, id=1, url=f"/user/{user}/", groups=[]),
+        orm_spawner=orm.Spawner(name=""),
+        hub=SimpleNamespace(
+            api_url=f"http://{cluster.gateway}:8081/hub/api",
+            url="/hub/",
+            base_url="/",
+            public_host="",
+        ),
+        config=Config(
+            {
+                "GPUSwarmSpawner": {
+                    "image": cluster.image,
+                    "client_kwargs": {"base_url": cluster.docker_host},
+                    "pull_on_nodes": False,
+                    "name_template": prefix + "{username}",
+                    "cmd": ["sleep", "infinity"],  # no hub to report to: the task just runs
+                    **settings,
+                }
+            }
+        ),
+    )
+    made.user_options = options
+    return made
+
+
+def services_named(cluster, prefix):
+    return [s.name for s in cluster.client().services.list(filters={"name": prefix})]
+
+
+def test_a_start_that_loses_the_race_inside_swarm_fails_within_pending_timeout(swarm_cluster):
+    """Another hub took both A100s after this one counted them free: the task stays
+    pending, the start fails within pending_timeout with the cluster-counted message,
+    and its service is removed."""
     prefix = swarm_cluster.unique("race") + "-"
     wait_until_no_gpu_is_held(swarm_cluster.client())
-
-    def spawner(user):
-        made = GPUSwarmSpawner(
-            user=SimpleNamespace(name=user, id=1, url=f"/user/{user}/", groups=[]),
-            orm_spawner=orm.Spawner(name=""),
-            hub=SimpleNamespace(
-                api_url=f"http://{swarm_cluster.gateway}:8081/hub/api",
-                url="/hub/",
-                base_url="/",
-                public_host="",
-            ),
-            config=Config(
-                {
-                    "GPUSwarmSpawner": {
-                        "image": swarm_cluster.image,
-                        "client_kwargs": {"base_url": swarm_cluster.docker_host},
-                        "pull_on_nodes": False,
-                        "pending_timeout": 3,
-                        "name_template": prefix + "{username}",
-                        "cmd": ["sleep", "infinity"],  # no hub to report to: the task runs
-                    }
-                }
-            ),
-        )
-        made.user_options = {"gpus": 2, "gpu_model": A100}
-        return made
+    two_a100 = {"gpus": 2, "gpu_model": A100}
 
     async def race():
-        late, first = spawner("late"), spawner("first")
+        late = spawner_of(swarm_cluster, "late", prefix, two_a100, pending_timeout=3)
+        first = spawner_of(swarm_cluster, "first", prefix, two_a100)
         stale = await late.read_cluster()  # both A100s free when it counted
-        choice = first.choose(*(await first.read_cluster()))
-        await first.start_chosen(choice)
+        await first.start_chosen(first.choose(*(await first.read_cluster())))
         assert first.node == node_of_model(swarm_cluster, A100)
         try:
             choice = late.choose(*stale)
@@ -257,8 +265,55 @@ def test_a_start_that_loses_the_race_inside_swarm_fails_within_pending_timeout(s
     assert error.status_code == 503
     assert error.jupyterhub_message == f"no free {A100}: 0 of 2 free on 1 node"
     assert 3 <= took < 8, took
-    client = swarm_cluster.client()
-    assert [s.name for s in client.services.list(filters={"name": prefix})] == []
+    assert services_named(swarm_cluster, prefix) == []
+
+
+def test_starts_refused_after_the_choice_leave_no_service(swarm_cluster):
+    """The per-user maximum (over the user's other servers' services), an image the
+    manager lacks, a task that fails before it runs: each a clear error, nothing left."""
+    prefix = swarm_cluster.unique("refused") + "-"
+    wait_until_no_gpu_is_held(swarm_cluster.client())
+
+    async def start(made):
+        with pytest.raises(Exception) as error:
+            await made.start_chosen(made.choose(*(await made.read_cluster())))
+        return error.value
+
+    async def refusals():
+        held = spawner_of(swarm_cluster, "mx", prefix + "a-", {"gpus": 1}, max_gpus_per_user=1)
+        await held.start_chosen(held.choose(*(await held.read_cluster())))
+        try:
+            more = spawner_of(swarm_cluster, "mx", prefix + "b-", {"gpus": 1}, max_gpus_per_user=1)
+            too_many = await start(more)
+        finally:
+            await held.stop()
+        no_image = await start(
+            spawner_of(swarm_cluster, "ni", prefix, {"gpus": 1}, image="jupyter-gpu-meter/nope:1")
+        )
+        broken = await start(
+            spawner_of(
+                swarm_cluster,
+                "br",
+                prefix,
+                {"gpus": 0},
+                extra_container_spec={"command": ["/no/such/program"]},
+            )
+        )
+        return too_many, no_image, broken
+
+    too_many, no_image, broken = asyncio.run(refusals())
+    assert too_many.status_code == 400
+    assert too_many.jupyterhub_message == (
+        "you hold 1 GPU(s) in other servers and asked for 1; at most 1 per user"
+    )
+    assert no_image.status_code == 500
+    assert "image jupyter-gpu-meter/nope:1 is not on the Swarm manager" in (
+        no_image.jupyterhub_message
+    )
+    assert broken.status_code == 500
+    assert broken.jupyterhub_message.startswith("the server's task failed before it ran: ")
+    assert "/no/such/program" in broken.jupyterhub_message
+    assert services_named(swarm_cluster, prefix) == []
 
 
 def test_spawn_time_on_the_cluster_against_one_host(cluster_hub, make_hub, swarm_cluster):
