@@ -307,6 +307,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
                 ulimits=getattr(self, "_ulimits", None) or dict(self.ulimits),
                 allow_unsafe=frozenset(self.allow_unsafe_settings),
             ),
+            port=self.port,
+            publish_mode=self.publish_mode,
         )
 
     async def start_object(self):

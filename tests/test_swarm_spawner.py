@@ -23,6 +23,7 @@ from jupyter_gpu_meter.swarm_spec import (
     ClusterFull,
     model_limits,
     place,
+    published_port,
     task_outcome,
 )
 
@@ -385,3 +386,22 @@ def test_the_state_keeps_node_and_gpus_for_a_restarted_hub():
     assert (again.node, again.node_address, again.gpu_uuids) == ("jgm-2", "10.1.0.3", ["GPU-a1"])
     again.clear_state()
     assert (again.node, again.gpu_uuids) == ("", [])
+
+
+def test_the_published_port_is_the_task_s_on_its_node_or_the_service_s_mesh_port():
+    host = {"Status": {"PortStatus": {"Ports": [{"TargetPort": 8888, "PublishedPort": 30001}]}}}
+    assert published_port(host, {}, 8888) == 30001
+    mesh = {"Endpoint": {"Ports": [{"TargetPort": 8888, "PublishedPort": 30002}]}}
+    assert published_port({}, mesh, 8888) == 30002
+    assert published_port(host, mesh, 9999) is None
+    assert published_port({"Status": {}}, {}, 8888) is None  # not published yet
+
+
+def test_publish_mode_is_host_or_ingress():
+    assert spawner().publish_mode == "host"
+    service = service_of(spawner(options={"gpus": 0}, publish_mode="ingress"))
+    assert service["endpoint_spec"]["Ports"] == [
+        {"Protocol": "tcp", "TargetPort": 8888, "PublishMode": "ingress"}
+    ]
+    with pytest.raises(ValueError, match="allowed: 'host' \\(the default\\) or 'ingress'"):
+        spawner(publish_mode="mesh")
