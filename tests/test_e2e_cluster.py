@@ -151,6 +151,11 @@ def test_an_a100_user_lands_on_the_a100_node_and_sees_only_its_gpu(cluster_hub, 
     form = html.unescape(login(hub, "bob").get(hub.url + "/hub/spawn", timeout=30).text)
     assert f"{A100} (1 of 2 free)" in form and f"{H100} (2 of 2 free)" in form
 
+    # a restarted hub finds the server where it was (its state names the node)
+    hub.restart()
+    assert hub.server_model("ada")["ready"]
+    assert hub.state("ada")["node"] == a100_node and hub.placement("ada")[1] == assigned
+
     # a CPU-only server may land anywhere and sees no GPU
     assert hub.start_server("cpu", {"gpus": 0}).status_code in (201, 202)
     _, assigned, environ = hub.placement("cpu")
