@@ -124,6 +124,14 @@ class TooManyGPUs(Exception):
     """The user would hold more GPUs than the per-user maximum allows."""
 
 
+def too_many_message(mine: int, count: int, max_per_user: int) -> str:
+    """Why a user holding `mine` GPUs elsewhere may not have `count` more."""
+    return (
+        f"you hold {mine} GPU(s) in other servers and asked for {count}; "
+        f"at most {max_per_user} per user"
+    )
+
+
 def held_by_containers(containers: Iterable[Mapping], hub_id: str) -> dict[str, str]:
     """GPU UUID -> "user/server" from Docker's container list (``docker ps`` dicts) of
     our managed containers; "/hub/<id>/user/server" where another hub's server holds it."""
@@ -205,10 +213,7 @@ class Allocator:
                     1 for who in held.values() if who.split("/", 1)[0] == user and who != owner
                 )
                 if mine + count > max_per_user:
-                    raise TooManyGPUs(
-                        f"you hold {mine} GPU(s) in other servers and asked for {count}; "
-                        f"at most {max_per_user} per user"
-                    )
+                    raise TooManyGPUs(too_many_message(mine, count, max_per_user))
             try:
                 gpus = choose_gpus(inventory.gpus, held, count, model, inventory.topology)
             except NoFreeGPUs as e:

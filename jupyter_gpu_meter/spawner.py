@@ -1,14 +1,13 @@
 """GPUDockerSpawner: DockerSpawner that gives each server whole GPUs of its own.
 
-A start: check names, discover GPUs, resolve the user's choice, check the
-driver, prepare the home and datasets (:mod:`~jupyter_gpu_meter.spawner_homes`),
-allocate GPUs (:class:`~jupyter_gpu_meter.allocation.Allocator`), check the
-budget (:mod:`~jupyter_gpu_meter.spawner_budget`), the network
-(:mod:`~jupyter_gpu_meter.spawner_checks`), restore a snapshot, create the
-container (and write the user's SSH keys into it: :mod:`~jupyter_gpu_meter.spawner_ssh`).
-Docker calls run on DockerSpawner's executor; GPU discovery and
-ledger reads on the spawner's own (:attr:`GPUDockerSpawner.meter_executor`),
-so a slow ledger never holds up anyone's Docker calls.
+A start: check names, discover GPUs, resolve the user's choice, check the driver,
+prepare the home and datasets (:mod:`~jupyter_gpu_meter.spawner_homes`), allocate
+GPUs (:class:`~jupyter_gpu_meter.allocation.Allocator`), check the budget
+(:mod:`~jupyter_gpu_meter.spawner_budget`), the network
+(:mod:`~jupyter_gpu_meter.spawner_checks`), restore a snapshot, create the container
+(with the user's SSH keys: :mod:`~jupyter_gpu_meter.spawner_ssh`). Docker calls run
+on DockerSpawner's executor; GPU discovery and ledger reads on the spawner's own
+(:attr:`GPUDockerSpawner.meter_executor`): a slow ledger never holds up Docker calls.
 """
 
 from __future__ import annotations
@@ -157,14 +156,18 @@ class GPUDockerSpawner(
     #: the GPUs of the current (or last) run
     gpu_uuids = List(Unicode())
     gpu_model = Unicode("")
+
+    @property
+    def gpu_count(self) -> int:  # GPUSwarmSpawner: as asked for, before Swarm picks them
+        return len(self.gpu_uuids)
+
     #: the display name of the current (or last) run's image (an ``allowed_images`` key)
     image_name = Unicode("")
 
     @property
     def budgets(self) -> Budgets:
         """The budget settings (``c.Budgets``), shared with the meter."""
-        if not hasattr(self, "_budgets"):
-            self._budgets = Budgets(parent=self)
+        self._budgets = getattr(self, "_budgets", None) or Budgets(parent=self)
         return self._budgets
 
     # --- what exists and what is taken -------------------------------------
@@ -181,8 +184,7 @@ class GPUDockerSpawner(
 
     @property
     def allocator(self) -> Allocator:
-        """This hub process's :class:`~jupyter_gpu_meter.allocation.Allocator` for its
-        Docker engine."""
+        """This process's :class:`~jupyter_gpu_meter.allocation.Allocator` for its engine."""
         return Allocator.for_engine(str(self.client.base_url))
 
     async def _held_in_docker(self) -> dict[str, str]:
@@ -216,16 +218,19 @@ class GPUDockerSpawner(
             raise spawn_error(500, f"c.GPUDockerSpawner.{e}") from None
 
     async def check_allowed(self, image):
-        """DockerSpawner's check of ``user_options["image"]``: :meth:`start` has already
-        resolved it (per profile, by display name) into ``self.image``."""
+        """DockerSpawner's check of ``user_options["image"]``: :meth:`start` resolved it."""
         return self.image
 
     def resolve_choice(self, inventory: Inventory, templates=()) -> Choice:
         """The user's choice as a :class:`Choice`; a 400 that lists what is allowed if invalid."""
-        default_image, allowed = self.default_image, self.allowed_image_choices()
         models = {}
         for gpu in inventory.gpus:
             models[gpu.model] = models.get(gpu.model, 0) + 1
+        return self.resolve_for_models(models, templates)
+
+    def resolve_for_models(self, models: dict[str, int], templates=()) -> Choice:
+        """:meth:`resolve_choice` from model -> the most GPUs of it one server can get."""
+        default_image, allowed = self.default_image, self.allowed_image_choices()
         try:
             return resolve_choice(
                 self.user_options,
@@ -264,15 +269,7 @@ class GPUDockerSpawner(
         budget = asyncio.ensure_future(self._budget_status())
         inventory = await self.discover_gpus()
         self._offered_templates = await self.available_templates()
-        choice = self.resolve_choice(inventory, self._offered_templates)
-        self.template = choice.template
-        self.choose_ssh(choice.ssh)
-        self.image = choice.image or self.default_image
-        self.image_name = choice.image_name or self.image
-        if choice.cpu_limit is not None:
-            self.cpu_limit = choice.cpu_limit
-        if choice.mem_limit is not None:
-            self.mem_limit = choice.mem_limit
+        choice = self.apply_choice(self.resolve_choice(inventory, self._offered_templates))
         if choice.gpus:
             await self._check_driver(inventory)
         self.home_volume = await self._prepare_home()
@@ -281,7 +278,6 @@ class GPUDockerSpawner(
         try:
             self.gpu_uuids = [gpu.uuid for gpu in gpus]
             self.gpu_model = gpus[0].model if gpus else ""
-            self._profile = choice.profile
             self.log.info(
                 "Server %s gets %s",
                 self._owner,
@@ -299,9 +295,22 @@ class GPUDockerSpawner(
             # From here on the running container's labels hold the GPUs.
             self.allocator.release(gpus, self._owner)
 
+    def apply_choice(self, choice: Choice) -> Choice:
+        """Set this run's template, SSH, image, limits and profile from `choice`."""
+        self.template = choice.template
+        self.choose_ssh(choice.ssh)
+        self.image = choice.image or self.default_image
+        self.image_name = choice.image_name or self.image
+        if choice.cpu_limit is not None:
+            self.cpu_limit = choice.cpu_limit
+        if choice.mem_limit is not None:
+            self.mem_limit = choice.mem_limit
+        self._profile = choice.profile
+        return choice
+
     def price_snapshot(self) -> PriceSnapshot:
         """The prices in force now for this run's GPUs: what its container carries."""
-        return Pricing(parent=self).snapshot(self.gpu_model, len(self.gpu_uuids))
+        return Pricing(parent=self).snapshot(self.gpu_model, self.gpu_count)
 
     async def _budget_status(self):
         """The user's :class:`~jupyter_gpu_meter.budgets.BudgetStatus`, read on
@@ -323,7 +332,7 @@ class GPUDockerSpawner(
         the meter bills it, costs more than `status` has left."""
         if status is None:
             return
-        count = len(self.gpu_uuids)
+        count = self.gpu_count
         message = refusal(
             status,
             self.price_snapshot(),
@@ -335,13 +344,10 @@ class GPUDockerSpawner(
             raise spawn_error(403, message)
 
     async def _remove_kept_container(self):
-        """Never restart a kept container: each run gets a new one.
-
-        Docker fixes a container's GPUs when it is created, and the meter
-        records one session per container, so a restarted container would keep
-        stale GPUs or go unmetered. ``remove = False`` only keeps a stopped
-        container around (for ``docker logs``) until the server starts again.
-        """
+        """Never restart a kept container: each run gets a new one. Docker fixes a
+        container's GPUs when it is created, and the meter records one session per
+        container, so a restarted one would keep stale GPUs or go unmetered.
+        ``remove = False`` only keeps a stopped container (for ``docker logs``)."""
         if await self.get_object() is not None:
             self.log.info("Removing kept container %s before a new run", self.object_name)
             await self.remove_object()
