@@ -23,7 +23,7 @@ from .. import budgets, usage
 from .._version import __version__
 from .auth import READ_ALL_SCOPE, Authenticated, PageUser, Viewer
 from .charts import bar_chart_svg, sparkline_svg
-from .gpus import format_gib, gpu_list, isolation_section
+from .gpus import format_gib, gpus_and_nodes, isolation_section
 from .query import UsageArgumentError, parse_choice, parse_count, parse_range
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class AdminPageHandler(PageHandler):
         view = await reader.call(
             reader.users_view, since=since, until=until, sort=sort, order=order, offset=offset
         )
-        gpus = await gpu_list(self.context, viewer)
+        gpus, nodes = await gpus_and_nodes(self.context, viewer)
         budgets = await reader.call(reader.ledger.budgets)
         stoppable = await stoppable_servers(self.context, viewer, view.running)
         from .home_api import homes_section  # (it builds on this module's handlers)
@@ -274,6 +274,7 @@ class AdminPageHandler(PageHandler):
             "admin.html",
             view=view,
             gpus=gpus,
+            nodes=nodes,
             since_text=since_text,
             until_text=until_text,
             sort=sort,

@@ -184,6 +184,9 @@ class UsersView:
                     "last_active": usage.isoformat(row.last_active),
                     **row.totals.to_json(self.currency),
                     "running_servers": [s.server for s in self.running.get(row.user, [])],
+                    "running_sessions": [
+                        {"server": s.server, "node": s.node} for s in self.running.get(row.user, [])
+                    ],
                     "storage_bytes": self.storage_bytes.get(row.user, 0),
                     "storage_over_size_warning": row.user in self.storage_over,
                 }
