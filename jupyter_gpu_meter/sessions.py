@@ -30,6 +30,9 @@ EVENTS_SINCE_KEY = "docker_events_since_ns"
 
 REASON_STOPPED = "stopped"
 REASON_KILLED = "killed"
+#: the end reason of a session closed because its node stopped reporting (cluster mode)
+#: (the same words as ``ledger.nodes.NODE_LOST``, which the hub's node sweep writes)
+REASON_NODE_LOST = "node lost"
 REASON_GONE = (
     "container gone while the meter was not watching: closed at the last time it was seen running"
 )

@@ -1,11 +1,12 @@
-"""The ledger: sessions, rollups, processes, storage, state, decisions, budgets, SSH keys
-(SQLAlchemy 2).
+"""The ledger: sessions, rollups, processes, storage, state, decisions, budgets, SSH keys,
+nodes (SQLAlchemy 2).
 
 One module per aggregate, behind the :class:`Ledger` facade (see :mod:`.store`).
 """
 
 from .buffer import WriteBuffer, is_transient
 from .engine import DB_URL_ENV, DEFAULT_URL, default_url, make_engine
+from .nodes import LOST_AFTER_HEARTBEATS, NODE_LOST, NodeGPU, NodeRecord
 from .records import (
     BudgetChange,
     BudgetRecord,
@@ -38,9 +39,13 @@ __all__ = [
     "DuplicateKey",
     "EfficiencySum",
     "Ledger",
+    "LOST_AFTER_HEARTBEATS",
     "LedgerSchemaError",
     "MinuteUtilization",
     "Money",
+    "NODE_LOST",
+    "NodeGPU",
+    "NodeRecord",
     "ProcessGroupUsage",
     "ProcessUsageRow",
     "Rollup",

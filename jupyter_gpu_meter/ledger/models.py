@@ -58,6 +58,8 @@ class SessionModel(Base):
     profile: Mapped[str] = mapped_column(String(255))
     #: the image's display name (an ``allowed_images`` key) or reference; "" unknown
     image: Mapped[str] = mapped_column(String(255), server_default="")
+    #: the Docker engine's name (``docker info`` Name) it ran on; "" on one host
+    node: Mapped[str] = mapped_column(String(255), server_default="")
     # the price snapshot taken when the server started
     price_per_gpu_hour: Mapped[Decimal] = mapped_column(Money)
     cpu_price_per_hour: Mapped[Decimal] = mapped_column(Money)
@@ -99,6 +101,8 @@ class SessionModel(Base):
         Index(None, "username", "ended_at"),
         Index(None, "started_at"),
         Index(None, "ended_at", "started_at"),
+        # a node's open sessions: what the hub closes when the node is lost
+        Index(None, "node", "ended_at"),
         # the sessions whose rollups end within a range: busy time and energy totals
         Index(None, "rollups_until"),
         Index(None, "username", "rollups_until"),
@@ -312,6 +316,24 @@ class SSHKeyModel(Base):
     added_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("username", "fingerprint"),)
+
+
+class NodeModel(Base):
+    """A GPU server's meter agent: its GPUs and its last heartbeat (cluster mode)."""
+
+    __tablename__ = "nodes"
+
+    #: the Docker engine's name (``docker info`` Name = the Swarm node's hostname)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: JSON list of ``{"uuid", "index", "model", "memory_total_bytes"}`` as the agent found them
+    gpus: Mapped[str] = mapped_column(Text)
+    agent_version: Mapped[str] = mapped_column(String(64))
+    agent_started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: the agent's own heartbeat interval, s: how the hub knows it is late
+    heartbeat_interval_s: Mapped[float] = mapped_column(Float)
+    #: when the hub declared it lost (None: reporting); cleared by its next heartbeat
+    lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # --- which user and server names the ledger can store ----------------------

@@ -37,6 +37,8 @@ class SessionRecord:
     last_seen_at: datetime
     #: the image it ran, by its display name (an ``allowed_images`` key); "" if unknown
     image: str = ""
+    #: the node (Docker engine's name) it ran on; "" on one host
+    node: str = ""
 
     @property
     def gpu_count(self) -> int:

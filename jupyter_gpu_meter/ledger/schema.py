@@ -24,6 +24,7 @@ TABLES = (
     "storage_periods",
     "process_usage",
     "ssh_keys",
+    "nodes",
 )
 
 

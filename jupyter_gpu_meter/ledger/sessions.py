@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from ..pricing import PriceSnapshot, session_sums
 from .efficiency import refresh_sums
-from .engine import Database, aware
+from .engine import Database, aware, checked_text
 from .models import SessionModel
 from .records import SessionRecord, UsageSum
 from .types import UTCDateTime
@@ -49,6 +49,7 @@ def _record(row) -> SessionRecord:
         end_reason=row.end_reason,
         last_seen_at=row.last_seen_at,
         image=row.image,
+        node=row.node,
     )
 
 
@@ -119,10 +120,12 @@ class SessionStore:
         price: PriceSnapshot,
         started_at: datetime,
         image: str = "",
+        node: str = "",
     ) -> bool:
         """Record that a container started; True if it is new.
 
-        `image` is the display name of the image it runs (clipped to 255 characters).
+        `image` is the display name of the image it runs (clipped to 255 characters);
+        `node` the Docker engine's name it runs on ("" on one host).
 
         Idempotent on `container_id`: a second call returns False and changes
         nothing, even with different values.
@@ -152,6 +155,7 @@ class SessionStore:
                 gpu_model=gpu_model,
                 profile=profile,
                 image=image if len(image) <= 255 else image[:254] + "…",
+                node=checked_text("node", node),
                 price_per_gpu_hour=price.price_per_gpu_hour,
                 cpu_price_per_hour=price.cpu_price_per_hour,
                 currency=price.currency,
@@ -229,11 +233,15 @@ class SessionStore:
             ).first()
         return _record(row) if row else None
 
-    def open_sessions(self, *, user: str | None = None) -> list[SessionRecord]:
-        """Sessions with no end yet (`user`'s only, when given), oldest first."""
+    def open_sessions(
+        self, *, user: str | None = None, node: str | None = None
+    ) -> list[SessionRecord]:
+        """Sessions with no end yet (`user`'s only, `node`'s only, when given), oldest first."""
         conditions = [_sessions.c.ended_at.is_(None)]
         if user is not None:
             conditions.append(_sessions.c.username == user)
+        if node is not None:
+            conditions.append(_sessions.c.node == node)
         with self.db.read() as connection:
             return self._select_sessions(connection, conditions)
 

@@ -14,6 +14,7 @@ takes the one :class:`~.engine.Database` (engine, transactions, clock):
 :mod:`.budgets`           budgets, their changes, budget status
 :mod:`.storage`           homes' and snapshots' sizes over time
 :mod:`.ssh_keys`          users' SSH public keys
+:mod:`.nodes`             GPU servers' agents, heartbeats, "node lost" (cluster mode)
 ========================  ====================================================
 
 :class:`Ledger` composes them and delegates each method to its store, so
@@ -38,6 +39,7 @@ from .budgets import BudgetStore
 from .decisions import DecisionStore
 from .efficiency import EfficiencyStore
 from .engine import DEFAULT_URL, Database, make_engine
+from .nodes import NodeStore
 from .processes import ProcessStore
 from .rollups import RollupStore
 from .sessions import SessionStore
@@ -61,8 +63,8 @@ def _delegate(store: str, method: Callable) -> Callable:
 
 
 class Ledger:
-    """Sessions, rollups, processes, state, decisions, budgets, storage, SSH keys (SQLite or
-    PostgreSQL).
+    """Sessions, rollups, processes, state, decisions, budgets, storage, SSH keys, nodes
+    (SQLite or PostgreSQL).
 
     ``Ledger("sqlite:///jupyter_gpu_meter.sqlite")`` or
     ``Ledger("postgresql+psycopg://jgm:secret@db/jgm")``. Nothing connects
@@ -86,6 +88,7 @@ class Ledger:
         self.decision_store = DecisionStore(self.db)
         self.storage_store = StorageStore(self.db)
         self.ssh_key_store = SSHKeyStore(self.db)
+        self.node_store = NodeStore(self.db)
         self.budget_store = BudgetStore(
             self.db, self.session_store, self.storage_store, self.efficiency_store
         )
@@ -183,3 +186,13 @@ class Ledger:
     ssh_keys = _delegate("ssh_key_store", SSHKeyStore.ssh_keys)
     add_ssh_key = _delegate("ssh_key_store", SSHKeyStore.add_ssh_key)
     remove_ssh_key = _delegate("ssh_key_store", SSHKeyStore.remove_ssh_key)
+
+    # nodes (cluster mode)
+    heartbeat = _delegate("node_store", NodeStore.heartbeat)
+    nodes = _delegate("node_store", NodeStore.nodes)
+    get_node = _delegate("node_store", NodeStore.get_node)
+    mark_lost = _delegate("node_store", NodeStore.mark_lost)
+    clear_lost = _delegate("node_store", NodeStore.clear_lost)
+    sweep_lost_nodes = _delegate("node_store", NodeStore.sweep_lost_nodes)
+    reopen_lost_session = _delegate("node_store", NodeStore.reopen_lost_session)
+    end_lost_session_earlier = _delegate("node_store", NodeStore.end_lost_session_earlier)
