@@ -11,44 +11,20 @@ same for a session of ten minutes as for one of ten days.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Integer, String, and_, column, func, select, values
 
 from .engine import Database
-from .models import RollupModel, SessionModel, metadata
+from .models import NodeModel, RollupModel, SessionModel
+from .nodes import NodeRecord, _node
 from .records import SessionRecord
 from .sessions import _record
 
 _rollups = RollupModel.__table__
 _sessions = SessionModel.__table__
-
-
-@dataclass(frozen=True)
-class NodeGPU:
-    """One GPU of a node, as its agent found it."""
-
-    uuid: str
-    index: int
-    model: str
-    memory_total_bytes: int | None
-
-
-@dataclass(frozen=True)
-class NodeState:
-    """One row of the ``nodes`` table, its GPUs decoded."""
-
-    name: str
-    gpus: tuple[NodeGPU, ...]
-    agent_version: str
-    agent_started_at: datetime | None
-    last_heartbeat_at: datetime | None
-    #: the agent's own heartbeat setting, seconds
-    heartbeat_interval_s: float
-    #: when the hub declared it lost; None while it reports
-    lost_at: datetime | None
+_nodes = NodeModel.__table__
 
 
 @dataclass(frozen=True)
@@ -66,45 +42,12 @@ class LatestMinute:
 class ClusterRead:
     """The cluster as the ledger has it at one moment."""
 
-    nodes: tuple[NodeState, ...]
+    #: by name
+    nodes: tuple[NodeRecord, ...]
     #: every open session (one-host sessions too, with node "")
     sessions: tuple[SessionRecord, ...]
     #: GPU UUID -> its latest rollup, for the GPUs open sessions hold
     latest: dict
-
-
-def decode_gpus(text: str | None) -> tuple[NodeGPU, ...]:
-    """The ``nodes.gpus`` JSON as :class:`NodeGPU`; an unreadable value is no GPU. Pure."""
-    try:
-        found = json.loads(text or "[]")
-    except ValueError:
-        return ()
-    gpus = []
-    for item in found if isinstance(found, list) else ():
-        if not isinstance(item, dict) or not item.get("uuid"):
-            continue
-        memory = item.get("memory_total_bytes")
-        gpus.append(
-            NodeGPU(
-                uuid=str(item["uuid"]),
-                index=int(item.get("index") or 0),
-                model=str(item.get("model") or ""),
-                memory_total_bytes=int(memory) if isinstance(memory, int) else None,
-            )
-        )
-    return tuple(gpus)
-
-
-def _node(row) -> NodeState:
-    return NodeState(
-        name=row.name,
-        gpus=decode_gpus(row.gpus),
-        agent_version=row.agent_version or "",
-        agent_started_at=row.agent_started_at,
-        last_heartbeat_at=row.last_heartbeat_at,
-        heartbeat_interval_s=float(row.heartbeat_interval_s or 0.0),
-        lost_at=row.lost_at,
-    )
 
 
 def latest_statement(held: list[tuple[int, str]]):
@@ -142,10 +85,8 @@ def latest_statement(held: list[tuple[int, str]]):
 
 def read_cluster(db: Database) -> ClusterRead:
     """The nodes, the open sessions and the held GPUs' latest rollups, in one snapshot."""
-    nodes_table = metadata.tables["nodes"]
     with db.snapshot() as connection, connection.begin():
-        nodes = [_node(row) for row in connection.execute(select(nodes_table))]
-        nodes.sort(key=lambda node: node.name)
+        nodes = [_node(row) for row in connection.execute(select(_nodes).order_by(_nodes.c.name))]
         rows = connection.execute(select(_sessions).where(_sessions.c.ended_at.is_(None)))
         sessions = sorted((_record(row) for row in rows), key=lambda s: (s.started_at, s.id))
         held = [(s.id, uuid) for s in sessions for uuid in s.gpu_uuids]

@@ -20,28 +20,18 @@ The functions that turn a read into rows are pure.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from .. import usage
+from ..ledger import NODE_LOST
 from ..ledger.node_views import ClusterRead, read_cluster
 from ..usage import format_percent
-
-#: a GPU's ``problem`` on a node the hub declared lost
-NODE_LOST = "node lost"
 
 
 async def cluster_now(context) -> ClusterRead:
     """The ledger's cluster now (read off the loop, in the reader's threads)."""
     reader = context.reader
     return await reader.call(read_cluster, reader.ledger.db)
-
-
-def is_late(node, now: datetime) -> bool:
-    """Whether `node`'s last heartbeat is older than two of its intervals (what the hub's
-    node sweep declares lost). Pure."""
-    if node.last_heartbeat_at is None:
-        return True
-    return now - node.last_heartbeat_at > timedelta(seconds=2 * node.heartbeat_interval_s)
 
 
 def cluster_readings(read: ClusterRead) -> list[dict]:
@@ -117,7 +107,7 @@ def node_rows(read: ClusterRead, gpus: list[dict], *, now: datetime) -> list[dic
                 "heartbeat_interval_s": node.heartbeat_interval_s,
                 "lost": lost,
                 "lost_at": usage.isoformat(node.lost_at),
-                "late": is_late(node, now),
+                "late": node.late(now),
                 "gpus_total": len(mine),
                 "gpus_held": len(held),
                 "gpus_free": 0 if lost else len(mine) - len(held),
