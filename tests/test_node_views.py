@@ -26,7 +26,7 @@ from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service.reader import LiveState
 from jupyter_gpu_meter.service.state import MeterState
 from tests import test_ledger
-from tests.test_usage_web import NOW, fetch, serve_app
+from tests.test_usage_web import DOCS, NOW, fetch, serve_app
 from tests.test_usage_web import body as json_of
 
 db_url = test_ledger.db_url
@@ -309,6 +309,12 @@ async def test_metrics_label_gpus_and_sessions_with_their_node(cluster):
     beat = re.search(r'node_last_heartbeat_timestamp_seconds\{node="gpu-1"\} (\S+)', text)
     assert float(beat.group(1)) == (NOW - timedelta(seconds=5)).timestamp()
     assert not re.search(r"^jupyter_gpu_meter_sampler_tick_duration_seconds ", text, re.M)
+    # every metric the docs and the shipped Grafana dashboard name is served in cluster mode
+    # but the sampler's own (the hub samples nothing): one-host's are checked in test_usage_web
+    served = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    for path in (DOCS / "grafana" / "gpu-meter-dashboard.json", DOCS / "reference" / "metrics.md"):
+        named = set(re.findall(r"jupyter_gpu_meter_[a-z_]+", path.read_text()))
+        assert named and named <= served, (path, named - served)
 
 
 async def check_schema(app, path: str, token: str) -> None:
