@@ -320,7 +320,12 @@ class UsageReader:
             grand = grand + row.totals
         shown = {row.user for row in page.items}
         running: dict[str, list] = {}
-        for session in self.ledger.open_sessions():
+        # the running sessions: usage_sums read every one already when the range is open
+        # (a running session overlaps any [since, now)); else the ledger's open sessions
+        running_now = (
+            [s for s in sessions if s.running] if until is None else self.ledger.open_sessions()
+        )
+        for session in running_now:
             if session.user in shown:
                 running.setdefault(session.user, []).append(session)
         sizes: dict[str, int] = {}
