@@ -8,6 +8,7 @@ the hub's config file), then the hub's default templates.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -246,10 +247,10 @@ class AdminPageHandler(PageHandler):
         except UsageArgumentError as e:
             self.bad_request(e)
         reader = self.context.reader
-        view = await reader.call(
+        users = reader.call(  # the users and the GPUs read at once, in the reader's threads
             reader.users_view, since=since, until=until, sort=sort, order=order, offset=offset
         )
-        gpus, nodes = await gpus_and_nodes(self.context, viewer)
+        view, (gpus, nodes) = await asyncio.gather(users, gpus_and_nodes(self.context, viewer))
         budgets = await reader.call(reader.ledger.budgets)
         stoppable = await stoppable_servers(self.context, viewer, view.running)
         from .home_api import homes_section  # (it builds on this module's handlers)

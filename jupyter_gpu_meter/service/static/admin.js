@@ -43,4 +43,6 @@
   }
 
   m.every(config.refresh_s, function () { return m.getJSON(config.url).then(show); });
+  // cluster mode: the page holds no GPU rows, load them now
+  if (document.getElementById("gpus-table").dataset.deferred) m.getJSON(config.url).then(show);
 })();
