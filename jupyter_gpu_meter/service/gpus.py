@@ -46,14 +46,13 @@ def cluster_gpu_rows(read, viewer) -> list[dict]:
 
 
 async def gpus_and_nodes(context, viewer) -> tuple[list[dict], dict | None]:
-    """The admin page's GPUs, and in cluster mode its "GPUs per node" section (nodes and
-    their totals, ``api/nodes``' fields) from the same read; None on one host."""
+    """The admin page's GPUs and, in cluster mode, instead of them (the page's script loads
+    a cluster's GPUs from ``api/gpus``) its "GPUs per node" box: the nodes and their
+    totals, ``api/nodes``' fields; None on one host."""
     if not context.cluster:
         return await gpu_list(context, viewer), None
-    read = await cluster_now(context)
-    gpus = cluster_gpu_rows(read, viewer)
-    rows = node_rows(read, gpus, now=context.reader.clock())
-    return gpus, {"nodes": rows, "totals": totals(rows)}
+    rows = node_rows(await cluster_now(context), now=context.reader.clock())
+    return [], {"nodes": rows, "totals": totals(rows)}
 
 
 def format_gib(size: int | None) -> str:

@@ -65,26 +65,24 @@ def cluster_readings(read: ClusterRead) -> list[dict]:
     return readings
 
 
-def node_rows(read: ClusterRead, gpus: list[dict], *, now: datetime) -> list[dict]:
+def node_rows(read: ClusterRead, *, now: datetime) -> list[dict]:
     """One row a node: its heartbeat, lost or late, its GPUs total / free / held, who holds
     them and their mean utilization, with the words the page shows. Pure.
 
-    `gpus`: the rows of ``api/gpus`` for a viewer who sees everyone. A lost
-    node's GPUs are not free (nothing starts there): ``gpus_free`` counts the
-    GPUs nobody holds on nodes that report.
+    Straight from the read, not from ``api/gpus``' rows: the admin page shows
+    these, not 800 GPUs. A lost node's GPUs are not free (nothing starts
+    there): ``gpus_free`` counts the GPUs nobody holds on nodes that report.
     """
-    by_node: dict[str, list[dict]] = {}
-    for gpu in gpus:
-        by_node.setdefault(gpu["node"], []).append(gpu)
     sessions: dict[str, list] = {}
     for session in read.sessions:
-        sessions.setdefault(getattr(session, "node", ""), []).append(session)
+        sessions.setdefault(session.node, []).append(session)
+    held_uuids = {uuid for session in read.sessions for uuid in session.gpu_uuids}
     rows = []
     for node in read.nodes:
-        mine = by_node.get(node.name, [])
         lost = node.lost_at is not None
-        held = [gpu for gpu in mine if gpu["allocated"]]
-        measured = [gpu["utilization"] for gpu in held if gpu["utilization"] is not None]
+        held = [gpu.uuid for gpu in node.gpus if gpu.uuid in held_uuids]
+        latest = [read.latest.get(uuid) for uuid in held]
+        measured = [m.utilization for m in latest if m is not None and m.utilization is not None]
         utilization = sum(measured) / len(measured) if measured else None
         holders = [
             {
@@ -95,11 +93,10 @@ def node_rows(read: ClusterRead, gpus: list[dict], *, now: datetime) -> list[dic
             }
             for s in sessions.get(node.name, [])
         ]
-        models = sorted({gpu["model"] for gpu in mine})
         rows.append(
             {
                 "name": node.name,
-                "models": models,
+                "models": sorted({gpu.model for gpu in node.gpus}),
                 "agent_version": node.agent_version,
                 "agent_started_at": usage.isoformat(node.agent_started_at),
                 "last_heartbeat_at": usage.isoformat(node.last_heartbeat_at),
@@ -108,9 +105,9 @@ def node_rows(read: ClusterRead, gpus: list[dict], *, now: datetime) -> list[dic
                 "lost": lost,
                 "lost_at": usage.isoformat(node.lost_at),
                 "late": node.late(now),
-                "gpus_total": len(mine),
+                "gpus_total": len(node.gpus),
                 "gpus_held": len(held),
-                "gpus_free": 0 if lost else len(mine) - len(held),
+                "gpus_free": 0 if lost else len(node.gpus) - len(held),
                 "sessions": holders,
                 "utilization": None if utilization is None else round(utilization, 1),
                 "utilization_text": format_percent(utilization),
