@@ -16,9 +16,9 @@ from tornado import web
 
 from .. import usage
 from .auth import Authenticated
+from .cluster_views import totals as nodes_totals
 from .gpus import gpu_list, gpus_and_nodes
 from .handlers import JSONHandler
-from .nodes import totals as nodes_totals
 from .query import UsageArgumentError, parse_choice, parse_count, parse_range
 from .reader import MAX_LIMIT
 

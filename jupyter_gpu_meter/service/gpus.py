@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from .. import isolation, usage
 from ..usage import format_percent, format_quantity
-from .nodes import cluster_now, cluster_readings, node_rows, totals
+from .cluster_views import cluster_now, cluster_readings, node_rows, totals
 
 #: how far back the admin page's isolation box lists decisions
 ISOLATION_DECISIONS_DAYS = 7
@@ -19,7 +19,7 @@ ISOLATION_DECISIONS_DAYS = 7
 
 async def gpu_list(context, viewer) -> list[dict]:
     """The GPUs as ``api/gpus`` gives them to `viewer` (inventory read off the loop; in
-    cluster mode, the nodes' GPUs from the ledger, :mod:`~jupyter_gpu_meter.service.nodes`)."""
+    cluster mode, the nodes' GPUs from the ledger: :mod:`.cluster_views`)."""
     if context.cluster:
         return cluster_gpu_rows(await cluster_now(context), viewer)
     live = context.live

@@ -18,8 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .auth import Authenticated
+from .cluster_views import cluster_now, cluster_readings
 from .handlers import JSONHandler
-from .nodes import cluster_now, cluster_readings
 
 #: the hub scope that allows scraping
 METRICS_SCOPE = "read:metrics"
