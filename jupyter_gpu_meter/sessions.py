@@ -59,10 +59,13 @@ class ManagedContainer:
     exit_code: int | None
     #: the image's display name (``allowed_images`` key) from its label; "" if unknown
     image: str = ""
+    #: the node (Docker engine's name) it runs on; "" on one host
+    node: str = ""
 
     @classmethod
-    def from_inspect(cls, attrs: dict) -> ManagedContainer:
-        found = (attrs.get("Config") or {}).get("Labels") or {}
+    def from_inspect(cls, attrs: dict, node: str = "") -> ManagedContainer:
+        config = attrs.get("Config") or {}
+        found = config.get("Labels") or {}
         state = attrs.get("State") or {}
         try:
             price = PriceSnapshot.from_labels(found)
@@ -72,7 +75,7 @@ class ManagedContainer:
             container_id=attrs["Id"],
             user=found.get(labels.USER, ""),
             server=found.get(labels.SERVER, ""),
-            gpu_uuids=tuple(labels.gpus_from_labels(found)),
+            gpu_uuids=tuple(labels.gpus_of_container(found, config.get("Env"))),
             gpu_model=found.get(labels.GPU_MODEL, ""),
             profile=found.get(labels.PROFILE, ""),
             price=price,
@@ -81,7 +84,35 @@ class ManagedContainer:
             finished_at=parse_docker_time(state.get("FinishedAt", "")),
             exit_code=state.get("ExitCode"),
             image=found.get(labels.IMAGE, ""),
+            node=node,
         )
+
+    @classmethod
+    def from_session(cls, session) -> ManagedContainer:
+        """The container as the ledger's `session` (a
+        :class:`~jupyter_gpu_meter.ledger.SessionRecord`) has it: the hub's view in
+        cluster mode, where the nodes' agents watch Docker."""
+        return cls(
+            container_id=session.container_id,
+            user=session.user,
+            server=session.server,
+            gpu_uuids=session.gpu_uuids,
+            gpu_model=session.gpu_model,
+            profile=session.profile,
+            price=session.price,
+            running=session.ended_at is None,
+            started_at=session.started_at,
+            finished_at=session.ended_at,
+            exit_code=None,
+            image=session.image,
+            node=session.node,
+        )
+
+
+def _same_start(docker_start: datetime | None, ledger_start: datetime) -> bool:
+    """Whether a container's StartedAt is its session's start (the same run): within 1 s
+    (the session may have its start event's time, a hair from StartedAt)."""
+    return docker_start is not None and abs((docker_start - ledger_start).total_seconds()) <= 1
 
 
 def _labels_of(summary: dict) -> dict:
@@ -139,6 +170,11 @@ class SessionChanges:
     removed: tuple[str, datetime] | None = None
     #: the Docker event's time (ns since the epoch, as a str), to resume from after a restart
     events_since_ns: str | None = None
+    #: "node lost" sessions whose container survived: reopen them (cluster mode)
+    reopened: tuple[str, ...] = ()
+    #: "node lost" sessions whose container stopped before the node's last heartbeat:
+    #: their end moves back to Docker's (cluster mode)
+    ended_earlier: tuple[Closing, ...] = ()
 
 
 class SessionTracker:
@@ -160,8 +196,12 @@ class SessionTracker:
         *,
         hub_id: str | None = None,
         clock: Callable[[], datetime] = utcnow,
+        node: str = "",
     ):
         self.ledger = ledger
+        #: the node this tracker meters (a cluster's agent), "" on one host: its sessions
+        #: carry it, and its reconcile reads and closes only its own node's sessions
+        self.node = node
         self.docker = docker_api
         self.pricing = pricing
         #: this hub's id: another hub's containers on the same engine are not metered here
@@ -190,7 +230,8 @@ class SessionTracker:
         from docker.errors import NotFound
 
         try:
-            return ManagedContainer.from_inspect(self.docker.inspect_container(container_id))
+            attrs = self.docker.inspect_container(container_id)
+            return ManagedContainer.from_inspect(attrs, self.node)
         except NotFound:
             return None
 
@@ -225,7 +266,7 @@ class SessionTracker:
         seen_at = self.clock()
 
         closed = []
-        for session in self.ledger.open_sessions():
+        for session in self.ledger.open_sessions(node=self.node):
             if session.container_id in running:
                 continue
             container = self._inspect(session.container_id)
@@ -239,12 +280,40 @@ class SessionTracker:
                 ended_at = session.last_seen_at or session.started_at
                 reason = REASON_GONE
             closed.append(Closing(session.container_id, ended_at, reason))
+        reopened, ended_earlier = self._settle_lost(summaries, running)
         return SessionChanges(
             opened=tuple(self._opening(c, c.started_at) for c in running.values()),
             closed=tuple(closed),
             running=tuple(running.values()),
             seen_at=seen_at,
+            reopened=reopened,
+            ended_earlier=ended_earlier,
         )
+
+    def _settle_lost(self, summaries, running) -> tuple[tuple[str, ...], tuple[Closing, ...]]:
+        """This node's "node lost" sessions of the containers Docker still has, settled
+        from Docker's own times (cluster mode; nothing on one host).
+
+        A container still running since the session's start: reopen (one session,
+        never two). One that stopped before the session's end (the node's last
+        heartbeat): its end moves back to Docker's FinishedAt. Any other keeps its
+        end: never billed past the last heartbeat.
+        """
+        if not self.node:
+            return (), ()
+        known = [summary["Id"] for summary in summaries]
+        reopened, earlier = [], []
+        for session in self.ledger.node_lost_sessions(self.node, known):
+            container = running.get(session.container_id)
+            if container is not None and _same_start(container.started_at, session.started_at):
+                reopened.append(session.container_id)
+                continue
+            container = container or self._inspect(session.container_id)
+            finished = container.finished_at if container is not None else None
+            if finished is not None and finished < session.ended_at:
+                reason = reason_exited(container.exit_code)
+                earlier.append(Closing(session.container_id, finished, reason))
+        return tuple(reopened), tuple(earlier)
 
     def handle_event(self, event: dict) -> SessionChanges | None:
         """What one Docker container event (start, kill, die, destroy) changes; None: not
@@ -262,7 +331,7 @@ class SessionTracker:
             container = self._inspect(container_id)
             if container is None:  # already gone: build it from the event's labels
                 container = ManagedContainer.from_inspect(
-                    {"Id": container_id, "Config": {"Labels": attributes}, "State": {}}
+                    {"Id": container_id, "Config": {"Labels": attributes}, "State": {}}, self.node
                 )
             # Docker's StartedAt and the event time are the same instant; prefer the event's
             return SessionChanges(opened=(self._opening(container, at),), events_since_ns=since)

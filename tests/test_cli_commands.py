@@ -10,7 +10,7 @@ from traitlets.utils.importstring import import_item
 from jupyter_gpu_meter.service.app import MeterService
 from tests.test_cli import cli
 
-COMMANDS = ["report", "upgrade-db", "budget", "homes", "snapshots"]
+COMMANDS = ["report", "upgrade-db", "budget", "homes", "snapshots", "agent"]
 
 
 def test_the_service_alone_declares_its_commands_without_importing_them():
@@ -30,6 +30,7 @@ def test_the_service_alone_declares_its_commands_without_importing_them():
             "budget": "jupyter_gpu_meter.cli.budget.BudgetCommand",
             "homes": "jupyter_gpu_meter.cli.homes.HomesCommand",
             "snapshots": "jupyter_gpu_meter.cli.homes.SnapshotsCommand",
+            "agent": "jupyter_gpu_meter.service.agent.MeterAgent",
         },
         "imported": [],
     }
@@ -63,6 +64,7 @@ def test_every_command_is_a_command_and_its_help_is_its_docstring():
         "snapshots take",
         "snapshots restore",
         "snapshots delete",
+        "agent",
     ]
     for path, cls, help in commands:
         assert issubclass(cls, Application), path
@@ -86,6 +88,9 @@ homes
     Users' home volumes: list, remove.
 snapshots
     Snapshots of users' homes: list, take, restore, delete.
+agent
+    The meter of one GPU server in a cluster: its Docker events, GPUs and
+    heartbeats into the shared ledger, tagged with the node.
 
 Options
 """

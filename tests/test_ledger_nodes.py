@@ -251,3 +251,20 @@ def test_lost_after_two_of_the_nodes_own_intervals(ledger):
     beat(ledger, interval=5)
     node = ledger.get_node("gpu-1")
     assert not node.late(at(10)) and node.late(at(10) + timedelta(microseconds=1))
+
+
+def test_a_node_found_lost_without_sessions_is_reported_once(ledger):
+    beat(ledger, "idle-node")
+    assert ledger.sweep_lost_nodes(at(31)) == {"idle-node": []}
+    assert ledger.sweep_lost_nodes(at(62)) == {}
+
+
+def test_the_lost_sessions_of_a_node_among_the_containers_docker_has(ledger):
+    for container_id, node in (("c1", "gpu-1"), ("c2", "gpu-1"), ("c3", "gpu-2")):
+        start(ledger, container_id, node)
+    beat(ledger, "gpu-1")
+    beat(ledger, "gpu-2")
+    ledger.sweep_lost_nodes(at(31))
+    assert ledger.node_lost_sessions("gpu-1", []) == []
+    found = ledger.node_lost_sessions("gpu-1", ["c1", "c3", "unknown"])
+    assert [session.container_id for session in found] == ["c1"]

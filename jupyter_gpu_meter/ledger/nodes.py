@@ -25,6 +25,7 @@ from ..pricing import session_sums
 from .efficiency import refresh_sums
 from .engine import Database, aware, checked_text
 from .models import NodeModel, SessionModel
+from .records import SessionRecord
 from .sessions import _record
 
 _nodes = NodeModel.__table__
@@ -206,26 +207,30 @@ class NodeStore:
         of its intervals gets ``lost_at`` = `now`, and every open session of a
         lost node ends at the node's last heartbeat (never before its start)
         with reason :data:`NODE_LOST`. Idempotent: a sweep interrupted halfway
-        is finished by the next. Returns node -> the container IDs it closed.
+        is finished by the next. Returns node -> the container IDs it closed, for
+        each node found lost now or with sessions closed now.
         """
         now = aware("now", now)
         closed: dict[str, list[str]] = {}
         for node in self.nodes():
+            newly = False
             if not node.lost:
                 if not node.late(now):
                     continue
-                self.mark_lost(node.name, now)
+                newly = self.mark_lost(node.name, now)
             ended = []
             for container_id in self._open_of(node.name):
                 if self._close_lost(container_id, node.name, node.last_heartbeat_at):
                     ended.append(container_id)
-            if ended:
+            if ended or newly:
                 closed[node.name] = ended
         return closed
 
     def _open_of(self, node: str) -> list[str]:
-        statement = select(_sessions.c.container_id).where(
-            _sessions.c.node == node, _sessions.c.ended_at.is_(None)
+        statement = (
+            select(_sessions.c.container_id)
+            .where(_sessions.c.node == node, _sessions.c.ended_at.is_(None))
+            .order_by(_sessions.c.container_id)
         )
         with self.db.read() as connection:
             return list(connection.execute(statement).scalars())
@@ -234,12 +239,31 @@ class NodeStore:
         """End one open session of a lost node at its last heartbeat, if still lost."""
         with self.db.write() as connection:
             # the node's heartbeat may have come since the sweep read it: then it is back
+            # locked (PostgreSQL) until the session is closed: a heartbeat waits, then
+            # the agent's reconcile reopens what survived
             still_lost = connection.execute(
-                select(_nodes.c.lost_at).where(_nodes.c.name == node)
+                select(_nodes.c.lost_at).where(_nodes.c.name == node).with_for_update()
             ).scalar_one_or_none()
             if still_lost is None:
                 return False
             return _end(connection, container_id, last_heartbeat, NODE_LOST, only_open=True)
+
+    def node_lost_sessions(self, node: str, container_ids: Iterable[str]) -> list[SessionRecord]:
+        """`node`'s sessions ended :data:`NODE_LOST`, of these containers (those Docker
+        still has: a session whose container is gone keeps its end)."""
+        ids = sorted(set(container_ids))
+        if not ids:
+            return []
+        found = []
+        with self.db.read() as connection:
+            for start in range(0, len(ids), 500):  # bounded IN lists
+                statement = select(_sessions).where(
+                    _sessions.c.container_id.in_(ids[start : start + 500]),
+                    _sessions.c.node == node,
+                    _sessions.c.end_reason == NODE_LOST,
+                )
+                found.extend(_record(row) for row in connection.execute(statement))
+        return sorted(found, key=lambda session: (session.started_at, session.id))
 
     def reopen_lost_session(self, container_id: str) -> bool:
         """Undo :data:`NODE_LOST` on a session whose container survived; True if it did.

@@ -194,5 +194,6 @@ class Ledger:
     mark_lost = _delegate("node_store", NodeStore.mark_lost)
     clear_lost = _delegate("node_store", NodeStore.clear_lost)
     sweep_lost_nodes = _delegate("node_store", NodeStore.sweep_lost_nodes)
+    node_lost_sessions = _delegate("node_store", NodeStore.node_lost_sessions)
     reopen_lost_session = _delegate("node_store", NodeStore.reopen_lost_session)
     end_lost_session_earlier = _delegate("node_store", NodeStore.end_lost_session_earlier)

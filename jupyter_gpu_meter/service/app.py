@@ -34,7 +34,6 @@ import secrets
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 
 from jupyterhub.traitlets import Callable
 from traitlets import Float, Unicode, default
@@ -50,7 +49,7 @@ from ..ledger import DB_URL_ENV, DEFAULT_URL, Ledger, WriteBuffer, default_url
 from ..pricing import Pricing
 from ..sampler import GPUSampler, RollupAggregator, SamplerUnavailable
 from ..sessions import EVENTS_SINCE_KEY, Opening, SessionChanges, SessionTracker
-from . import storage_pass
+from . import nodes, storage_pass
 from .hubapi import HubAPI
 from .loops import DockerEvents, every, follow_the_hub, handle_events
 from .policy_runner import Policies, PolicyRunner
@@ -61,7 +60,7 @@ from .web import listen
 from .writes import queue_decision, queue_rollups, queue_session_writes, refused_openings
 
 
-class MeterService(Application):
+class MeterService(Application, nodes.ClusterSettings, storage_pass.MeasuresStorage):
     """Records every notebook session's runtime, GPUs, utilization and price in the ledger."""
 
     name = "jupyter-gpu-meter"
@@ -95,6 +94,11 @@ class MeterService(Application):
         "snapshots": (
             "jupyter_gpu_meter.cli.homes.SnapshotsCommand",
             "Snapshots of users' homes: list, take, restore, delete.",
+        ),
+        "agent": (
+            "jupyter_gpu_meter.service.agent.MeterAgent",
+            "The meter of one GPU server in a cluster: its Docker events, GPUs and\n"
+            "heartbeats into the shared ledger, tagged with the node.",
         ),
     }
 
@@ -208,11 +212,15 @@ class MeterService(Application):
         self.buffer = WriteBuffer()
         self.pricing = Pricing(parent=self)
         self.inventory_source = GPUInventory(parent=self)
-        if docker_api is None:
+        if self.cluster:  # the GPUs and the Docker engines are the nodes' (agents')
+            self.inventory_source = nodes.LedgerInventory(self.ledger)
+        elif docker_api is None:
             import docker
 
             docker_api = docker.from_env().api
         self.docker_api = docker_api
+        #: the meter state key of the last Docker event handled (one per node in a cluster)
+        self.events_key = EVENTS_SINCE_KEY
         #: what the meter knows now; only the event loop changes it
         self.state = MeterState()
         self.hub_id = HubIdentity(parent=self).hub_id
@@ -287,7 +295,7 @@ class MeterService(Application):
     def _apply(self, changes: SessionChanges) -> LedgerWrites:
         """On the loop: apply what the ledger thread found, and queue its ledger writes."""
         writes = self.state.apply(changes)
-        queue_session_writes(self.buffer, self.ledger, writes)
+        queue_session_writes(self.buffer, self.ledger, writes, self.events_key)
         return writes
 
     async def _write_ledger(self):
@@ -315,7 +323,7 @@ class MeterService(Application):
 
     async def _flush(self):
         queue_rollups(self.buffer, self.ledger, self.log, self.aggregator, self.state.running)
-        if self.state.running:
+        if self.state.running and not self.cluster:  # (cluster: the agents saw them)
             # "seen running at": the end of a session whose end Docker forgot
             # (engine restarted, container gone) is known to within one flush
             self.buffer.add(self.ledger.touch_sessions, list(self.state.running), self.clock())
@@ -350,34 +358,6 @@ class MeterService(Application):
         self.runner.observe(tick)
         await self.runner.check_isolation(tick)
 
-    def storage_pass(self, now: datetime) -> storage_pass.StoragePass:
-        """Measure this hub's homes and snapshots and record their periods up to `now`.
-
-        Blocking (Docker and the ledger): the loop runs it in the storage
-        thread; tests call it with the time they choose.
-        """
-        return storage_pass.storage_pass(
-            self.docker_api,
-            self.ledger,
-            self.pricing,
-            hub_id=self.hub_id,
-            helper_image=self.home_volumes.helper_image,
-            interval_s=self.storage_interval,
-            now=now,
-            log=self.log,
-        )
-
-    async def _measure_storage(self):
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.storage_executor, self.storage_pass, self.clock()
-        )
-        self.oversized = storage_pass.report(
-            result,
-            log=self.log,
-            size_warning=self.home_volumes.size_warning,
-            oversized=self.oversized,
-        )
-
     async def _check_policies(self):
         """One policy check; then ``api/health`` tells when it began (the meter's clock)."""
         began = self.clock()
@@ -411,28 +391,13 @@ class MeterService(Application):
         self._setup()
         self.log.info("Ledger: %s", self.ledger.url)
         await self._in_ledger_thread(self.ledger.ensure_schema)
-        since = await self._in_ledger_thread(self.ledger.get_state, EVENTS_SINCE_KEY)
-        self.state.events_since_ns = int(since) if since else time.time_ns()
-        await self._open_sampler()
-
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        queue = asyncio.Queue()
-        self.events.start(loop, queue)  # asks for the first reconcile, after its replay
-        tasks = [
-            handle_events(
-                queue, reconcile=self._reconcile, handle_event=self._handle_event, log=self.log
-            ),
-            self._every(self.reconcile_interval, self._reconcile, "Reconcile", first=False),
-            self._every(self.policies.interval, self._check_policies, "Policies", first=False),
-            self._every(self.sampler_config.interval, self._tick, "GPU sampling"),
-            self._every(self.flush_interval, self._flush, "Ledger flush"),
-            self._every(self.storage_interval, self._measure_storage, "Storage measurement"),
-        ]
+        tasks = await self._loops()
         if os.environ.get("JUPYTERHUB_SERVICE_NAME"):
             tasks.append(follow_the_hub(stop, self.log))
         tasks = [asyncio.ensure_future(task) for task in tasks]
-        servers = listen(self, self.service_url, self.service_prefix, self.notebook_ip)
+        servers = self._listen()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
@@ -448,6 +413,33 @@ class MeterService(Application):
             self.log.exception("Final flush failed; %d write(s) lost", len(self.buffer))
         if self.sampler is not None:
             await loop.run_in_executor(self.sampler_executor, self.sampler.close)
+
+    async def _loops(self) -> list:
+        """The loops to run (coroutines): metering this engine, or (cluster) the ledger's."""
+        check = self._every(self.policies.interval, self._check_policies, "Policies", first=False)
+        if self.cluster:
+            return [nodes.sweep_loop(self), check]
+        storage = self._every(self.storage_interval, self._measure_storage, "Storage measurement")
+        return [*await self._metering_loops(), check, storage]
+
+    async def _metering_loops(self) -> list:
+        """Docker events, reconcile, GPU sampling, ledger flush: what meters this engine."""
+        since = await self._in_ledger_thread(self.ledger.get_state, self.events_key)
+        self.state.events_since_ns = int(since) if since else time.time_ns()
+        await self._open_sampler()
+        queue = asyncio.Queue()
+        self.events.start(asyncio.get_running_loop(), queue)  # asks for the first reconcile
+        return [
+            handle_events(
+                queue, reconcile=self._reconcile, handle_event=self._handle_event, log=self.log
+            ),
+            self._every(self.reconcile_interval, self._reconcile, "Reconcile", first=False),
+            self._every(self.sampler_config.interval, self._tick, "GPU sampling"),
+            self._every(self.flush_interval, self._flush, "Ledger flush"),
+        ]
+
+    def _listen(self) -> list:
+        return listen(self, self.service_url, self.service_prefix, self.notebook_ip)
 
     def start(self):
         if self.subapp is not None:

@@ -99,6 +99,9 @@ class LedgerWrites:
     events_since_ns: str | None = None
     #: ids of the containers the meter had not known running
     new: tuple[str, ...] = ()
+    #: "node lost" sessions to reopen, and to end earlier (cluster mode: see SessionChanges)
+    reopened: tuple[str, ...] = ()
+    ended_earlier: tuple[Closing, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,8 +197,23 @@ class MeterState:
         if changes.running and changes.seen_at is not None:
             touched = (tuple(self.running), changes.seen_at)
         return LedgerWrites(
-            tuple(opened), tuple(closed), touched, changes.events_since_ns, tuple(new)
+            tuple(opened),
+            tuple(closed),
+            touched,
+            changes.events_since_ns,
+            tuple(new),
+            changes.reopened,
+            changes.ended_earlier,
         )
+
+    def follow(self, running) -> None:
+        """Cluster mode: the running containers are the ledger's open sessions (each
+        :class:`~jupyter_gpu_meter.sessions.ManagedContainer`), replaced whole; what
+        was kept of a container no longer running is dropped."""
+        self.running = {container.container_id: container for container in running}
+        for kept in (self.kills, self.stop_reasons, self.unbilled):
+            for container_id in set(kept) - self.running.keys():
+                del kept[container_id]
 
     def _death_reason(self, container_id: str, code) -> str:
         signal = self.kills.get(container_id)

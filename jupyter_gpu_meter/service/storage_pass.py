@@ -9,6 +9,7 @@ What is measured and billed: :mod:`jupyter_gpu_meter.storage`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -109,3 +110,37 @@ def report(
             size_warning,
         )
     return now_over
+
+
+class MeasuresStorage:
+    """The meter's storage measurement, mixed into
+    :class:`~jupyter_gpu_meter.service.app.MeterService` (its Docker client, ledger,
+    pricing, hub id, homes' settings, storage thread and clock)."""
+
+    def storage_pass(self, now: datetime) -> StoragePass:
+        """Measure this hub's homes and snapshots and record their periods up to `now`.
+
+        Blocking (Docker and the ledger): the loop runs it in the storage
+        thread; tests call it with the time they choose.
+        """
+        return storage_pass(
+            self.docker_api,
+            self.ledger,
+            self.pricing,
+            hub_id=self.hub_id,
+            helper_image=self.home_volumes.helper_image,
+            interval_s=self.storage_interval,
+            now=now,
+            log=self.log,
+        )
+
+    async def _measure_storage(self):
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.storage_executor, self.storage_pass, self.clock()
+        )
+        self.oversized = report(
+            result,
+            log=self.log,
+            size_warning=self.home_volumes.size_warning,
+            oversized=self.oversized,
+        )

@@ -25,11 +25,21 @@ def open_session(ledger, opening: Opening):
         price=opening.price,
         started_at=opening.started_at,
         image=container.image,
+        node=container.node,
     )
 
 
-def queue_session_writes(buffer, ledger, writes: LedgerWrites) -> None:
-    """Queue, in order, the ledger writes one applied change of sessions needs."""
+def queue_session_writes(
+    buffer, ledger, writes: LedgerWrites, events_key: str = EVENTS_SINCE_KEY
+) -> None:
+    """Queue, in order, the ledger writes one applied change of sessions needs
+    (`events_key`: the meter state key of the last Docker event, one per node)."""
+    for container_id in writes.reopened:  # before "seen running" moves them on
+        buffer.add(ledger.reopen_lost_session, container_id)
+    for closing in writes.ended_earlier:
+        buffer.add(
+            ledger.end_lost_session_earlier, closing.container_id, closing.ended_at, closing.reason
+        )
     for opening in writes.opened:
         buffer.add(open_session, ledger, opening)
     for closing in writes.closed:
@@ -42,7 +52,7 @@ def queue_session_writes(buffer, ledger, writes: LedgerWrites) -> None:
     if writes.touched is not None:
         buffer.add(ledger.touch_sessions, *writes.touched)
     if writes.events_since_ns is not None:
-        buffer.add(ledger.set_state, EVENTS_SINCE_KEY, writes.events_since_ns)
+        buffer.add(ledger.set_state, events_key, writes.events_since_ns)
 
 
 def queue_decision(buffer, ledger, at, server, decision, outcome: str, dry_run: bool) -> None:
