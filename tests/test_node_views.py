@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import re
+import secrets
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ from jupyter_gpu_meter.pricing import Pricing
 from jupyter_gpu_meter.sampler import GPUReading, Tick
 from jupyter_gpu_meter.service.reader import LiveState
 from jupyter_gpu_meter.service.state import MeterState
-from tests import test_ledger
+from tests import test_agent, test_ledger
 from tests.test_usage_web import DOCS, NOW, fetch, serve_app
 from tests.test_usage_web import body as json_of
 
@@ -33,6 +34,8 @@ db_url = test_ledger.db_url
 clock = test_ledger.clock
 make_ledger = test_ledger.make_ledger
 ledger = test_ledger.ledger
+containers = test_agent.containers
+make_meters = test_agent.make_meters
 
 H100 = "NVIDIA H100 80GB HBM3"
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -331,3 +334,43 @@ async def check_schema(app, path: str, token: str) -> None:
 
 def cluster_base(app) -> str:
     return app.url.rstrip("/")
+
+
+# --- with the real agent and the hub's real meter in cluster mode ---------------------------
+
+
+async def test_what_a_real_agent_writes_shows_in_the_hubs_api_with_its_node(
+    make_meters, containers
+):
+    """An agent meters a real container on "node-a" (simulated GPUs) into the ledger; the
+    hub's MeterService in cluster mode serves api/gpus, api/nodes and /metrics from it."""
+    make_agent, make_hub = make_meters
+    hub_id = f"jgm-nodeviews-{secrets.token_hex(3)}"
+    clock = test_agent.Clock()
+    agent = make_agent("node-a", hub_id, clock)
+    uuids = [gpu.uuid for gpu in agent.inventory_source.discover().gpus]
+    containers(hub_id, user="ada", uuids=uuids[:1])
+    await test_agent.start_agent(agent)
+    await agent._open_sampler()
+    await agent._tick()
+    await agent._flush()
+    meter = make_hub(clock)
+    assert meter.cluster is True
+    server, app = serve_app(meter)
+    try:
+        gpus = json_of(await fetch(app, "api/gpus", "admin-token"))["gpus"]
+        assert [(g["node"], g["uuid"]) for g in gpus] == [("node-a", uuid) for uuid in uuids]
+        held, free = gpus
+        assert held["holder"]["user"] == "ada" and free["holder"] is None
+        assert held["utilization"] is not None and held["sampled_at"] is not None
+        data = json_of(await fetch(app, "api/nodes", "admin-token"))
+        (node,) = data["nodes"]
+        assert data["cluster"] is True and node["name"] == "node-a"
+        assert (node["gpus_total"], node["gpus_held"], node["gpus_free"]) == (2, 1, 1)
+        assert node["lost"] is False and node["sessions"][0]["user"] == "ada"
+        text = (await fetch(app, "metrics", "prometheus-token")).body.decode()
+        assert 'jupyter_gpu_meter_running_sessions{node="node-a"} 1.0' in text
+        (running,) = json_of(await fetch(app, "api/usage?user=ada", "admin-token"))["running"]
+        assert running["node"] == "node-a"
+    finally:
+        server.stop()
