@@ -374,3 +374,29 @@ async def test_what_a_real_agent_writes_shows_in_the_hubs_api_with_its_node(
         assert running["node"] == "node-a"
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+async def test_the_admin_pages_script_loads_a_clusters_gpus_with_their_node(cluster):
+    """In a browser (Debian's chromium, as test_e2e_pages.py): the page holds no GPU row,
+    its script fills the table from api/gpus at once, each GPU with its node."""
+    from tests.test_e2e_pages import CHROMIUM, CHROMIUM_ARGS
+
+    def browse():  # Playwright's sync API, in a thread: the app runs on this test's loop
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                headers = {"Authorization": "token admin-token"}
+                page = browser.new_context(extra_http_headers=headers).new_page()
+                page.goto(cluster.url + "admin")
+                row = page.locator('#gpus-table tr[data-uuid="GPU-gpu-2-0"]')
+                row.wait_for(timeout=10_000)
+                return row.inner_text(), page.inner_text("#nodes-table")
+            finally:
+                browser.close()
+
+    row, nodes = await asyncio.to_thread(browse)
+    assert "node gpu-2" in row and "bob" in row
+    assert "gpu-3" in nodes and "lost" in nodes
