@@ -184,7 +184,7 @@ class UsersView:
                     "last_active": usage.isoformat(row.last_active),
                     **row.totals.to_json(self.currency),
                     "running_servers": [s.server for s in self.running.get(row.user, [])],
-                    "running_sessions": [
+                    "running_sessions": [  # with the node each runs on ("" on one host)
                         {"server": s.server, "node": s.node} for s in self.running.get(row.user, [])
                     ],
                     "storage_bytes": self.storage_bytes.get(row.user, 0),
@@ -320,12 +320,8 @@ class UsageReader:
             grand = grand + row.totals
         shown = {row.user for row in page.items}
         running: dict[str, list] = {}
-        # the running sessions: usage_sums read every one already when the range is open
-        # (a running session overlaps any [since, now)); else the ledger's open sessions
-        running_now = (
-            [s for s in sessions if s.running] if until is None else self.ledger.open_sessions()
-        )
-        for session in running_now:
+        opened = [s for s in sessions if s.running] if until is None else None  # all, if open
+        for session in opened if opened is not None else self.ledger.open_sessions():
             if session.user in shown:
                 running.setdefault(session.user, []).append(session)
         sizes: dict[str, int] = {}
