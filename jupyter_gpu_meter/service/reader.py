@@ -320,7 +320,7 @@ class UsageReader:
             grand = grand + row.totals
         shown = {row.user for row in page.items}
         running: dict[str, list] = {}
-        opened = [s for s in sessions if s.running] if until is None else None  # all, if open
+        opened = [s for s in sessions if s.running] if until is None else None  # read by usage_sums
         for session in opened if opened is not None else self.ledger.open_sessions():
             if session.user in shown:
                 running.setdefault(session.user, []).append(session)
