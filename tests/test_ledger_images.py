@@ -66,4 +66,5 @@ def test_the_image_shows_in_the_api_json_and_the_csv(ledger):
     assert item["image"] == TORCH
     (row,) = usage.export_rows([session], now=at(60))
     assert row["image"] == TORCH
-    assert list(row) == list(usage.EXPORT_COLUMNS) and usage.EXPORT_COLUMNS[-1] == "image"
+    assert list(row) == list(usage.EXPORT_COLUMNS)
+    assert usage.EXPORT_COLUMNS[-2:] == ("image", "node")

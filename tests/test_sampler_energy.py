@@ -281,7 +281,7 @@ def test_the_energy_counter_in_metrics_per_gpu():
     text = exposition(metric_families(tick, {}, {}, None)).decode()
     assert "# TYPE jupyter_gpu_meter_gpu_energy_joules_total counter" in text
     assert (
-        'jupyter_gpu_meter_gpu_energy_joules_total{index="0",model="NVIDIA H100",uuid="GPU-A"} '
-        "123456.789" in text
+        'jupyter_gpu_meter_gpu_energy_joules_total{index="0",model="NVIDIA H100",'
+        'node="",uuid="GPU-A"} 123456.789' in text
     )
     assert 'energy_joules_total{index="1"' not in text

@@ -253,10 +253,10 @@ async def test_the_access_scope_names_the_service_the_hub_says_we_are(meter, mon
 
 async def test_a_scraper_with_read_metrics_alone_gets_no_user_names(app):
     text = (await fetch(app, "metrics", "scraper-token")).body.decode()
-    gpu = f'index="0",model="{H100}",uuid="GPU-A"'
+    gpu = f'index="0",model="{H100}",node="",uuid="GPU-A"'
     assert f"jupyter_gpu_meter_gpu_allocated{{{gpu}}} 1.0" in text
     assert f"jupyter_gpu_meter_gpu_utilization_ratio{{{gpu}}} 0.81" in text
-    assert "jupyter_gpu_meter_running_sessions 1.0" in text
+    assert 'jupyter_gpu_meter_running_sessions{node=""} 1.0' in text
     assert "jupyter_gpu_meter_ledger_pending_writes 0.0" in text
     for user_series in ("user_gpu_seconds", "user_charges", "gpu_holder_info", "user="):
         assert user_series not in text
@@ -269,8 +269,11 @@ async def test_a_scraper_with_the_read_all_scope_gets_the_per_user_series(app):
     assert 'jupyter_gpu_meter_user_gpu_seconds_total{user="ada"} 90000.0' in text
     assert 'jupyter_gpu_meter_user_gpu_seconds_total{user="花子"} 86400.0' in text
     assert 'jupyter_gpu_meter_user_charges_total{currency="EUR",user="zoë"}' in text
-    assert 'jupyter_gpu_meter_gpu_holder_info{server="train",user="ada",uuid="GPU-A"} 1.0' in text
-    assert "jupyter_gpu_meter_running_sessions 1.0" in text
+    assert (
+        'jupyter_gpu_meter_gpu_holder_info{node="",server="train",user="ada",uuid="GPU-A"} 1.0'
+        in text
+    )
+    assert 'jupyter_gpu_meter_running_sessions{node=""} 1.0' in text
 
 
 # --- CSV: no formulas, whatever a cell starts with -------------------------------------------

@@ -16,7 +16,8 @@ from tornado import web
 
 from .. import usage
 from .auth import Authenticated
-from .gpus import gpu_list
+from .cluster_views import totals as nodes_totals
+from .gpus import gpu_list, gpus_and_nodes
 from .handlers import JSONHandler
 from .query import UsageArgumentError, parse_choice, parse_count, parse_range
 from .reader import MAX_LIMIT
@@ -82,6 +83,19 @@ class GPUsAPIHandler(APIHandler):
     async def get(self):
         gpus = await gpu_list(self.context, self.viewer)
         self.write_json({"gpus": gpus, "health": _sampling(self.context.live.health())})
+
+
+class NodesAPIHandler(APIHandler):
+    """``GET api/nodes``: each node of the cluster, its heartbeat and GPUs (admins and
+    read-all holders); one host: no nodes, ``cluster`` false."""
+
+    async def get(self):
+        self.viewer.check_sees_everyone("api/nodes")
+        context = self.context
+        _, section = await gpus_and_nodes(context, self.viewer)
+        section = section or {"nodes": [], "totals": nodes_totals([])}
+        now = usage.isoformat(context.reader.clock())
+        self.write_json({"cluster": context.cluster, "as_of": now, **section})
 
 
 def _sampling(health: dict) -> dict:
@@ -168,6 +182,6 @@ class NotFoundAPIHandler(JSONHandler):
     def prepare(self):
         raise web.HTTPError(
             404,
-            "no such API: use api/usage, api/users, api/gpus, api/server-status, api/export.csv, "
-            "api/budgets, api/snapshots, api/homes, api/health or api/openapi.yaml",
+            "no such API: use api/usage, api/users, api/gpus, api/nodes, api/server-status, "
+            "api/export.csv, api/budgets, api/snapshots, api/homes, api/health or api/openapi.yaml",
         )

@@ -11,13 +11,17 @@ from datetime import timedelta
 
 from .. import isolation, usage
 from ..usage import format_percent, format_quantity
+from .cluster_views import cluster_now, cluster_readings, node_rows, totals
 
 #: how far back the admin page's isolation box lists decisions
 ISOLATION_DECISIONS_DAYS = 7
 
 
 async def gpu_list(context, viewer) -> list[dict]:
-    """The GPUs as ``api/gpus`` gives them to `viewer` (inventory read off the loop)."""
+    """The GPUs as ``api/gpus`` gives them to `viewer` (inventory read off the loop; in
+    cluster mode, the nodes' GPUs from the ledger: :mod:`.cluster_views`)."""
+    if context.cluster:
+        return cluster_gpu_rows(await cluster_now(context), viewer)
     live = context.live
     tick = live.tick()
     inventory = None if tick is not None else await context.reader.call(live.inventory)
@@ -30,6 +34,25 @@ async def gpu_list(context, viewer) -> list[dict]:
         sees_everyone=viewer.sees_everyone,
         breaches=view.breaches,
     )
+
+
+def cluster_gpu_rows(read, viewer) -> list[dict]:
+    """Every node's GPUs as ``api/gpus`` gives them to `viewer`; holders from the open
+    sessions (a :class:`~jupyter_gpu_meter.ledger.node_views.ClusterRead`). Pure."""
+    running = {session.container_id: session for session in read.sessions}
+    return rows_of(
+        cluster_readings(read), running, viewer=viewer.name, sees_everyone=viewer.sees_everyone
+    )
+
+
+async def gpus_and_nodes(context, viewer) -> tuple[list[dict], dict | None]:
+    """The admin page's GPUs and, in cluster mode, instead of them (the page's script loads
+    a cluster's GPUs from ``api/gpus``) its "GPUs per node" box: the nodes and their
+    totals, ``api/nodes``' fields; None on one host."""
+    if not context.cluster:
+        return await gpu_list(context, viewer), None
+    rows = node_rows(await cluster_now(context), now=context.reader.clock())
+    return [], {"nodes": rows, "totals": totals(rows)}
 
 
 def format_gib(size: int | None) -> str:
@@ -84,18 +107,11 @@ def gpu_rows(
     From the last sample (`tick`) when there is one, else from `inventory`
     (GPU sampling off: no readings). `running` maps container ids to the
     running containers; `breaches` are the meter's current isolation breaches
-    (see :func:`breach_rows`). A viewer who does not see everyone sees the
-    readings and the holder of their own GPUs only, and of the processes that
-    should not be on them only how many there are; of the others' GPUs, whether
-    they are allocated.
+    (see :func:`breach_rows`). One host: every GPU's ``node`` is "". See
+    :func:`rows_of` for what a viewer sees.
     """
-    by_gpu = breach_rows(breaches, running, details=sees_everyone)
-    holders = {
-        uuid: container
-        for container in running.values()
-        for uuid in getattr(container, "gpu_uuids", ())
-    }
     if tick is not None:
+        sampled_at = usage.isoformat(tick.at)
         readings = [
             {
                 "uuid": gpu.uuid,
@@ -108,10 +124,10 @@ def gpu_rows(
                 "temperature_c": gpu.temperature_c,
                 "healthy": gpu.healthy,
                 "problem": gpu.problem,
+                "sampled_at": sampled_at,
             }
             for gpu in tick.gpus
         ]
-        sampled_at = usage.isoformat(tick.at)
     else:
         readings = [
             {
@@ -125,15 +141,42 @@ def gpu_rows(
                 "temperature_c": None,
                 "healthy": gpu.healthy,
                 "problem": gpu.problem,
+                "sampled_at": None,
             }
             for gpu in (inventory.gpus if inventory is not None else ())
         ]
-        sampled_at = None
+    return rows_of(
+        [{**reading, "node": ""} for reading in readings],
+        running,
+        viewer=viewer,
+        sees_everyone=sees_everyone,
+        breaches=breaches,
+    )
+
+
+def rows_of(
+    readings: list[dict], running: dict, *, viewer: str, sees_everyone: bool, breaches=()
+) -> list[dict]:
+    """``api/gpus``' rows from each GPU's `readings` (a dict of its fields, its node and
+    ``sampled_at`` included) and who holds it (`running`: container id -> a running
+    container or open session, with ``gpu_uuids``, ``user``, ``server``,
+    ``started_at``). Pure.
+
+    A viewer who does not see everyone sees the readings and the holder of
+    their own GPUs only, and of the processes that should not be on them only
+    how many there are; of the others' GPUs, whether they are allocated.
+    """
+    by_gpu = breach_rows(breaches, running, details=sees_everyone)
+    holders = {
+        uuid: container
+        for container in running.values()
+        for uuid in getattr(container, "gpu_uuids", ())
+    }
     rows = []
     for reading in readings:
         holder = holders.get(reading["uuid"])
         mine = holder is not None and holder.user == viewer
-        row = {**reading, "sampled_at": sampled_at, "allocated": holder is not None}
+        row = {**reading, "allocated": holder is not None}
         if holder is not None and (sees_everyone or mine):
             row["holder"] = {
                 "user": holder.user,

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .auth import Authenticated
+from .cluster_views import cluster_now, cluster_readings
 from .handlers import JSONHandler
 
 #: the hub scope that allows scraping
@@ -25,7 +26,31 @@ METRICS_SCOPE = "read:metrics"
 PREFIX = "jupyter_gpu_meter_"
 
 
-def metric_families(tick, running: dict, health: dict, per_user) -> list:
+def gpu_samples(tick, cluster=None) -> list[dict]:
+    """Each GPU's readings for /metrics: from the last sample (one host: node ""), or in
+    cluster mode from the nodes' inventories and latest rollups (`cluster`, a
+    :class:`~jupyter_gpu_meter.ledger.node_views.ClusterRead`). Pure."""
+    if cluster is not None:
+        return [{**reading, "energy_mj": None} for reading in cluster_readings(cluster)]
+    return [
+        {
+            "uuid": gpu.uuid,
+            "index": gpu.index,
+            "model": gpu.model,
+            "node": "",
+            "utilization": gpu.utilization,
+            "memory_used_bytes": gpu.memory_used_bytes if gpu.healthy else None,
+            "memory_total_bytes": gpu.memory_total_bytes,
+            "power_watts": gpu.power_watts,
+            "temperature_c": gpu.temperature_c,
+            "energy_mj": gpu.energy_mj,
+            "healthy": gpu.healthy,
+        }
+        for gpu in (tick.gpus if tick is not None else ())
+    ]
+
+
+def metric_families(tick, running: dict, health: dict, per_user, *, cluster=None) -> list:
     """The metric families of one scrape. Pure.
 
     `tick`: the last sample (or None), `running`: container id -> running
@@ -33,8 +58,12 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     user, charges by (user, currency)[, storage]), all time, with storage a
     :class:`~jupyter_gpu_meter.service.reader.StorageMetrics`; None leaves out
     every family that names users (for a scraper that may not see them).
+    `cluster` (cluster mode: a :class:`~jupyter_gpu_meter.ledger.node_views.ClusterRead`)
+    replaces `tick` and `running` with the ledger's nodes and open sessions and
+    adds the nodes' families. The GPU and session series carry a ``node`` label
+    ("" on one host).
     """
-    gpu_labels = ["uuid", "index", "model"]
+    gpu_labels = ["uuid", "index", "model", "node"]
 
     def gauge(name, doc, labels=gpu_labels):
         return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
@@ -54,26 +83,30 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     holder = gauge(
         "gpu_holder_info",
         "1 for each GPU a running server holds, labelled with who holds it.",
-        labels=["uuid", "user", "server"],
+        labels=["uuid", "user", "server", "node"],
     )
+    if cluster is not None:
+        running = {session.container_id: session for session in cluster.sessions}
     holders = {uuid: container for container in running.values() for uuid in container.gpu_uuids}
-    for gpu in tick.gpus if tick is not None else ():
-        labels = [gpu.uuid, str(gpu.index), gpu.model]
-        if gpu.utilization is not None:
-            utilization.add_metric(labels, gpu.utilization / 100)
-        if gpu.healthy:
-            memory_used.add_metric(labels, gpu.memory_used_bytes)
-        memory_total.add_metric(labels, gpu.memory_total_bytes)
-        if gpu.power_watts is not None:
-            power.add_metric(labels, gpu.power_watts)
-        if gpu.temperature_c is not None:
-            temperature.add_metric(labels, gpu.temperature_c)
-        if gpu.energy_mj is not None:
-            energy.add_metric(labels, gpu.energy_mj / 1000)
-        healthy.add_metric(labels, 1 if gpu.healthy else 0)
-        allocated.add_metric(labels, 1 if gpu.uuid in holders else 0)
+    for gpu in gpu_samples(tick, cluster):
+        labels = [gpu["uuid"], str(gpu["index"]), gpu["model"], gpu["node"]]
+        if gpu["utilization"] is not None:
+            utilization.add_metric(labels, gpu["utilization"] / 100)
+        if gpu["memory_used_bytes"] is not None:
+            memory_used.add_metric(labels, gpu["memory_used_bytes"])
+        if gpu["memory_total_bytes"] is not None:
+            memory_total.add_metric(labels, gpu["memory_total_bytes"])
+        if gpu["power_watts"] is not None:
+            power.add_metric(labels, gpu["power_watts"])
+        if gpu["temperature_c"] is not None:
+            temperature.add_metric(labels, gpu["temperature_c"])
+        if gpu["energy_mj"] is not None:
+            energy.add_metric(labels, gpu["energy_mj"] / 1000)
+        healthy.add_metric(labels, 1 if gpu["healthy"] else 0)
+        allocated.add_metric(labels, 1 if gpu["uuid"] in holders else 0)
     for uuid, container in sorted(holders.items()):
-        holder.add_metric([uuid, container.user, container.server], 1)
+        node = getattr(container, "node", "")
+        holder.add_metric([uuid, container.user, container.server, node], 1)
 
     seconds, charges, *rest = per_user if per_user is not None else ({}, {})
     storage, efficiency = rest[:1], rest[1:]
@@ -92,8 +125,15 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
     for (user, currency), value in sorted(charges.items()):
         charged.add_metric([user, currency], float(value))
 
-    sessions = GaugeMetricFamily(PREFIX + "running_sessions", "Servers running now.")
-    sessions.add_metric([], len(running))
+    sessions = GaugeMetricFamily(
+        PREFIX + "running_sessions", "Servers running now, per node.", labels=["node"]
+    )
+    per_node = {node.name: 0 for node in cluster.nodes} if cluster is not None else {"": 0}
+    for container in running.values():
+        node = getattr(container, "node", "")
+        per_node[node] = per_node.get(node, 0) + 1
+    for node, count in sorted(per_node.items()):
+        sessions.add_metric([node], count)
     families = [utilization, memory_used, memory_total, power, temperature, energy, healthy]
     families.append(allocated)
     if per_user is not None:
@@ -117,7 +157,27 @@ def metric_families(tick, running: dict, health: dict, per_user) -> list:
         PREFIX + "ledger_pending_writes", "Ledger writes queued, not yet written."
     )
     pending.add_metric([], health.get("pending_writes", 0))
-    return [*families, tick_duration, last_tick, sampling, pending, *failure_families(health)]
+    families += [tick_duration, last_tick, sampling, pending, *failure_families(health)]
+    return families + (node_families(cluster) if cluster is not None else [])
+
+
+def node_families(cluster) -> list:
+    """Cluster mode: each node's last heartbeat, and whether the hub declared it lost."""
+    heartbeat = GaugeMetricFamily(
+        PREFIX + "node_last_heartbeat_timestamp_seconds",
+        "When the node's agent last reported, seconds since the epoch.",
+        labels=["node"],
+    )
+    lost = GaugeMetricFamily(
+        PREFIX + "node_lost",
+        '1 if the hub declared the node lost (its sessions ended "node lost"), else 0.',
+        labels=["node"],
+    )
+    for node in cluster.nodes:
+        if node.last_heartbeat_at is not None:
+            heartbeat.add_metric([node.name], node.last_heartbeat_at.timestamp())
+        lost.add_metric([node.name], 1 if node.lost_at is not None else 0)
+    return [heartbeat, lost]
 
 
 def storage_families(storage=None) -> list:
@@ -266,7 +326,10 @@ class MetricsHandler(Authenticated, JSONHandler):
         if self.viewer.sees_everyone:
             per_user = await reader.call(reader.metrics_totals)
         live = context.live
-        families = metric_families(live.tick(), live.running(), live.health(), per_user)
+        cluster = await cluster_now(context) if context.cluster else None
+        families = metric_families(
+            live.tick(), live.running(), live.health(), per_user, cluster=cluster
+        )
         body = exposition([*families, *isolation_families(live.view())])
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(body)

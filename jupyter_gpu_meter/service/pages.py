@@ -8,6 +8,7 @@ the hub's config file), then the hub's default templates.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from .. import budgets, usage
 from .._version import __version__
 from .auth import READ_ALL_SCOPE, Authenticated, PageUser, Viewer
 from .charts import bar_chart_svg, sparkline_svg
-from .gpus import format_gib, gpu_list, isolation_section
+from .gpus import format_gib, gpus_and_nodes, isolation_section
 from .query import UsageArgumentError, parse_choice, parse_count, parse_range
 
 log = logging.getLogger(__name__)
@@ -246,10 +247,10 @@ class AdminPageHandler(PageHandler):
         except UsageArgumentError as e:
             self.bad_request(e)
         reader = self.context.reader
-        view = await reader.call(
+        users = reader.call(  # the users and the GPUs read at once, in the reader's threads
             reader.users_view, since=since, until=until, sort=sort, order=order, offset=offset
         )
-        gpus = await gpu_list(self.context, viewer)
+        view, (gpus, nodes) = await asyncio.gather(users, gpus_and_nodes(self.context, viewer))
         budgets = await reader.call(reader.ledger.budgets)
         stoppable = await stoppable_servers(self.context, viewer, view.running)
         from .home_api import homes_section  # (it builds on this module's handlers)
@@ -274,6 +275,7 @@ class AdminPageHandler(PageHandler):
             "admin.html",
             view=view,
             gpus=gpus,
+            nodes=nodes,
             since_text=since_text,
             until_text=until_text,
             sort=sort,

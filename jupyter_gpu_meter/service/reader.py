@@ -184,6 +184,9 @@ class UsersView:
                     "last_active": usage.isoformat(row.last_active),
                     **row.totals.to_json(self.currency),
                     "running_servers": [s.server for s in self.running.get(row.user, [])],
+                    "running_sessions": [  # with the node each runs on ("" on one host)
+                        {"server": s.server, "node": s.node} for s in self.running.get(row.user, [])
+                    ],
                     "storage_bytes": self.storage_bytes.get(row.user, 0),
                     "storage_over_size_warning": row.user in self.storage_over,
                 }
@@ -317,7 +320,8 @@ class UsageReader:
             grand = grand + row.totals
         shown = {row.user for row in page.items}
         running: dict[str, list] = {}
-        for session in self.ledger.open_sessions():
+        opened = [s for s in sessions if s.running] if until is None else None  # read by usage_sums
+        for session in opened if opened is not None else self.ledger.open_sessions():
             if session.user in shown:
                 running.setdefault(session.user, []).append(session)
         sizes: dict[str, int] = {}

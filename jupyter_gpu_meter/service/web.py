@@ -23,6 +23,7 @@ from ..pricing import Pricing
 from .api import (
     ExportHandler,
     GPUsAPIHandler,
+    NodesAPIHandler,
     NotFoundAPIHandler,
     OpenAPIHandler,
     UsageAPIHandler,
@@ -74,6 +75,8 @@ class WebContext:
     ssh: KeyPusher | None = None
     #: the usage page's SSH section (c.SSHKeys)
     ssh_settings: SSHKeys | None = None
+    #: cluster mode (``c.MeterService.cluster``): GPUs and nodes come from the ledger
+    cluster: bool = False
 
 
 def _hub_config(meter, name: str, default):
@@ -143,6 +146,7 @@ def make_context(
         status=status or StatusSource.from_meter(meter, live),
         ssh=ssh or getattr(meter, "ssh_keys", None),
         ssh_settings=SSHKeys(parent=parent),
+        cluster=bool(getattr(meter, "cluster", False)),
     )
 
 
@@ -166,6 +170,7 @@ def routes(context: WebContext) -> list:
         (prefix + "api/usage", UsageAPIHandler, args),
         (prefix + "api/users", UsersAPIHandler, args),
         (prefix + "api/gpus", GPUsAPIHandler, args),
+        (prefix + "api/nodes", NodesAPIHandler, args),
         (prefix + "api/server-status", ServerStatusHandler, args),
         (prefix + "api/export.csv", ExportHandler, args),
         *budget_routes(prefix, args),

@@ -55,6 +55,8 @@ EXPORT_COLUMNS = (
     "energy_charge",
     # added with image versions: the display name of the image the session ran
     "image",
+    # added with clusters: the node the session ran on ("" on one host)
+    "node",
 )
 #: the efficiency columns, empty on every line but a session's last
 EFFICIENCY_COLUMNS = EXPORT_COLUMNS[EXPORT_COLUMNS.index("busy_gpu_seconds") :][:7]

@@ -84,7 +84,8 @@ def utilization_series(minutes: Iterable, *, points: int = 60) -> list[float]:
 
 
 def what_ran(session) -> dict:
-    """Whose server ran what: the fields the API's sessions and the CSV's lines share."""
+    """Whose server ran what, and where: the fields the API's sessions and the CSV's lines
+    share. ``node``: the cluster node it ran on ("" on one host)."""
     return {
         "user": session.user,
         "server": session.server,
@@ -92,6 +93,7 @@ def what_ran(session) -> dict:
         "image": session.image,
         "gpu_model": session.gpu_model,
         "gpus": session.gpu_count,
+        "node": session.node,
     }
 
 

@@ -15,6 +15,13 @@
     uuid.className = "gpu-meter-uuid";
     uuid.textContent = gpu.uuid;
     model.appendChild(uuid);
+    if (gpu.node) {  // cluster mode: the node it is on
+      var node = document.createElement("span");
+      node.className = "gpu-meter-node";
+      node.textContent = "node " + gpu.node;
+      model.appendChild(document.createElement("br"));
+      model.appendChild(node);
+    }
     m.cell(row, gpu.utilization_text);
     m.cell(row, gpu.memory_text);
     m.cell(row, gpu.power_text);
@@ -36,4 +43,6 @@
   }
 
   m.every(config.refresh_s, function () { return m.getJSON(config.url).then(show); });
+  // cluster mode: the page holds no GPU rows, load them now
+  if (document.getElementById("gpus-table").dataset.deferred) m.getJSON(config.url).then(show);
 })();
