@@ -10,7 +10,6 @@ import os
 import subprocess
 import threading
 import urllib.request
-import uuid
 
 import pytest
 
@@ -28,10 +27,7 @@ RUNNING = {"running"}
 
 def simulated_uuids(node, count, model):
     """GPUInventory.simulated_host's UUIDs for `node` (host = the node's name)."""
-    namespace = gpus_module._SIMULATED_NAMESPACE
-    return tuple(
-        sorted(f"GPU-{uuid.uuid5(namespace, f'{node}/{index}:{model}')}" for index in range(count))
-    )
+    return tuple(sorted(gpus_module.simulated_uuid(index, model, node) for index in range(count)))
 
 
 @pytest.fixture
