@@ -369,27 +369,8 @@ class GPUDockerSpawner(
             kwargs = enforce_create_kwargs(
                 kwargs,
                 gpu_uuids=self.gpu_uuids,
-                container_labels={
-                    **container_labels(
-                        user=self.user.name,
-                        server=self.name,
-                        gpu_uuids=self.gpu_uuids,
-                        gpu_model=self.gpu_model,
-                        profile=getattr(self, "_profile", ""),
-                        hub_id=self.hub_id,
-                        image=self.image_name,
-                        ssh=self.ssh,
-                    ),
-                    # the price in force now travels with the container to the meter
-                    **self.price_snapshot().to_labels(),
-                },
-                hardening=Hardening(
-                    user=self.container_user,
-                    cap_add=tuple(self.cap_add),
-                    pids_limit=self.pids_limit,
-                    shm_size_bytes=self.shm_size,
-                    ulimits=getattr(self, "_ulimits", None) or dict(self.ulimits),
-                    allow_unsafe=frozenset(self.allow_unsafe_settings),
+                container_labels=self.run_labels(self.gpu_uuids),
+                hardening=self.hardening(
                     # every dataset's volume, chosen or not: never writable
                     read_only_volumes=frozenset(
                         dataset.volume for dataset in self._datasets().values()
@@ -397,6 +378,35 @@ class GPUDockerSpawner(
                 ),
             )
         return super().docker(method, *args, **kwargs)
+
+    def run_labels(self, gpu_uuids) -> dict:
+        """This run's container labels (:func:`~jupyter_gpu_meter.container.container_labels`)
+        with the price in force now, which travels with the container to the meter."""
+        return {
+            **container_labels(
+                user=self.user.name,
+                server=self.name,
+                gpu_uuids=gpu_uuids,
+                gpu_model=self.gpu_model,
+                profile=getattr(self, "_profile", ""),
+                hub_id=self.hub_id,
+                image=self.image_name,
+                ssh=self.ssh,
+            ),
+            **self.price_snapshot().to_labels(),
+        }
+
+    def hardening(self, **more) -> Hardening:
+        """What every container of this spawner is held to (:class:`~.container.Hardening`)."""
+        return Hardening(
+            user=self.container_user,
+            cap_add=tuple(self.cap_add),
+            pids_limit=self.pids_limit,
+            shm_size_bytes=self.shm_size,
+            ulimits=getattr(self, "_ulimits", None) or dict(self.ulimits),
+            allow_unsafe=frozenset(self.allow_unsafe_settings),
+            **more,
+        )
 
     def get_env(self):
         env = super().get_env()

@@ -31,7 +31,7 @@ from traitlets import Bool, Float, Unicode, default, validate
 from . import cluster, labels
 from .allocation import too_many_message
 from .choice import Choice
-from .container import ContainerRefused, Hardening, container_labels
+from .container import ContainerRefused
 from .gpus import GPU, Inventory
 from .spawner import GPUDockerSpawner
 from .spawner_checks import _is_loopback, spawn_error
@@ -286,27 +286,9 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             request,
             gpu_count=self._requested_gpus,
             gpu_model=self.gpu_model,
-            container_labels={
-                **container_labels(
-                    user=self.user.name,
-                    server=self.name,
-                    gpu_uuids=(),  # Swarm picks them: the task's env says which
-                    gpu_model=self.gpu_model,
-                    profile=getattr(self, "_profile", ""),
-                    hub_id=self.hub_id,
-                    image=self.image_name,
-                    ssh=self.ssh,
-                ),
-                **self.price_snapshot().to_labels(),
-            },
-            hardening=Hardening(
-                user=self.container_user,
-                cap_add=tuple(self.cap_add),
-                pids_limit=self.pids_limit,
-                shm_size_bytes=self.shm_size,
-                ulimits=getattr(self, "_ulimits", None) or dict(self.ulimits),
-                allow_unsafe=frozenset(self.allow_unsafe_settings),
-            ),
+            # Swarm picks the GPUs: the task's env says which
+            container_labels=self.run_labels(()),
+            hardening=self.hardening(),
             port=self.port,
             publish_mode=self.publish_mode,
         )
