@@ -747,3 +747,12 @@ def test_the_daily_charts_axis_names_its_steps_even_for_a_few_gpu_minutes(larges
     svg = str(bar_chart_svg([(days[0], Decimal(0)), (days[1], largest), (days[2], Decimal(0))]))
     axis = re.findall(r'<text x="32" [^>]*text-anchor="end"[^>]*>([^<]*)</text>', svg)
     assert axis == labels
+
+
+def test_each_bar_carries_its_days_value_as_the_api_gives_it():
+    """4782 s on a GPU is 1.328333… GPU-hours: the bar says what api/usage says, 1.328333."""
+    days = [date(2026, 11, 1), date(2026, 11, 2)]
+    hours = Decimal(4782) / Decimal(3600)
+    svg = str(bar_chart_svg([(days[0], hours), (days[1], Decimal(0))]))
+    values = dict(re.findall(r'data-day="([^"]+)" data-value="([^"]+)"', svg))
+    assert values == {"2026-11-01": "1.328333", "2026-11-02": "0.000000"}

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from markupsafe import Markup
 
-from ..usage import format_day, format_percent, format_quantity
+from ..usage import decimal_string, format_day, format_percent, format_quantity
 
 
 def _number(value: float) -> str:
@@ -67,7 +67,10 @@ def bar_chart_svg(
     height: int = 160,
     unit: str = "GPU-hours",
 ) -> Markup:
-    """Bars per day (e.g. GPU-hours for the last 30 days), with a title per bar."""
+    """Bars per day (e.g. GPU-hours for the last 30 days), with a title per bar.
+
+    Each bar's ``data-value`` is the day's value as the API gives it (6 places).
+    """
     if not points:
         return Markup("")
     left, bottom, top = 36, 18, 8
@@ -117,7 +120,7 @@ def bar_chart_svg(
                 bw=_number(bar_w),
                 bh=_number(bar_h),
                 day=day.isoformat(),
-                raw=str(value),
+                raw=decimal_string(value),  # the API's string for that day
                 value=format_quantity(value),
                 unit=unit,
             )
