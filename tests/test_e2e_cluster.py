@@ -113,7 +113,7 @@ def cluster_hub(tmp_path, swarm_cluster, request):
     hubs = []
 
     def make(**extra):
-        hub = ClusterHub(tmp_path / f"hub{len(hubs)}", swarm_cluster, **extra)
+        hub = ClusterHub(tmp_path / f"cluster-hub{len(hubs)}", swarm_cluster, **extra)
         hubs.append(hub)
         return hub.start()
 
