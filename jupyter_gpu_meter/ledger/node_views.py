@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, Float, Integer, String, column, select, text
 
 from .engine import Database
 from .models import NodeModel, SessionModel
-from .nodes import NodeRecord, _node
+from .nodes import NodeRecord, node_record
 from .types import UTCDateTime
 
 _sessions = SessionModel.__table__
@@ -133,7 +133,8 @@ def read_cluster(db: Database) -> ClusterRead:
     """The nodes, the open sessions and the held GPUs' latest rollups, in one snapshot."""
     with db.snapshot() as connection, connection.begin():
         nodes = [
-            _node(row) for row in connection.execute(select(_nodes).order_by(_nodes.c.name)).all()
+            node_record(row)
+            for row in connection.execute(select(_nodes).order_by(_nodes.c.name)).all()
         ]
         sessions = [
             OpenSession(

@@ -111,7 +111,7 @@ def _gpus_json(gpus: Iterable) -> str:
     return json.dumps(items, separators=(",", ":"))
 
 
-def _node(row) -> NodeRecord:
+def node_record(row) -> NodeRecord:
     return NodeRecord(
         name=row.name,
         gpus=tuple(NodeGPU(**gpu) for gpu in json.loads(row.gpus or "[]")),
@@ -173,12 +173,12 @@ class NodeStore:
         """Every node that ever reported, by name."""
         with self.db.read() as connection:
             rows = connection.execute(select(_nodes).order_by(_nodes.c.name)).all()
-        return [_node(row) for row in rows]
+        return [node_record(row) for row in rows]
 
     def get_node(self, name: str) -> NodeRecord | None:
         with self.db.read() as connection:
             row = connection.execute(select(_nodes).where(_nodes.c.name == name)).first()
-        return _node(row) if row else None
+        return node_record(row) if row else None
 
     def mark_lost(self, name: str, at: datetime) -> bool:
         """Set `name`'s ``lost_at`` to `at`; True if it was not lost before."""
