@@ -34,13 +34,21 @@ HOLDING_STATES = frozenset({"assigned", "accepted", "preparing", "ready", "start
 
 @dataclass(frozen=True)
 class ClusterGPU:
-    """One GPU of a schedulable Swarm node."""
+    """One GPU of a Swarm node."""
 
     #: the node's hostname (= its Docker engine's name, the node name in the ledger)
     node: str
     uuid: str
     #: the node's :data:`MODEL_LABEL`; "" when the node has no such label
     model: str
+    #: "ready" while Swarm places tasks on the node (:func:`schedulable`); else why
+    #: not: its state ("down", "unknown", "disconnected") or availability ("drain",
+    #: "pause"). A GPU of a node that is not ready counts in totals, never as free.
+    node_state: str = "ready"
+
+    @property
+    def available(self) -> bool:
+        return self.node_state == "ready"
 
 
 def placement_constraint(model: str) -> str:
@@ -54,6 +62,16 @@ def schedulable(node: Mapping) -> bool:
     state = (node.get("Status") or {}).get("State")
     availability = (node.get("Spec") or {}).get("Availability")
     return state == "ready" and availability == "active"
+
+
+def node_state(node: Mapping) -> str:
+    """ "ready" for a :func:`schedulable` node; else its state when that is not
+    "ready" ("down", ...), else its availability ("drain", "pause")."""
+    state = (node.get("Status") or {}).get("State") or "unknown"
+    if state != "ready":
+        return state
+    availability = (node.get("Spec") or {}).get("Availability") or "unknown"
+    return "ready" if availability == "active" else availability
 
 
 def _gpu_uuids(resources: Iterable[Mapping] | None) -> list[str]:
@@ -81,16 +99,51 @@ def node_hostnames(nodes_json: Iterable[Mapping]) -> dict[str, str]:
     return {node["ID"]: node_hostname(node) for node in nodes_json if "ID" in node}
 
 
-def cluster_gpus(nodes_json: Iterable[Mapping]) -> list[ClusterGPU]:
-    """The GPUs of the schedulable nodes, in the nodes' and their advertised order."""
-    gpus = []
-    for node in nodes_json:
-        if not schedulable(node):
-            continue
-        model = ((node.get("Spec") or {}).get("Labels") or {}).get(MODEL_LABEL, "")
-        hostname = node_hostname(node)
-        gpus.extend(ClusterGPU(hostname, uuid, model) for uuid in node_gpu_uuids(node))
+def cluster_gpus(nodes_json: Iterable[Mapping], *, every_node: bool = False) -> list[ClusterGPU]:
+    """The GPUs of the schedulable nodes, in the nodes' and their advertised order.
+
+    With `every_node`, also those of the nodes Swarm places nothing on now (down,
+    drained, paused: :attr:`ClusterGPU.node_state` says which), so a model whose
+    only node is down is still known, counted and never free. A GPU that a ready
+    node advertises too (a node that rejoined under a new ID) is listed once.
+    """
+    nodes_json = list(nodes_json)
+    ready = [node for node in nodes_json if schedulable(node)]
+    gpus = [gpu for node in ready for gpu in _node_gpus(node, "ready")]
+    if every_node:
+        seen = {gpu.uuid for gpu in gpus}
+        for node in nodes_json:
+            if not schedulable(node):
+                for gpu in _node_gpus(node, node_state(node)):
+                    if gpu.uuid not in seen:
+                        seen.add(gpu.uuid)
+                        gpus.append(gpu)
     return gpus
+
+
+def _node_gpus(node: Mapping, state: str) -> list[ClusterGPU]:
+    model = ((node.get("Spec") or {}).get("Labels") or {}).get(MODEL_LABEL, "")
+    hostname = node_hostname(node)
+    return [ClusterGPU(hostname, uuid, model, state) for uuid in node_gpu_uuids(node)]
+
+
+def unavailable_note(gpus: Iterable[ClusterGPU], model: str | None = None) -> str:
+    """Which nodes with GPUs (of `model`; any when None) Swarm places nothing on now,
+    as a refusal's tail: `` (gpu-2 is down, gpu-5 is drained)``; "" when none."""
+    states = {
+        gpu.node: gpu.node_state
+        for gpu in gpus
+        if not gpu.available and (model is None or gpu.model == model)
+    }
+    if not states:
+        return ""
+    said = (f"{node} is {state_word(state)}" for node, state in sorted(states.items()))
+    return " (" + ", ".join(said) + ")"
+
+
+def state_word(state: str) -> str:
+    """A :func:`node_state` as a message says it: "down", "drained", "paused", ..."""
+    return {"drain": "drained", "pause": "paused"}.get(state, state)
 
 
 def task_gpu_uuids(task: Mapping) -> list[str]:
@@ -116,13 +169,14 @@ def assigned_uuids(tasks_json: Iterable[Mapping]) -> set[str]:
 def free_by_model(
     gpus: Iterable[ClusterGPU], assigned: Iterable[str]
 ) -> dict[str, tuple[int, int, int]]:
-    """Per model: (free GPUs, all GPUs, nodes with GPUs of that model), schedulable nodes only."""
+    """Per model: (free GPUs, all GPUs, nodes with GPUs of that model); the GPUs of a
+    node that is not ready count in all, never as free."""
     assigned = set(assigned)
     free: dict[str, int] = {}
     total: dict[str, int] = {}
     nodes: dict[str, set[str]] = {}
     for gpu in gpus:
-        free[gpu.model] = free.get(gpu.model, 0) + (gpu.uuid not in assigned)
+        free[gpu.model] = free.get(gpu.model, 0) + (gpu.available and gpu.uuid not in assigned)
         total[gpu.model] = total.get(gpu.model, 0) + 1
         nodes.setdefault(gpu.model, set()).add(gpu.node)
     return {model: (free[model], total[model], len(nodes[model])) for model in total}
@@ -131,12 +185,13 @@ def free_by_model(
 def free_on_nodes(
     gpus: Iterable[ClusterGPU], assigned: Iterable[str], model: str | None = None
 ) -> dict[str, int]:
-    """Per node: how many GPUs (of `model`; any model when None) are free."""
+    """Per node: how many GPUs (of `model`; any model when None) are free (none on a
+    node that is not ready)."""
     assigned = set(assigned)
     free: dict[str, int] = {}
     for gpu in gpus:
         if model is None or gpu.model == model:
-            free[gpu.node] = free.get(gpu.node, 0) + (gpu.uuid not in assigned)
+            free[gpu.node] = free.get(gpu.node, 0) + (gpu.available and gpu.uuid not in assigned)
     return free
 
 
@@ -169,16 +224,22 @@ def refusal(
 
     Swarm places a task's GPUs on one node, so the request fits when some
     schedulable node has that many free. (A start can still lose a race to
-    another start between this check and Swarm's placement.)
+    another start between this check and Swarm's placement.) The GPUs of nodes
+    that are down, drained or paused count in the total, never as free, and the
+    message names those nodes.
     """
     if requested < 1:
         return ""
-    gpus = [gpu for gpu in cluster_gpus(nodes_json) if model is None or gpu.model == model]
+    gpus = [
+        gpu
+        for gpu in cluster_gpus(nodes_json, every_node=True)
+        if model is None or gpu.model == model
+    ]
     free_per_node = free_on_nodes(gpus, assigned_uuids(tasks_json))
     most = max(free_per_node.values(), default=0)
     if most >= requested:
         return ""
-    return no_free_message(
+    message = no_free_message(
         model,
         sum(free_per_node.values()),
         len(gpus),
@@ -186,3 +247,4 @@ def refusal(
         requested=requested,
         most=most,
     )
+    return message + unavailable_note(gpus, model)

@@ -14,7 +14,12 @@ A start: check names, read the cluster (nodes and running tasks,
 each model on one node, refuse at once (503) when no node has enough free,
 check the budget, create the service, wait for its task. A task still unplaced
 after :attr:`GPUSwarmSpawner.pending_timeout` (another start won the race) fails
-the start with the same message, and the service is removed. Once running, the
+the start with the same message, and the service is removed; so does a task
+whose node goes down (or is drained) before it runs, as soon as the manager
+says so, instead of waiting "assigned" until the hub's ``start_timeout``. The
+GPUs of a node that is down, drained or paused count in the cluster's totals,
+never as free: a model whose only node is down is refused with "no free …: 0 of
+2 free on 1 node (gpu-2 is down)", not as an unknown model. Once running, the
 task's node and GPUs are logged and kept in the spawner's state.
 """
 
@@ -47,6 +52,13 @@ from .swarm_spec import (
 )
 
 __all__ = ["GPUSwarmSpawner"]
+
+#: node states (:func:`~jupyter_gpu_meter.cluster.node_state`) in which a task Swarm
+#: placed there will not run: the start gives up. ("unknown" passes: a manager says it
+#: of every node for a few seconds after a leader election.)
+GIVE_UP_STATES = frozenset({"down", "disconnected", "drain"})
+#: seconds between two looks at the node of a task waiting to run
+NODE_CHECK_INTERVAL = 1.0
 
 
 class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
@@ -147,13 +159,14 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
     # --- the cluster ---------------------------------------------------------
 
     async def read_cluster(self) -> tuple[list, set[str]]:
-        """The schedulable nodes' GPUs and the UUIDs running tasks hold, from the manager."""
+        """Every node's GPUs (``ClusterGPU``: those of a node that is down, drained or
+        paused are never free) and the UUIDs running tasks hold, from the manager."""
         nodes = await self.docker("nodes")
         tasks = await self.docker("tasks")  # a task shutting down holds its GPUs until stopped
-        return cluster.cluster_gpus(nodes), cluster.assigned_uuids(tasks)
+        return cluster.cluster_gpus(nodes, every_node=True), cluster.assigned_uuids(tasks)
 
     async def discover_gpus(self) -> Inventory:
-        """Every GPU of the cluster's schedulable nodes (for the spawn form's counts)."""
+        """Every GPU of the cluster's nodes (for the spawn form's counts)."""
         gpus, _ = await self.read_cluster()
         return Inventory(
             gpus=tuple(GPU(gpu.uuid, index, gpu.model) for index, gpu in enumerate(gpus)),
@@ -161,8 +174,13 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         )
 
     async def held_gpus(self) -> dict[str, str]:
-        _, assigned = await self.read_cluster()
-        return dict.fromkeys(assigned, "")
+        """The GPUs tasks hold, and those of nodes Swarm places nothing on: none is free."""
+        gpus, assigned = await self.read_cluster()
+        held = dict.fromkeys(assigned, "")
+        held.update(
+            (gpu.uuid, f"node {gpu.node} is {gpu.node_state}") for gpu in gpus if not gpu.available
+        )
+        return held
 
     async def _users_other_gpus(self) -> int:
         """GPUs the user's other servers of this hub asked for (their services' labels)."""
@@ -295,10 +313,13 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
 
     async def start_object(self):
         """Wait for the task to run: record its node and GPUs; or fail the start, leaving
-        no service behind, when it fails or finds no node within :attr:`pending_timeout`."""
+        no service behind, when it fails, finds no node within :attr:`pending_timeout`,
+        or its node goes down (or is drained) before it runs."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.pending_timeout
         delay = 0.05
+        placed = False  # Swarm gave the task a node (a task taken off it fails the start)
+        node_checked = 0.0
         while True:
             task = await self.get_task()
             outcome = task_outcome(task) if task else TaskOutcome("failed", message="no task")
@@ -309,11 +330,31 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             if outcome.state == "failed":
                 await self._give_up()
                 raise spawn_error(500, f"the server's task failed before it ran: {outcome.message}")
-            if not outcome.node_id and loop.time() > deadline:
+            if outcome.node_id:
+                placed = True
+                if loop.time() - node_checked >= NODE_CHECK_INTERVAL:
+                    node_checked = loop.time()
+                    await self._check_node_alive(outcome.node_id)
+            elif placed or loop.time() > deadline:
+                # no node (another start won the race), or Swarm took the task off its node
                 await self._give_up()
                 raise spawn_error(503, await self._no_room_message(outcome))
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
+
+    async def _check_node_alive(self, node_id: str):
+        """Fail the start (503, service removed) when the task's node is down or drained:
+        Swarm would keep the task "assigned" there until the hub's start_timeout."""
+        node = await self.docker("inspect_node", node_id)
+        state = cluster.node_state(node)
+        if state in GIVE_UP_STATES:
+            await self._give_up()
+            gone = cluster.state_word(state)
+            raise spawn_error(
+                503,
+                f"the node Swarm placed this server on, {cluster.node_hostname(node)}, is "
+                f"{gone}: start it again (the GPUs of a node that is {gone} are not offered)",
+            )
 
     async def _no_room_message(self, outcome: TaskOutcome) -> str:
         gpus, assigned = await self.read_cluster()

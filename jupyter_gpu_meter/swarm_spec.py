@@ -45,7 +45,8 @@ def model_limits(gpus: Iterable) -> dict[str, int]:
     """GPU model -> the most GPUs of it on one node: the most one server can get.
 
     `gpus` are :class:`~jupyter_gpu_meter.cluster.ClusterGPU` (``node``, ``uuid``, ``model``)
-    of schedulable nodes. The dict keeps the order in which models first appear.
+    of every node, ready or not (a model stays known while its nodes are down). The dict
+    keeps the order in which models first appear.
     """
     per_node: dict[str, dict[str, int]] = {}
     for gpu in gpus:
@@ -84,7 +85,9 @@ def place(
     that fits is taken, so the service can say which one and carry its price.
     None for a CPU-only request. The refusal is the one-host message counted
     across the cluster (:func:`jupyter_gpu_meter.cluster.no_free_message`), e.g.
-    ``no free NVIDIA H100 80GB HBM3: 0 of 4 free on 2 nodes``.
+    ``no free NVIDIA H100 80GB HBM3: 0 of 4 free on 2 nodes``; the GPUs of a node
+    Swarm places nothing on now (down, drained) count there, never as free, and the
+    message ends by naming those nodes (``… (gpu-2 is down)``).
     """
     if count <= 0:
         return None
@@ -97,16 +100,15 @@ def place(
             return candidate
         free.update(on_nodes)  # one model per node: the nodes never overlap
     total = sum(1 for gpu in gpus if model is None or gpu.model == model)
-    raise ClusterFull(
-        cluster.no_free_message(
-            model,
-            sum(free.values()),
-            total,
-            len(free),
-            requested=count,
-            most=max(free.values(), default=0),
-        )
+    message = cluster.no_free_message(
+        model,
+        sum(free.values()),
+        total,
+        len(free),
+        requested=count,
+        most=max(free.values(), default=0),
     )
+    raise ClusterFull(message + cluster.unavailable_note(gpus, model))
 
 
 def generic_resources(count: int) -> list[dict]:

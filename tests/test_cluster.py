@@ -31,10 +31,12 @@ from jupyter_gpu_meter.cluster import (
     no_free_message,
     node_gpu_uuids,
     node_hostnames,
+    node_state,
     placement_constraint,
     refusal,
     schedulable,
     task_gpu_uuids,
+    unavailable_note,
 )
 from jupyter_gpu_meter.gpus import parse_simulated
 
@@ -112,8 +114,6 @@ def test_a_drained_node_and_a_down_node_offer_nothing():
     gpus = cluster_gpus(nodes)
     assert {g.node for g in gpus} == {"jgm-nodecfg-1"}
     assert free_by_model(gpus, assigned_uuids(tasks)) == {H100: (0, 2, 1)}
-    # no node offers an A100 any more: counted as none at all
-    assert refusal(nodes, tasks, 1, A100) == "no free NVIDIA A100-SXM4-80GB: 0 of 0 free on 0 nodes"
     # the drained node's task was shut down: it holds nothing
     shut = [t for t in tasks if t["Status"]["State"] == "shutdown"]
     assert task_gpu_uuids(shut[0]) == A100_UUIDS[:1]
@@ -189,3 +189,48 @@ def test_placement_constraint_with_spaces():
         placement_constraint(H100)
         == "node.labels.jupyter-gpu-meter.gpu-model==NVIDIA H100 80GB HBM3"
     )
+
+
+def test_the_gpus_of_nodes_that_take_no_task_are_known_and_never_free():
+    nodes, tasks = load("drained-and-down")
+    every = cluster_gpus(nodes, every_node=True)
+    assert [(g.node, g.node_state) for g in every] == [
+        ("jgm-nodecfg-1", "ready"),
+        ("jgm-nodecfg-1", "ready"),
+        ("jgm-nodecfg-2", "drain"),
+        ("jgm-nodecfg-2", "drain"),
+    ]
+    assert [g.available for g in every] == [True, True, False, False]
+    assert [node_state(n) for n in nodes] == ["ready", "drain", "down"]
+    assert free_by_model(every, assigned_uuids(tasks)) == {H100: (0, 2, 1), A100: (0, 2, 1)}
+    assert free_on_nodes(every, set(), A100) == {"jgm-nodecfg-2": 0}
+    assert unavailable_note(every, A100) == " (jgm-nodecfg-2 is drained)"
+    assert unavailable_note(every, H100) == ""
+    # refused as the one-host message counted across the cluster, naming the node
+    assert refusal(nodes, tasks, 1, A100) == (
+        "no free NVIDIA A100-SXM4-80GB: 0 of 2 free on 1 node (jgm-nodecfg-2 is drained)"
+    )
+
+
+def test_a_down_gpu_node_is_named_in_the_refusal():
+    nodes, tasks = load("gpu-node-down")
+    every = cluster_gpus(nodes, every_node=True)
+    assert {g.node: g.node_state for g in every} == {
+        "jgm-nodecfg-1": "ready",
+        "jgm-nodecfg-2": "down",
+    }
+    assert refusal(nodes, tasks, 1, A100) == (
+        "no free NVIDIA A100-SXM4-80GB: 0 of 2 free on 1 node (jgm-nodecfg-2 is down)"
+    )
+    assert refusal(nodes, tasks, 1) == (
+        "no free GPU: 0 of 4 free on 2 nodes (jgm-nodecfg-2 is down)"
+    )
+
+
+def test_a_node_that_rejoined_lists_its_gpus_once():
+    nodes, _ = load("ready")
+    gone = json.loads(json.dumps(nodes[1]))  # the same engine's old node entry, down
+    gone["ID"], gone["Status"]["State"] = "old-id", "down"
+    every = cluster_gpus([*nodes, gone], every_node=True)
+    assert [g.uuid for g in every] == H100_UUIDS + A100_UUIDS
+    assert all(g.available for g in every)

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.hub import Hub, login
+from tests.metering import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 
@@ -318,6 +319,69 @@ def test_starts_refused_after_the_choice_leave_no_service(swarm_cluster):
     assert broken.status_code == 500
     assert broken.jupyterhub_message.startswith("the server's task failed before it ran: ")
     assert "/no/such/program" in broken.jupyterhub_message
+    assert services_named(swarm_cluster, prefix) == []
+
+
+def node_is(manager, name: str, state: str) -> bool:
+    return any(
+        node.attrs["Description"]["Hostname"] == name and node.attrs["Status"]["State"] == state
+        for node in manager.nodes.list()
+    )
+
+
+def test_a_start_on_a_node_that_goes_down_fails_once_swarm_says_so(swarm_cluster):
+    """The A100 node stops answering (its engine frozen: ``docker pause`` of the node)
+    right after an A100 start counted it free: Swarm, not knowing yet, places the
+    task there. The start fails (503, service removed) as soon as the manager marks
+    the node down, not at the hub's start_timeout; then an A100 start is refused at
+    once naming the node, and the spawn form counts its GPUs, none free."""
+    import docker
+    from jupyter_gpu_meter.spawn_form import model_counts
+
+    prefix = swarm_cluster.unique("down") + "-"
+    manager = swarm_cluster.client()
+    wait_until_no_gpu_is_held(manager)
+    node = node_of_model(swarm_cluster, A100)
+    frozen = docker.from_env().containers.get(node)  # the node's Docker-in-Docker container
+    one_a100 = {"gpus": 1, "gpu_model": A100}
+
+    async def scenario():
+        first = spawner_of(swarm_cluster, "first", prefix, one_a100)
+        choice = first.choose(*(await first.read_cluster()))
+        frozen.pause()
+        began = time.monotonic()
+        with pytest.raises(Exception) as error:
+            await first.start_chosen(choice)
+        took = time.monotonic() - began
+        later = spawner_of(swarm_cluster, "later", prefix, one_a100)
+        with pytest.raises(Exception) as refused:
+            later.choose(*(await later.read_cluster()))
+        inventory, held = await later.discover_gpus(), await later.held_gpus()
+        return error.value, took, refused.value, model_counts(inventory.gpus, held)
+
+    try:
+        error, took, refused, counts = asyncio.run(scenario())
+        assert node_is(manager, node, "down")
+    finally:
+        frozen.reload()
+        if frozen.status == "paused":
+            frozen.unpause()
+        wait_until(lambda: node_is(manager, node, "ready"), 120, f"{node} ready again")
+        wait_until_no_gpu_is_held(manager, 120)
+    print(f"\nstart on a node that went down: failed after {took:.1f} s")
+    assert error.status_code == 503
+    assert (
+        error.jupyterhub_message
+        == (
+            f"the node Swarm placed this server on, {node}, is down: start it again "
+            "(the GPUs of a node that is down are not offered)"
+        )
+        or error.jupyterhub_message == f"no free {A100}: 0 of 2 free on 1 node ({node} is down)"
+    )
+    assert took < 60, took  # Swarm marks a silent node down in about 12 s; start_timeout is longer
+    assert refused.status_code == 503
+    assert refused.jupyterhub_message == f"no free {A100}: 0 of 2 free on 1 node ({node} is down)"
+    assert counts[A100] == (2, 0)
     assert services_named(swarm_cluster, prefix) == []
 
 

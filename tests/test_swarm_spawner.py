@@ -114,6 +114,24 @@ def test_no_free_gpu_is_counted_across_the_cluster():
     assert str(refused.value) == f"no free {H100}: 0 of 4 free on 2 nodes"
 
 
+def test_a_model_whose_node_is_down_is_refused_as_busy_not_unknown():
+    down = [
+        *CLUSTER[:2],
+        ClusterGPU("jgm-2", "GPU-a1", A100, "down"),
+        ClusterGPU("jgm-2", "GPU-a2", A100, "down"),
+    ]
+    assert model_limits(down) == {H100: 2, A100: 2}  # an A100 request is still valid
+    with pytest.raises(ClusterFull) as refused:
+        place(down, set(), 1, A100)
+    assert str(refused.value) == f"no free {A100}: 0 of 2 free on 1 node (jgm-2 is down)"
+    assert place(down, set(), 1, None) == H100  # any model: the ready node's
+    made = spawner(options={"gpus": 1, "gpu_model": A100})
+    with pytest.raises(Exception) as error:
+        made.choose(down, set())
+    assert error.value.status_code == 503
+    assert error.value.jupyterhub_message == str(refused.value)
+
+
 def test_free_gpus_on_different_nodes_do_not_make_a_pair():
     four = [*CLUSTER, ClusterGPU("jgm-4", "GPU-h3", H100), ClusterGPU("jgm-4", "GPU-h4", H100)]
     with pytest.raises(ClusterFull) as refused:
