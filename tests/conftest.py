@@ -111,6 +111,12 @@ def docker_times(docker_client):
     watcher.close()
 
 
+def pytest_collection_modifyitems(config, items):
+    """The cluster tests run last: scripts/test brings the Swarm cluster up in the
+    background meanwhile (a fresh machine builds and loads its images for minutes)."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield
