@@ -198,9 +198,20 @@ class PolicyRunner:
     """
 
     def __init__(
-        self, config: Policies, state: MeterState, record, hub, log, clock, budget_of=None
+        self,
+        config: Policies,
+        state: MeterState,
+        record,
+        hub,
+        log,
+        clock,
+        budget_of=None,
+        stop_reason=None,
     ):
         self.config = config
+        #: async (container id, reason or None) -> None: writes why a server is being
+        #: stopped where its close will read it, before the hub is asked (cluster mode)
+        self.stop_reason = stop_reason
         self.state = state
         self.record = record  # async (decision fields) -> None, writes to the ledger
         #: async (user, groups, now) -> BudgetStatus | None, read from the ledger
@@ -411,11 +422,15 @@ class PolicyRunner:
             outcome = "would stop (dry run)"
         else:
             self.state.stop_reasons[server.container_id] = decision.reason
+            if self.stop_reason is not None:
+                await self.stop_reason(server.container_id, decision.reason)
             try:
                 await self.hub.stop_server(server.user, server.server)
                 outcome = "stopped"
             except Exception as e:
                 self.state.stop_reasons.pop(server.container_id, None)
+                if self.stop_reason is not None:
+                    await self.stop_reason(server.container_id, None)
                 self.state.policy_failed(e)
                 outcome = f"failed: {e}"
         self.log.warning(
