@@ -45,7 +45,8 @@ def test_downgrading_to_0009_drops_only_the_stop_reason_and_the_index(ledger):
     inspector = sa.inspect(ledger.engine)
     columns = {column["name"] for column in inspector.get_columns("sessions")}
     assert "stop_reason" not in columns and "node" in columns
-    assert "ix_rollups_session_id_minute" not in {i["name"] for i in inspector.get_indexes("rollups")}
+    indexes = {index["name"] for index in inspector.get_indexes("rollups")}
+    assert "ix_rollups_session_id_minute" not in indexes
     with ledger.engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM sessions")).scalar_one() == 1
 
