@@ -62,6 +62,8 @@ class Policies(LoggingConfigurable):
         help="""
         Stop a GPU server whose GPUs have all been idle this many seconds,
         e.g. 3600 (1 h). 0 turns the policy off. Per profile: ``per_profile``.
+        In cluster mode (``MeterService.cluster``) 0 or at least 120: GPU
+        activity comes by the minute there.
         """,
     ).tag(config=True)
 
@@ -120,7 +122,11 @@ class Policies(LoggingConfigurable):
     keep_alive_window = Int(
         300,
         min=1,
-        help="Seconds after the GPUs were last busy during which activity is reported, e.g. 300.",
+        help="""
+        Seconds after the GPUs were last busy during which activity is
+        reported, e.g. 300. In cluster mode (``MeterService.cluster``) at
+        least 120, counted from the end of the last busy minute.
+        """,
     ).tag(config=True)
 
     # Deprecated: the budget settings are c.Budgets' (jupyter_gpu_meter.budgets.Budgets),
