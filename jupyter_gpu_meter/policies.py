@@ -10,7 +10,7 @@ Acting on decisions (the hub's REST API) lives in the service, not here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -62,6 +62,57 @@ def track_idle(
     if utilizations and all(u is not None and u < threshold for u in utilizations):
         return idle_since or at
     return None
+
+
+#: a minute is one step of GPU activity in cluster mode (the agents' rollups)
+MINUTE = timedelta(minutes=1)
+#: cluster mode: how long into a minute its rollup may be missing before the minute
+#: counts as unknown (agents write the current minute every ``flush_interval``, 5 s)
+ROLLUP_GRACE = timedelta(seconds=30)
+
+
+def activity_from_minutes(
+    minutes: Iterable,
+    *,
+    gpus: int,
+    since: datetime,
+    now: datetime,
+    threshold: float,
+    grace: timedelta = ROLLUP_GRACE,
+) -> tuple[datetime | None, datetime | None]:
+    """A server's (idle_since, busy_at) from its per-minute rollups (cluster mode).
+
+    `minutes` holds each minute with a reading, from `since` (the server's start,
+    or how far back the policies look) to `now`, with the highest utilization
+    of the server's `gpus` GPUs and how many of them have a reading
+    (:class:`~jupyter_gpu_meter.ledger.MinuteBusy`, or any (minute, util_max,
+    gpus) tuple). The same meaning and threshold as :func:`track_idle` on each
+    sample: a minute is idle when every GPU stayed below `threshold` all
+    minute; busy when one reached it.
+
+    A minute without a reading of every GPU is unknown, and unknown is never
+    idle: it ends the idle run (the agent is late; never stop a server for
+    that), and vouches for nothing either. The current minute is not judged
+    before its first reading until `grace` into it. `idle_since` is the start
+    of the first idle minute of the trailing idle run (never before `since`);
+    `busy_at` the end of the last busy minute (at most `now`): the reading is
+    somewhere in it. Pure.
+    """
+    readings = {minute: (util_max, count) for minute, util_max, count in minutes}
+    current = now.replace(second=0, microsecond=0)
+    minute = since.replace(second=0, microsecond=0)
+    idle_since = busy_at = None
+    while minute <= current:
+        util_max, count = readings.get(minute, (None, 0))
+        if count < gpus or util_max is None:
+            if not (minute == current and now - minute < grace):
+                idle_since = None  # unknown
+        elif util_max >= threshold:
+            idle_since, busy_at = None, min(minute + MINUTE, now)
+        elif idle_since is None:
+            idle_since = max(minute, since)
+        minute += MINUTE
+    return idle_since, busy_at
 
 
 def idle_stop_at(server: ServerState, timeout: timedelta) -> datetime | None:

@@ -98,19 +98,25 @@ def docker_times(container):
 def make_meters(db_url, docker_client):
     made = []
 
-    def agent(node, hub, clock, interval=1.0):
-        config = Config({"HubIdentity": {"hub_id": hub}, "GPUInventory": {"simulated": SIMULATED}})
+    def agent(node, hub, clock, interval=1.0, config=None):
+        config = Config(
+            {
+                "HubIdentity": {"hub_id": hub},
+                "GPUInventory": {"simulated": SIMULATED},
+                **(config or {}),
+            }
+        )
         meter = MeterAgent(db_url=db_url, config=config, node=node, clock=clock)
         meter.heartbeat_interval = interval
         meter._setup(docker_api=docker_client.api)
         made.append(meter)
         return meter
 
-    def hub(clock):
-        config = Config({"HubIdentity": {"hub_id": "the-hub"}})
+    def hub(clock, config=None, hub_api=None):
+        config = Config({"HubIdentity": {"hub_id": "the-hub"}, **(config or {})})
         meter = MeterService(db_url=db_url, config=config, cluster=True, clock=clock)
         meter.writer_id = "hub"
-        meter._setup(hub_api=FakeHub())
+        meter._setup(hub_api=hub_api or FakeHub())
         made.append(meter)
         return meter
 

@@ -9,6 +9,7 @@ from jupyter_gpu_meter.policies import (
     STOP,
     WARN,
     ServerState,
+    activity_from_minutes,
     budget,
     format_duration,
     gpu_idle,
@@ -19,6 +20,7 @@ from jupyter_gpu_meter.policies import (
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
+SEC = timedelta(seconds=1)
 
 
 def server(**kwargs):
@@ -147,3 +149,52 @@ def test_gpu_lost_stops_the_server_that_holds_it():
     decision = gpu_lost(server=server(), unhealthy={"GPU-b": "GPU is lost (nvmlDeviceGetUUID)"})
     assert (decision.policy, decision.action) == ("gpu-health", STOP)
     assert decision.reason == "GPU unhealthy (GPU-b: GPU is lost (nvmlDeviceGetUUID))"
+
+
+# --- cluster mode: activity from per-minute rollups -------------------------------------
+
+
+def minutes_activity(rows, now, gpus=2, since=T0, threshold=5):
+    """(idle_since, busy_at) from rows of (minutes after T0, util_max, GPUs read)."""
+    minutes = [(T0 + minute * MIN, top, count) for minute, top, count in rows]
+    return activity_from_minutes(minutes, gpus=gpus, since=since, now=now, threshold=threshold)
+
+
+def test_idle_since_is_the_first_minute_of_the_trailing_idle_run():
+    rows = [(0, 90, 2), (1, 3, 2), (2, 0, 2), (3, 4, 2)]
+    assert minutes_activity(rows, T0 + 3 * MIN + SEC) == (T0 + 1 * MIN, T0 + 1 * MIN)
+    # a busy minute ends the run; busy_at is its end, at most now
+    assert minutes_activity(rows + [(4, 5, 2)], T0 + 4 * MIN + SEC) == (None, T0 + 4 * MIN + SEC)
+    assert minutes_activity(rows + [(4, 5, 2)], T0 + 5 * MIN) == (None, T0 + 5 * MIN)
+
+
+def test_the_same_threshold_as_each_sample():
+    rows = [(0, 5, 2), (1, 4, 2)]
+    assert minutes_activity(rows, T0 + 2 * MIN, threshold=5) == (T0 + 1 * MIN, T0 + 1 * MIN)
+    assert minutes_activity(rows, T0 + 2 * MIN, threshold=6) == (T0, None)
+
+
+def test_a_minute_without_every_gpus_reading_is_never_idle():
+    late = [(0, 0, 2), (1, 0, 2), (2, 0, 2)]  # then nothing for minute 3: the agent is late
+    assert minutes_activity(late, T0 + 4 * MIN + SEC) == (None, None)
+    half = [(0, 0, 2), (1, 0, 1), (2, 0, 2)]  # one GPU unread in minute 1
+    assert minutes_activity(half, T0 + 2 * MIN + SEC) == (T0 + 2 * MIN, None)
+    assert minutes_activity([], T0 + 10 * MIN) == (None, None)
+
+
+def test_the_current_minute_waits_for_its_first_reading_then_is_unknown():
+    rows = [(0, 0, 2), (1, 0, 2)]
+    # 29 s into minute 2 without its reading: not judged yet
+    assert minutes_activity(rows, T0 + 2 * MIN + 29 * SEC) == (T0, None)
+    # 30 s in: unknown, never idle
+    assert minutes_activity(rows, T0 + 2 * MIN + 30 * SEC) == (None, None)
+    # with its reading it counts at once
+    assert minutes_activity(rows + [(2, 0, 2)], T0 + 2 * MIN + 30 * SEC) == (T0, None)
+
+
+def test_idle_since_is_never_before_the_server_started():
+    started = T0 + 20 * SEC  # in minute 0, whose reading covers only its last 40 s
+    rows = [(0, 0, 1), (1, 0, 1)]
+    assert minutes_activity(rows, T0 + 2 * MIN, gpus=1, since=started) == (started, None)
+    # a run older than `since` is cut at `since` (how far back the policies look)
+    assert minutes_activity(rows, T0 + 2 * MIN, gpus=1, since=T0 + MIN) == (T0 + MIN, None)

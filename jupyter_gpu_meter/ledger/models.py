@@ -73,6 +73,10 @@ class SessionModel(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: why it ended ("stopped", "gpu-idle", "budget", ...); None while running
     end_reason: Mapped[str | None] = mapped_column(String(255))
+    #: why the hub's meter asked the hub to stop it (a policy's reason), written before
+    #: it asked; the close of the node's agent ends it with "stopped: <this>" (cluster
+    #: mode). None: no stop asked (or the ask failed)
+    stop_reason: Mapped[str | None] = mapped_column(String(255))
     #: the last time the meter saw the container running
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # written when the session closes, from its price snapshot (None while running):
@@ -152,6 +156,11 @@ class RollupModel(Base):
     #: where busy% came from: "utilization" or "sm-activity" (GPM); "" in rows written
     #: before busy time was measured (ledger revision 0006): their busy time is unknown
     busy_source: Mapped[str] = mapped_column(String(16), server_default="")
+
+    __table_args__ = (
+        # a running session's last minutes: what the hub's policies read in cluster mode
+        Index(None, "session_id", "minute"),
+    )
 
 
 class ProcessUsageModel(Base):

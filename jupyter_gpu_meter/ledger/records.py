@@ -39,6 +39,8 @@ class SessionRecord:
     image: str = ""
     #: the node (Docker engine's name) it ran on; "" on one host
     node: str = ""
+    #: why the hub's meter asked for its stop (cluster mode); None: not asked
+    stop_reason: str | None = None
 
     @property
     def gpu_count(self) -> int:
@@ -259,6 +261,17 @@ class MinuteUtilization(NamedTuple):
     samples: int
     #: utilization (%) × samples, added up: / samples is the mean
     util_sum: float
+
+
+class MinuteBusy(NamedTuple):
+    """One minute of a session's GPUs, its writers merged: what the policies read in
+    cluster mode (:func:`jupyter_gpu_meter.policies.activity_from_minutes`)."""
+
+    minute: datetime
+    #: the highest utilization (%) any of its GPUs reached in the minute
+    util_max: int
+    #: how many of its GPUs have a reading in the minute (a row with samples)
+    gpus: int
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timezone
+from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 
 from .efficiency import refresh_sums
 from .engine import Database, aware
 from .models import RollupModel, SessionModel
-from .records import MinuteUtilization, Rollup, RollupRow, truncate_to_minute
+from .records import MinuteBusy, MinuteUtilization, Rollup, RollupRow, truncate_to_minute
 
 #: what ``busy_source`` may be
 BUSY_SOURCES = ("utilization", "sm-activity")
@@ -170,4 +170,35 @@ class RollupStore:
                 result[container_id].append(
                     MinuteUtilization(minute, int(samples), float(util_sum))
                 )
+        return result
+
+    def recent_minutes(
+        self, container_ids: Iterable[str], since: datetime
+    ) -> dict[str, list[MinuteBusy]]:
+        """Per session, each minute from the one `since` is in: the highest utilization
+        of its GPUs and how many of them have a reading, every writer merged, by
+        minute, in one query. A minute with no reading has no entry: its agent is
+        late (cluster mode: what the hub's policies read, see
+        :func:`jupyter_gpu_meter.policies.activity_from_minutes`)."""
+        since = truncate_to_minute(aware("since", since).astimezone(timezone.utc))
+        ids = sorted(set(container_ids))
+        result: dict[str, list[MinuteBusy]] = {container_id: [] for container_id in ids}
+        if not ids:
+            return result
+        r = _rollups.c
+        statement = (
+            select(
+                _sessions.c.container_id,
+                r.minute,
+                func.max(r.util_max),
+                func.count(r.gpu_uuid.distinct()),
+            )
+            .join(_sessions, _sessions.c.id == r.session_id)
+            .where(_sessions.c.container_id.in_(ids), r.minute >= since, r.samples > 0)
+            .group_by(_sessions.c.container_id, r.minute)
+            .order_by(_sessions.c.container_id, r.minute)
+        )
+        with self.db.read() as connection:
+            for container_id, minute, util_max, gpus in connection.execute(statement):
+                result[container_id].append(MinuteBusy(minute, int(util_max), int(gpus)))
         return result

@@ -18,6 +18,15 @@ from .types import UTCDateTime
 
 _sessions = SessionModel.__table__
 
+#: the end reason of a session the hub's meter asked to stop: "stopped: <its stop_reason>"
+#: (the words of ``sessions.REASON_STOPPED`` and the one-host meter's own close)
+STOPPED_FOR = "stopped: {}"
+
+
+def _clip(text: str) -> str:
+    """`text` as a varchar(255) column holds it (a policy's reason can be long)."""
+    return text if len(text) <= 255 else text[:254] + "…"
+
 
 @functools.lru_cache(maxsize=4096)
 def _price(*values) -> PriceSnapshot:
@@ -50,6 +59,7 @@ def _record(row) -> SessionRecord:
         last_seen_at=row.last_seen_at,
         image=row.image,
         node=row.node,
+        stop_reason=row.stop_reason,
     )
 
 
@@ -178,16 +188,18 @@ class SessionStore:
         Unknown or already closed sessions are left alone (False). An end
         before the start is taken as the start: a session never lasts < 0 s.
         The session's GPU time and charge are stored with its end, for totals.
+        A session the hub's meter asked to stop (:meth:`set_stop_reason`, cluster
+        mode) ends "stopped: <that reason>" instead of `reason`, as on one host.
         """
         ended_at = aware("ended_at", ended_at)
-        if len(reason) > 255:  # the column's width; a policy's reason can be long
-            reason = reason[:254] + "…"
         is_open = (_sessions.c.container_id == container_id, _sessions.c.ended_at.is_(None))
         with self.db.write() as connection:
             row = connection.execute(select(_sessions).where(*is_open)).first()
             if row is None:
                 return False
             session = _record(row)
+            if session.stop_reason:
+                reason = STOPPED_FOR.format(session.stop_reason)
             ended_at = max(ended_at, session.started_at)
             gpu_us, units = session_sums(session.price, session.started_at, ended_at)
             statement = (
@@ -195,7 +207,7 @@ class SessionStore:
                 .where(*is_open)
                 .values(
                     ended_at=ended_at,
-                    end_reason=reason,
+                    end_reason=_clip(reason),
                     gpu_microseconds=gpu_us,
                     charge_units=units,
                 )
@@ -204,6 +216,21 @@ class SessionStore:
                 return False
             refresh_sums(connection, [session.id])  # its rollups, added up for totals
             return True
+
+    def set_stop_reason(self, container_id: str, reason: str | None) -> bool:
+        """Note why the hub's meter is asking the hub to stop this running server
+        (None: the ask failed, forget it); True if an open session took it.
+
+        Cluster mode: the node's agent, which sees the container die but not
+        why, ends the session "stopped: <reason>" (:meth:`close_session`).
+        """
+        statement = (
+            update(_sessions)
+            .where(_sessions.c.container_id == container_id, _sessions.c.ended_at.is_(None))
+            .values(stop_reason=None if reason is None else _clip(reason))
+        )
+        with self.db.write() as connection:
+            return connection.execute(statement).rowcount == 1
 
     def touch_sessions(self, container_ids: Iterable[str], at: datetime) -> int:
         """Note that these containers were seen running at `at`; how many sessions moved on.

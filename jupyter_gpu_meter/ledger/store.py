@@ -139,6 +139,7 @@ class Ledger:
     open_session = _delegate("session_store", SessionStore.open_session)
     close_session = _delegate("session_store", SessionStore.close_session)
     touch_sessions = _delegate("session_store", SessionStore.touch_sessions)
+    set_stop_reason = _delegate("session_store", SessionStore.set_stop_reason)
     get_session = _delegate("session_store", SessionStore.get_session)
     open_sessions = _delegate("session_store", SessionStore.open_sessions)
     history = _delegate("session_store", SessionStore.history)
@@ -150,6 +151,7 @@ class Ledger:
     add_rollups = _delegate("rollup_store", RollupStore.add_rollups)
     rollups = _delegate("rollup_store", RollupStore.rollups)
     utilization_of = _delegate("rollup_store", RollupStore.utilization_of)
+    recent_minutes = _delegate("rollup_store", RollupStore.recent_minutes)
 
     # processes and efficiency
     add_process_usage = _delegate("process_store", ProcessStore.add_process_usage)

@@ -236,6 +236,8 @@ class MeterService(Application, nodes.ClusterSettings, storage_pass.MeasuresStor
             self.ledger, self.docker_api, self.pricing, hub_id=self.hub_id, clock=self.clock
         )
         self.policies = Policies(parent=self)
+        if self.cluster:  # GPU activity by the minute, stop reasons through the ledger
+            nodes.check_policy_settings(self.policies)
         self.runner = PolicyRunner(
             self.policies,
             self.state,
@@ -248,6 +250,7 @@ class MeterService(Application, nodes.ClusterSettings, storage_pass.MeasuresStor
             self.log,
             self.clock,
             budget_of=self._budget_of,
+            stop_reason=nodes.write_stop_reason(self) if self.cluster else None,
         )
         self.sampler_config = GPUSampler(parent=self)
         self.aggregator = RollupAggregator(self.writer_id, self.sampler_config.interval)
@@ -367,6 +370,8 @@ class MeterService(Application, nodes.ClusterSettings, storage_pass.MeasuresStor
     async def _check_policies(self):
         """One policy check; then ``api/health`` tells when it began (the meter's clock)."""
         began = self.clock()
+        if self.cluster:  # no sampler here: the agents' rollups say what the GPUs did
+            await nodes.follow_activity(self)
         await self.runner.run_once()
         self.state.policies_checked(began)
 
@@ -450,4 +455,8 @@ class MeterService(Application, nodes.ClusterSettings, storage_pass.MeasuresStor
     def start(self):
         if self.subapp is not None:
             return self.subapp.start()
-        asyncio.run(self.start_async())
+        try:
+            asyncio.run(self.start_async())
+        except nodes.ClusterConfigError as e:
+            self.log.critical("%s", e)
+            self.exit(1)

@@ -15,18 +15,39 @@ meter watches no Docker engine and samples no GPU. Every
 
 The GPUs it lists are the nodes' (:class:`LedgerInventory`), from their
 agents' heartbeats.
+
+Its policies read the GPUs' activity from the agents' per-minute rollups
+(:func:`follow_activity`, before each policy check), so GPU idleness and
+keep-alive have minute resolution here: :func:`check_policy_settings` refuses
+a ``gpu_idle_timeout`` or ``keep_alive_window`` under
+:data:`MIN_POLICY_SECONDS`. Before it asks the hub to stop a server it writes
+the reason into the ledger (:func:`write_stop_reason`), where the agent's
+close of the session finds it.
 """
 
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 
 from traitlets import Bool, Float, HasTraits
 
 from ..gpus import GPU, Inventory
 from ..ledger import LOST_AFTER_HEARTBEATS
+from ..policies import MINUTE, activity_from_minutes
 from ..sessions import ManagedContainer
 from .loops import every
+from .state import error_class
+
+#: cluster mode: the shortest ``gpu_idle_timeout`` (but 0, off) and ``keep_alive_window``
+#: (while ``keep_alive`` is on), seconds: GPU activity comes in minutes, each known up to
+#: a minute late, so a shorter setting would mostly measure that resolution
+MIN_POLICY_SECONDS = 120
+
+
+class ClusterConfigError(ValueError):
+    """The hub's meter cannot run in cluster mode with these settings; the message says
+    what is allowed."""
 
 
 class ClusterSettings(HasTraits):
@@ -109,3 +130,88 @@ async def follow_the_ledger(meter) -> None:
         )
     sessions = await meter._in_ledger_thread(meter.ledger.open_sessions)
     meter.state.follow([ManagedContainer.from_session(session) for session in sessions])
+
+
+def check_policy_settings(policies) -> None:
+    """Refuse (:class:`ClusterConfigError`) the policy settings cluster mode cannot keep:
+    a ``gpu_idle_timeout`` (global or per profile) or ``keep_alive_window`` (while
+    ``keep_alive`` is on) under :data:`MIN_POLICY_SECONDS`; a timeout of 0 (off) is fine."""
+    short = []
+    if 0 < policies.gpu_idle_timeout < MIN_POLICY_SECONDS:
+        short.append(f"c.Policies.gpu_idle_timeout = {policies.gpu_idle_timeout}")
+    for slug, settings in sorted(policies.per_profile.items()):
+        timeout = settings.get("gpu_idle_timeout", MIN_POLICY_SECONDS)
+        if 0 < timeout < MIN_POLICY_SECONDS:
+            short.append(f"c.Policies.per_profile[{slug!r}]['gpu_idle_timeout'] = {timeout}")
+    if policies.keep_alive and policies.keep_alive_window < MIN_POLICY_SECONDS:
+        short.append(f"c.Policies.keep_alive_window = {policies.keep_alive_window}")
+    if short:
+        raise ClusterConfigError(
+            "In cluster mode (c.MeterService.cluster = True) the meter knows GPU activity "
+            "by the minute (the agents' rollups), so it refuses: "
+            + "; ".join(short)
+            + f". Give at least {MIN_POLICY_SECONDS} seconds (gpu_idle_timeout may be 0: "
+            "off; keep_alive_window does not count with c.Policies.keep_alive = False)."
+        )
+
+
+def activity_window(policies) -> timedelta:
+    """How far back the policies read GPU activity: the longest idle timeout or the
+    keep-alive window, and a minute more (an idle run read whole is that long)."""
+    timeouts = [policies.gpu_idle_timeout, policies.keep_alive_window]
+    timeouts += [s.get("gpu_idle_timeout", 0) for s in policies.per_profile.values()]
+    return timedelta(seconds=max(timeouts)) + MINUTE
+
+
+async def follow_activity(meter) -> None:
+    """Cluster mode: each running GPU server's (idle_since, busy_at) for the policies,
+    from its agent's rollups (:func:`~jupyter_gpu_meter.policies.activity_from_minutes`).
+
+    The ledger read runs in the meter's ledger thread; ``runner.activity`` is
+    replaced here, on the event loop. When the ledger cannot be read, no server
+    is idle (unknown) and the last busy times stay: a stop waits, a vouch lasts
+    its window.
+    """
+    runner, now = meter.runner, meter.clock()
+    servers = [c for c in meter.state.running.values() if c.gpu_uuids and c.started_at]
+    since = now - activity_window(meter.policies)
+    ids = [c.container_id for c in servers]
+    try:
+        minutes = await meter._in_ledger_thread(meter.ledger.recent_minutes, ids, since)
+    except Exception as e:
+        runner.failed("reading the GPUs' activity from the ledger", e)
+        runner.activity = {
+            c.container_id: (None, runner.activity.get(c.container_id, (None, None))[1])
+            for c in servers
+        }
+        return
+    threshold = meter.policies.gpu_idle_threshold
+    runner.activity = {
+        c.container_id: activity_from_minutes(
+            minutes[c.container_id],
+            gpus=len(c.gpu_uuids),
+            since=max(since, c.started_at),
+            now=now,
+            threshold=threshold,
+        )
+        for c in servers
+    }
+
+
+def write_stop_reason(meter):
+    """The policy runner's ``stop_reason`` in cluster mode: writes why a server is being
+    stopped into its session (``sessions.stop_reason``), where the node's agent, which
+    sees the container die but not why, finds it when it ends the session."""
+
+    async def write(container_id: str, reason: str | None) -> None:
+        try:
+            await meter._in_ledger_thread(meter.ledger.set_stop_reason, container_id, reason)
+        except Exception as e:  # the stop goes on: its session then ends "stopped"
+            meter.log.warning(
+                "Could not write why container %s is being stopped (%s): its session will "
+                "end without the reason",
+                container_id[:12],
+                error_class(e),
+            )
+
+    return write

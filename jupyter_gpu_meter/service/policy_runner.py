@@ -62,6 +62,8 @@ class Policies(LoggingConfigurable):
         help="""
         Stop a GPU server whose GPUs have all been idle this many seconds,
         e.g. 3600 (1 h). 0 turns the policy off. Per profile: ``per_profile``.
+        In cluster mode (``MeterService.cluster``) 0 or at least 120: GPU
+        activity comes by the minute there.
         """,
     ).tag(config=True)
 
@@ -120,7 +122,11 @@ class Policies(LoggingConfigurable):
     keep_alive_window = Int(
         300,
         min=1,
-        help="Seconds after the GPUs were last busy during which activity is reported, e.g. 300.",
+        help="""
+        Seconds after the GPUs were last busy during which activity is
+        reported, e.g. 300. In cluster mode (``MeterService.cluster``) at
+        least 120, counted from the end of the last busy minute.
+        """,
     ).tag(config=True)
 
     # Deprecated: the budget settings are c.Budgets' (jupyter_gpu_meter.budgets.Budgets),
@@ -198,9 +204,20 @@ class PolicyRunner:
     """
 
     def __init__(
-        self, config: Policies, state: MeterState, record, hub, log, clock, budget_of=None
+        self,
+        config: Policies,
+        state: MeterState,
+        record,
+        hub,
+        log,
+        clock,
+        budget_of=None,
+        stop_reason=None,
     ):
         self.config = config
+        #: async (container id, reason or None) -> None: writes why a server is being
+        #: stopped where its close will read it, before the hub is asked (cluster mode)
+        self.stop_reason = stop_reason
         self.state = state
         self.record = record  # async (decision fields) -> None, writes to the ledger
         #: async (user, groups, now) -> BudgetStatus | None, read from the ledger
@@ -411,11 +428,15 @@ class PolicyRunner:
             outcome = "would stop (dry run)"
         else:
             self.state.stop_reasons[server.container_id] = decision.reason
+            if self.stop_reason is not None:
+                await self.stop_reason(server.container_id, decision.reason)
             try:
                 await self.hub.stop_server(server.user, server.server)
                 outcome = "stopped"
             except Exception as e:
                 self.state.stop_reasons.pop(server.container_id, None)
+                if self.stop_reason is not None:
+                    await self.stop_reason(server.container_id, None)
                 self.state.policy_failed(e)
                 outcome = f"failed: {e}"
         self.log.warning(
