@@ -117,6 +117,38 @@ async def test_an_idle_server_is_stopped_with_its_reason_and_a_busy_one_vouched_
     assert set(hub.state.running) == {busy.id}
 
 
+async def test_a_gpu_its_agent_finds_lost_stops_its_server_and_is_shown_unhealthy(cluster):
+    """The agent's GPU sample cannot read a GPU ("GPU is lost"): its heartbeat says so,
+    the hub's GPU-health policy stops the server holding it with that reason, the
+    cluster's GPU list shows it unhealthy; once it reads again, it is healthy."""
+    agent, hub, clock, set_utilization, start = cluster
+    lost_gpu, fine_gpu = (gpu.uuid for gpu in agent.inventory_source.discover().gpus)
+    set_utilization({lost_gpu: 50, fine_gpu: 50})
+    held, other = start("ada", [lost_gpu]), start("bob", [fine_gpu])
+    await start_agent(agent)
+    await agent._open_sampler()
+    started = agent.ledger.get_session(held.id).started_at
+    await agent_minute(agent, clock, started)
+    assert (await hub_check(hub)).stopped == []
+
+    set_utilization({lost_gpu: {"utilization": 0, "problem": "GPU is lost"}, fine_gpu: 50})
+    await agent_minute(agent, clock, started + MINUTE)
+    (node,) = hub.ledger.nodes()
+    assert {gpu.uuid: gpu.problem for gpu in node.gpus} == {lost_gpu: "GPU is lost", fine_gpu: ""}
+    fake_hub = await hub_check(hub)
+    assert fake_hub.stopped == [("ada", "")]  # bob's GPU is fine: his server runs on
+    assert hub.ledger.get_session(held.id).stop_reason.startswith(f"GPU unhealthy ({lost_gpu}")
+    listed = {gpu.uuid: (gpu.healthy, gpu.problem) for gpu in hub.inventory_source.discover().gpus}
+    assert listed == {lost_gpu: (False, "GPU is lost"), fine_gpu: (True, "")}
+
+    set_utilization({lost_gpu: 0, fine_gpu: 50})  # it reads again
+    await agent_minute(agent, clock, started + 2 * MINUTE)
+    await hub_check(hub)
+    assert hub.runner.unhealthy == {}
+    assert all(gpu.healthy for gpu in hub.inventory_source.discover().gpus)
+    assert hub.ledger.get_session(other.id).running
+
+
 async def test_a_late_agent_never_gets_a_server_stopped(cluster):
     agent, hub, clock, set_utilization, start = cluster
     gpu = agent.inventory_source.discover().gpus[0].uuid

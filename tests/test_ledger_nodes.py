@@ -96,6 +96,19 @@ def test_a_heartbeat_adds_then_updates_the_node(ledger):
     assert ledger.get_node("nowhere") is None
 
 
+def test_a_heartbeat_keeps_what_is_wrong_with_a_gpu_until_it_is_fine(ledger):
+    lost = [{**GPUS[0], "problem": "GPU is lost"}]
+    beat(ledger, gpus=[*lost, GPUS[1]])
+    (node,) = ledger.nodes()
+    assert [(gpu.uuid, gpu.problem) for gpu in node.gpus] == [
+        ("GPU-a", "GPU is lost"),
+        ("GPU-b", ""),
+    ]
+    assert "problem" not in node.gpus[1].to_json()  # a healthy GPU's JSON is as before
+    beat(ledger, seconds=15)
+    assert [gpu.problem for gpu in ledger.get_node("gpu-1").gpus] == ["", ""]
+
+
 def test_mark_and_clear_lost_and_a_heartbeat_clears_it(ledger):
     beat(ledger)
     assert ledger.mark_lost("gpu-1", at(40)) is True

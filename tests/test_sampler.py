@@ -515,6 +515,24 @@ def test_simulated_sampler_says_what_the_file_should_hold(tmp_path, caplog):
     assert 'expected {"GPU-uuid": 80}' in caplog.text
 
 
+def test_a_simulated_gpu_with_a_problem_reads_unhealthy(tmp_path, caplog):
+    gpus = parse_simulated("2")
+    a, b = (g.uuid for g in gpus)
+    path = tmp_path / "u.json"
+    sampler = SimulatedSampler(gpus, path)
+    write_json(path, {a: {"utilization": 0, "problem": "GPU is lost"}, b: 40})
+    lost = sampler.sample()
+    write_json(path, {a: 10, b: 40})
+    back = sampler.sample()
+    write_json(path, {a: {"problem": 1}})
+    with caplog.at_level(logging.WARNING):
+        kept = sampler.sample()
+    assert [(g.healthy, g.problem) for g in lost.gpus] == [(False, "GPU is lost"), (True, "")]
+    assert [(g.healthy, g.problem) for g in back.gpus] == [(True, ""), (True, "")]
+    assert [g.utilization for g in kept.gpus] == [10, 40]  # the last good values
+    assert 'problem 1: give a text, e.g. "GPU is lost"' in caplog.text
+
+
 async def test_sampling_runs_off_the_event_loop(tmp_path):
     threads = []
 

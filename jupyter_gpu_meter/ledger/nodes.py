@@ -59,14 +59,20 @@ class NodeGPU:
     index: int
     model: str
     memory_total_bytes: int
+    #: what is wrong with it ("GPU is lost", an NVML error) when the agent's last GPU
+    #: sample could not read it; "" while healthy
+    problem: str = ""
 
     def to_json(self) -> dict:
-        return {
+        found = {
             "uuid": self.uuid,
             "index": self.index,
             "model": self.model,
             "memory_total_bytes": self.memory_total_bytes,
         }
+        if self.problem:
+            found["problem"] = self.problem
+        return found
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,8 @@ class NodeRecord:
 
 
 def _gpus_json(gpus: Iterable) -> str:
-    """The `gpus` column: NodeGPU objects or dicts with their four keys, as JSON."""
+    """The `gpus` column: NodeGPU objects or dicts with their four keys (and an
+    optional ``problem``), as JSON."""
     items = []
     for gpu in gpus:
         if isinstance(gpu, dict):
@@ -106,6 +113,7 @@ def _gpus_json(gpus: Iterable) -> str:
                 int(gpu["index"]),
                 str(gpu["model"]),
                 int(gpu["memory_total_bytes"]),
+                str(gpu.get("problem") or "")[:255],
             )
         items.append(gpu.to_json())
     return json.dumps(items, separators=(",", ":"))

@@ -51,7 +51,8 @@ class GPUSampler(LoggingConfigurable):
         For simulated GPUs: a JSON file giving each GPU's utilization, e.g.
         ``/tmp/gpu-utilization.json`` holding ``{{"GPU-…": 80}}`` or
         ``{{"GPU-…": {{"utilization": 80, "memory_used_bytes": 1073741824,
-        "power_watts": 450}}}}`` (percent, bytes and watts; each key optional).
+        "power_watts": 450}}}}`` (percent, bytes and watts; each key optional;
+        ``"problem": "GPU is lost"`` makes the GPU read as unhealthy).
         Read again whenever it changes; a missing file or GPU reads as 0. Empty:
         always 0. Each simulated GPU's energy counter grows by its power (without
         ``power_watts``: 60 W + 6 W per percent of utilization) times the time

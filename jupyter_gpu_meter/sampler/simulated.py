@@ -33,27 +33,31 @@ def simulated_power_mw(utilization: int) -> int:
     return (IDLE_WATTS + WATTS_PER_PERCENT * utilization) * 1000
 
 
-def _simulated_values(data) -> dict[str, tuple[int, int, int]]:
-    """{uuid: (utilization, memory used, power in mW)} from the simulated file's JSON."""
+def _simulated_values(data) -> dict[str, tuple[int, int, int, str]]:
+    """{uuid: (utilization, memory used, power in mW, problem)} from the simulated file's
+    JSON; a "problem" (e.g. "GPU is lost") makes the GPU read as unhealthy."""
     accepted = (
         'expected {"GPU-uuid": 80} or {"GPU-uuid": {"utilization": 80, '
-        '"memory_used_bytes": 1073741824, "power_watts": 450}}'
+        '"memory_used_bytes": 1073741824, "power_watts": 450, "problem": "GPU is lost"}}'
     )
     if not isinstance(data, dict):
         raise ValueError(accepted)
     values = {}
     for uuid, value in data.items():
+        problem = ""
         if isinstance(value, dict):
             utilization, memory = value.get("utilization", 0), value.get("memory_used_bytes", 0)
-            power = value.get("power_watts")
+            power, problem = value.get("power_watts"), value.get("problem", "")
         else:
             utilization, memory, power = value, 0, None
         numbers = (utilization, memory) if power is None else (utilization, memory, power)
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
             raise ValueError(f"{uuid}: {value!r}: {accepted}")
+        if not isinstance(problem, str):
+            raise ValueError(f'{uuid}: problem {problem!r}: give a text, e.g. "GPU is lost"')
         utilization = max(0, min(100, round(utilization)))
         power_mw = simulated_power_mw(utilization) if power is None else max(0, round(power * 1000))
-        values[uuid] = (utilization, max(0, int(memory)), power_mw)
+        values[uuid] = (utilization, max(0, int(memory)), power_mw, problem)
     return values
 
 
@@ -126,7 +130,12 @@ class SimulatedSampler:
             elapsed_us = max(0, (at - last) // _MICROSECOND)
             gpus = []
             for gpu in self.gpus:
-                utilization, memory, power_mw = values.get(gpu.uuid) or (0, 0, _IDLE_MW)
+                utilization, memory, power_mw, problem = values.get(gpu.uuid) or (
+                    0,
+                    0,
+                    _IDLE_MW,
+                    "",
+                )
                 energy_nj = self._energy_nj.get(gpu.uuid, 0) + power_mw * elapsed_us
                 self._energy_nj[gpu.uuid] = energy_nj
                 gpus.append(
@@ -138,8 +147,8 @@ class SimulatedSampler:
                         memory,
                         gpu.memory_total_bytes,
                         power_mw / 1000,
-                        healthy=gpu.healthy,
-                        problem=gpu.problem,
+                        healthy=gpu.healthy and not problem,
+                        problem=gpu.problem or problem,
                         energy_mj=energy_nj // 1_000_000,
                     )
                 )

@@ -152,14 +152,18 @@ class MeterAgent(MeterService):
         ]
 
     async def _heartbeat(self):
-        """Upsert this node's row; if the hub had declared it lost, reconcile at once.
+        """Upsert this node's row, each GPU with what the last GPU sample found wrong
+        with it (the hub's GPU-health policy stops its server); if the hub had
+        declared the node lost, reconcile at once.
 
         A failed heartbeat is logged and tried again on the next period, never
         later (a longer back-off would make the hub declare the node lost)."""
+        unhealthy = self.runner.unhealthy  # the last GPU sample's (PolicyRunner.observe)
+        gpus = [{**gpu, "problem": unhealthy.get(gpu["uuid"], "")} for gpu in self.gpus]
         write = functools.partial(
             self.ledger.heartbeat,
             self.node,
-            gpus=self.gpus,
+            gpus=gpus,
             agent_version=__version__[:64],
             agent_started_at=self.started_at,
             heartbeat_interval_s=self.heartbeat_interval,

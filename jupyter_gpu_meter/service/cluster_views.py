@@ -56,8 +56,8 @@ def cluster_readings(read: ClusterRead) -> list[dict]:
                     "memory_total_bytes": gpu.memory_total_bytes,
                     "power_watts": None,
                     "temperature_c": None,
-                    "healthy": not lost,
-                    "problem": f"{NODE_LOST}: no heartbeat since {since}" if lost else "",
+                    "healthy": not lost and not gpu.problem,
+                    "problem": f"{NODE_LOST}: no heartbeat since {since}" if lost else gpu.problem,
                     "sampled_at": usage.isoformat(latest.minute) if latest else None,
                     "node": node.name,
                 }

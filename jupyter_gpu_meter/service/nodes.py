@@ -93,7 +93,14 @@ class LedgerInventory:
 
     def discover(self) -> Inventory:
         gpus = tuple(
-            GPU(gpu.uuid, gpu.index, gpu.model, gpu.memory_total_bytes)
+            GPU(
+                gpu.uuid,
+                gpu.index,
+                gpu.model,
+                gpu.memory_total_bytes,
+                healthy=not gpu.problem,
+                problem=gpu.problem,
+            )
             for node in self.ledger.nodes()
             if not node.lost
             for gpu in node.gpus
@@ -173,6 +180,7 @@ async def follow_activity(meter) -> None:
     its window.
     """
     runner, now = meter.runner, meter.clock()
+    await follow_gpu_health(meter)
     servers = [c for c in meter.state.running.values() if c.gpu_uuids and c.started_at]
     since = now - activity_window(meter.policies)
     ids = [c.container_id for c in servers]
@@ -195,6 +203,21 @@ async def follow_activity(meter) -> None:
             threshold=threshold,
         )
         for c in servers
+    }
+
+
+async def follow_gpu_health(meter) -> None:
+    """Cluster mode: ``runner.unhealthy`` (GPU UUID -> problem, what the GPU-health policy
+    reads) from the nodes' last heartbeats, each GPU as its agent's last sample found it.
+    A lost node's GPUs are not listed: its sessions were ended "node lost". When the
+    ledger cannot be read, the last known problems stay."""
+    try:
+        found = await meter._in_ledger_thread(meter.ledger.nodes)
+    except Exception as e:
+        meter.runner.failed("reading the GPUs' health from the ledger", e)
+        return
+    meter.runner.unhealthy = {
+        gpu.uuid: gpu.problem for node in found if not node.lost for gpu in node.gpus if gpu.problem
     }
 
 
