@@ -132,6 +132,16 @@ def within(a: datetime, b: datetime, seconds: float = 1.0) -> bool:
     return abs((a - b).total_seconds()) < seconds
 
 
+def running_of(hub, user) -> list[dict]:
+    """`user`'s running sessions in api/usage, once there are any (the hub's meter
+    follows the ledger every node sweep)."""
+    return wait_until(
+        lambda: hub.meter_api("api/usage", user=user)["running"],
+        timeout=30,
+        what=f"{user}'s running session in api/usage",
+    )
+
+
 def start_on(hub, user, model) -> tuple[str, str]:
     """Start `user`'s 1-GPU server of `model`; (node, container id) once the ledger has it."""
     assert hub.start_server(user, {"gpus": 1, "gpu_model": model}).status_code in (201, 202)
@@ -160,8 +170,7 @@ def test_each_nodes_sessions_match_its_docker_runtimes(metered, swarm_cluster):
             docker_start = parse_docker_time(inspected["State"]["StartedAt"])
             assert within(session.started_at, docker_start), (session.started_at, docker_start)
             # what the admin sees: the running server with its node and GPU
-            usage = hub.meter_api("api/usage", user=user)
-            (running,) = usage["running"]
+            (running,) = running_of(hub, user)
             assert (running["node"], running["gpu_uuids"]) == (node, list(session.gpu_uuids))
         gpus = {gpu["uuid"]: gpu for gpu in hub.meter_api("api/gpus")["gpus"]}
         advertised = {uuid for node in swarm_cluster.nodes.values() for uuid in node.gpus}
@@ -215,10 +224,10 @@ def test_metering_goes_on_while_the_hub_restarts(metered, swarm_cluster):
         )
     hub.start()
     for user, (node, container_id) in where.items():
+        (running,) = running_of(hub, user)
+        assert running["node"] == node and running["running"] is True
         usage = hub.meter_api("api/usage", user=user)
         assert usage["sessions"]["total"] == 1, usage["sessions"]
-        (running,) = usage["running"]
-        assert running["node"] == node and running["running"] is True
         assert ledger_session(hub, container_id).running
     assert ledger_count(hub) == 2  # one session per server, across the restart
     gpus = hub.meter_api("api/gpus")["gpus"]
@@ -261,6 +270,7 @@ def test_a_killed_node_is_lost_at_its_last_heartbeat_and_reconciled_when_back(
             assert node == a100
             killed_at = utcnow()
             subprocess.run(["docker", "kill", a100], check=True, capture_output=True, timeout=60)
+            dead_at = utcnow()  # its agent's last heartbeat was taken before this
             session = wait_until(
                 lambda cid=container_id: (s := ledger_session(hub, cid)) and not s.running and s,
                 timeout=60,
@@ -269,7 +279,7 @@ def test_a_killed_node_is_lost_at_its_last_heartbeat_and_reconciled_when_back(
             closed_after.append((utcnow() - killed_at).total_seconds())
             lost = agents.nodes()[a100]
             assert lost.lost and session.end_reason == NODE_LOST
-            assert session.ended_at == lost.last_heartbeat_at <= killed_at
+            assert session.ended_at == lost.last_heartbeat_at <= dead_at
             # billed to its last heartbeat: at most about one interval short
             print(
                 f"\nrun {run}: killed -> session closed {closed_after[-1]:.2f} s, "
