@@ -3,7 +3,7 @@ import os
 import pytest
 from hypothesis import settings
 
-pytest_plugins = ["tests.fakenvml.plugin", "tests.cluster"]
+pytest_plugins = ["tests.fakenvml.plugin", "tests.cluster", "tests.cluster_agents"]
 
 # Property and fuzz tests (hypothesis, schemathesis) try the same examples on
 # every run, so a red run means the code changed, never the dice: a flaky CI
