@@ -258,8 +258,9 @@ class GPUInventory(LoggingConfigurable):
                 return nvml_inventory(pynvml)
             except pynvml.NVMLError as e:
                 self.log.warning(
-                    "NVML is not available (%s): this machine offers no GPUs. "
-                    "Set c.GPUInventory.simulated to try without a GPU.",
+                    "NVML is not available (%s): no GPUs on this machine (right for a "
+                    "CPU-only node; to try the product without a GPU, set "
+                    "c.GPUInventory.simulated)",
                     e,
                 )
                 return Inventory()
