@@ -57,6 +57,8 @@ __all__ = ["GPUSwarmSpawner"]
 #: placed there will not run: the start gives up. ("unknown" passes: a manager says it
 #: of every node for a few seconds after a leader election.)
 GIVE_UP_STATES = frozenset({"down", "disconnected", "drain"})
+#: a failed task's node in any of these states: the node failed the start, not the server
+NOT_READY = GIVE_UP_STATES | {"unknown", "pause"}
 #: seconds between two looks at the node of a task waiting to run
 NODE_CHECK_INTERVAL = 1.0
 
@@ -328,6 +330,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             if outcome.state == "running":
                 return await self._record_placement(outcome)
             if outcome.state == "failed":
+                if outcome.node_id:  # Swarm fails a task whose node went down: a 503 then
+                    await self._check_node_alive(outcome.node_id, NOT_READY)
                 await self._give_up()
                 raise spawn_error(500, f"the server's task failed before it ran: {outcome.message}")
             if outcome.node_id:
@@ -342,12 +346,13 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    async def _check_node_alive(self, node_id: str):
-        """Fail the start (503, service removed) when the task's node is down or drained:
-        Swarm would keep the task "assigned" there until the hub's start_timeout."""
+    async def _check_node_alive(self, node_id: str, states=GIVE_UP_STATES):
+        """Fail the start (503, service removed) when the task's node is in `states`
+        (down, drained): Swarm would keep the task "assigned" there until the hub's
+        start_timeout, or fail it ("assigned node no longer meets constraints")."""
         node = await self.docker("inspect_node", node_id)
         state = cluster.node_state(node)
-        if state in GIVE_UP_STATES:
+        if state in states:
             await self._give_up()
             gone = cluster.state_word(state)
             raise spawn_error(
