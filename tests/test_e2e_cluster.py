@@ -126,6 +126,19 @@ def cluster_hub(tmp_path, swarm_cluster, request):
         hub.cleanup()
 
 
+@pytest.fixture(autouse=True)
+def own_docker_client():
+    """DockerSpawner keeps one Docker client per class for the whole process
+    (``GPUSwarmSpawner._client``): one made by an earlier test (tests/test_swarm_spawner.py,
+    the local engine) would serve :func:`spawner_of`'s spawners here. Each test starts
+    without one, and leaves none behind."""
+    from jupyter_gpu_meter import GPUSwarmSpawner
+
+    GPUSwarmSpawner._client = None
+    yield
+    GPUSwarmSpawner._client = None
+
+
 def node_of_model(cluster, model: str) -> str:
     (name,) = [name for name, node in cluster.nodes.items() if node.model == model]
     return name
