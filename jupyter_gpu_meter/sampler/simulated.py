@@ -62,6 +62,8 @@ def _simulated_values(data) -> dict[str, tuple[int, int, int, str]]:
 
 
 _IDLE_MW = simulated_power_mw(0)
+#: a GPU the file does not name: idle, healthy
+_UNSET = (0, 0, _IDLE_MW, "")
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -130,12 +132,7 @@ class SimulatedSampler:
             elapsed_us = max(0, (at - last) // _MICROSECOND)
             gpus = []
             for gpu in self.gpus:
-                utilization, memory, power_mw, problem = values.get(gpu.uuid) or (
-                    0,
-                    0,
-                    _IDLE_MW,
-                    "",
-                )
+                utilization, memory, power_mw, problem = values.get(gpu.uuid) or _UNSET
                 energy_nj = self._energy_nj.get(gpu.uuid, 0) + power_mw * elapsed_us
                 self._energy_nj[gpu.uuid] = energy_nj
                 gpus.append(
