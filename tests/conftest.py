@@ -152,6 +152,23 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=xdist_order if _in_xdist_worker() else alone_order)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """Refuse a run whose xdist groups did not take: the cluster tests would run on both
+    workers at once. pytest-xdist marks a test's group in its node id (`...@group`),
+    which pytest 9.2 ignores (pytest-xdist#1386); here every test has a group."""
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    lost = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1]]
+    if lost:
+        pytest.exit(
+            f"pytest-xdist did not group the tests ({lost[0]} has none; pytest-xdist#1386 "
+            f"with pytest {pytest.__version__}): install pytest<9.2 (setup.cfg), or run "
+            "without -n",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield
