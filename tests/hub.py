@@ -240,6 +240,11 @@ class Hub:
             self.env.pop("JUPYTER_GPU_METER_SIMULATED_GPUS", None)
         else:
             self.env["JUPYTER_GPU_METER_SIMULATED_GPUS"] = simulated_gpus
+            if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+                # UUIDs of this worker's own: the other worker's hubs on this engine would
+                # count its GPUs as held ("another hub's servers"); this worker's hubs still
+                # share theirs, as two hubs of one test do on purpose
+                self.env.setdefault("JUPYTER_GPU_METER_SIMULATED_HOST", f"xdist-{worker}")
         self.url = f"http://127.0.0.1:{self.settings['port']}"
         self.api_url = self.url + "/hub/api"
         self.session = requests.Session()
