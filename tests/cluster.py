@@ -169,6 +169,18 @@ def read_nodes(manager, addresses: dict[str, str]) -> dict[str, ClusterNode]:
     return dict(sorted(nodes.items()))
 
 
+def open_cluster(prefix: str) -> SwarmCluster:
+    """`scripts/swarm-cluster up` (keeps a healthy cluster), then the cluster as it is."""
+    run_script("up", prefix=prefix)
+    env = parse_env(run_script("env", prefix=prefix))
+    addresses = dict(item.split("=", 1) for item in env["JGM_CLUSTER_NODES"].split(","))
+    cluster = SwarmCluster(
+        prefix=prefix, docker_host=env["DOCKER_HOST"], gateway=env["JGM_CLUSTER_GATEWAY"], nodes={}
+    )
+    cluster.nodes = read_nodes(cluster.client(), addresses)
+    return cluster
+
+
 @pytest.fixture(scope="session")
 def swarm_cluster():
     import docker
@@ -178,13 +190,7 @@ def swarm_cluster():
         docker.from_env().ping()
     except Exception as e:
         _unavailable(f"no Docker engine for the Swarm cluster: {e}")
-    run_script("up", prefix=prefix)
-    env = parse_env(run_script("env", prefix=prefix))
-    addresses = dict(item.split("=", 1) for item in env["JGM_CLUSTER_NODES"].split(","))
-    cluster = SwarmCluster(
-        prefix=prefix, docker_host=env["DOCKER_HOST"], gateway=env["JGM_CLUSTER_GATEWAY"], nodes={}
-    )
-    cluster.nodes = read_nodes(cluster.client(), addresses)
+    cluster = open_cluster(prefix)
     yield cluster
     cluster.close()
 
