@@ -77,9 +77,7 @@ class SwarmCluster:
         """Make a server of this host that listens on `host`:`port` only (PostgreSQL
         from scripts/start-postgres listens on 127.0.0.1) reachable from the tasks:
         yields the (gateway, port) to give them; a TCP relay until the block ends."""
-        relay = _RelayServer((self.gateway, 0), _Relay)
-        relay.target = (host, port)
-        threading.Thread(target=relay.serve_forever, daemon=True).start()
+        relay = start_relay((self.gateway, 0), (host, port))
         try:
             yield self.gateway, relay.server_address[1]
         finally:
@@ -89,6 +87,14 @@ class SwarmCluster:
     def close(self):
         for client in self._clients.values():
             client.close()
+
+
+def start_relay(listen: tuple[str, int], target: tuple[str, int]) -> socketserver.TCPServer:
+    """A TCP relay from `listen` to `target`, served by a daemon thread (``shutdown()`` ends it)."""
+    relay = _RelayServer(listen, _Relay)
+    relay.target = target
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    return relay
 
 
 class _RelayServer(socketserver.ThreadingTCPServer):
@@ -163,6 +169,18 @@ def read_nodes(manager, addresses: dict[str, str]) -> dict[str, ClusterNode]:
     return dict(sorted(nodes.items()))
 
 
+def open_cluster(prefix: str) -> SwarmCluster:
+    """`scripts/swarm-cluster up` (keeps a healthy cluster), then the cluster as it is."""
+    run_script("up", prefix=prefix)
+    env = parse_env(run_script("env", prefix=prefix))
+    addresses = dict(item.split("=", 1) for item in env["JGM_CLUSTER_NODES"].split(","))
+    cluster = SwarmCluster(
+        prefix=prefix, docker_host=env["DOCKER_HOST"], gateway=env["JGM_CLUSTER_GATEWAY"], nodes={}
+    )
+    cluster.nodes = read_nodes(cluster.client(), addresses)
+    return cluster
+
+
 @pytest.fixture(scope="session")
 def swarm_cluster():
     import docker
@@ -172,12 +190,17 @@ def swarm_cluster():
         docker.from_env().ping()
     except Exception as e:
         _unavailable(f"no Docker engine for the Swarm cluster: {e}")
-    run_script("up", prefix=prefix)
-    env = parse_env(run_script("env", prefix=prefix))
-    addresses = dict(item.split("=", 1) for item in env["JGM_CLUSTER_NODES"].split(","))
-    cluster = SwarmCluster(
-        prefix=prefix, docker_host=env["DOCKER_HOST"], gateway=env["JGM_CLUSTER_GATEWAY"], nodes={}
-    )
-    cluster.nodes = read_nodes(cluster.client(), addresses)
+    cluster = open_cluster(prefix)
     yield cluster
     cluster.close()
+
+
+if __name__ == "__main__":
+    # python -m tests.cluster relay LISTEN_HOST TARGET_HOST TARGET_PORT PORT_FILE
+    # (scripts/try-howto-cluster: PostgreSQL of 127.0.0.1 for its servers' agents);
+    # writes the port it listens on to PORT_FILE, relays until killed
+    _, command, listen_host, target_host, target_port, port_file = sys.argv
+    assert command == "relay", sys.argv
+    server = start_relay((listen_host, 0), (target_host, int(target_port)))
+    Path(port_file).write_text(f"{server.server_address[1]}\n")
+    threading.Event().wait()

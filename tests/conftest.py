@@ -9,8 +9,10 @@ pytest_plugins = ["tests.fakenvml.plugin", "tests.cluster", "tests.cluster_agent
 # every run, so a red run means the code changed, never the dice: a flaky CI
 # run is worse than a narrower one. To explore further by hand:
 #   HYPOTHESIS_PROFILE=explore scripts/test tests/test_api_fuzz.py
-settings.register_profile("repeatable", derandomize=True, print_blob=True)
-settings.register_profile("explore", derandomize=False)
+# No deadline: an example's time says how busy the machine is (two test workers, the
+# cluster's build), not whether the code is right.
+settings.register_profile("repeatable", derandomize=True, print_blob=True, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # Set by scripts/test (and so in CI): a missing Docker engine or image fails the
@@ -111,10 +113,60 @@ def docker_times(docker_client):
     watcher.close()
 
 
+def _in_xdist_worker() -> bool:
+    return os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("alone") and _in_xdist_worker():
+        # beside other workers' tests it would pull the Docker engine or PostgreSQL from
+        # under them; scripts/test runs these after the others, in one process
+        pytest.skip("runs alone (it restarts what every test shares): run it without -n")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """The cluster tests run last: scripts/test brings the Swarm cluster up in the
-    background meanwhile (a fresh machine builds and loads its images for minutes)."""
-    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+    """Order, and the groups pytest-xdist hands out whole (scripts/test: `-n 2 --dist loadgroup`).
+
+    - The cluster tests share one Swarm: one group, one worker runs them one after another.
+    - Every other test file is a group: its module fixtures (one hub for a file's tests)
+      are made once and its tests run in their order.
+    - Alone (no xdist) the cluster tests run last: scripts/test brings the cluster up in the
+      background meanwhile. Under xdist they come first, then the files with slow tests,
+      then the quick ones: one worker takes the cluster (waiting for it if it must, as its
+      build keeps the CPU busy anyway) while the other works through the rest, and the
+      quick files even out the end.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        cluster = item.get_closest_marker("cluster") is not None
+        group = "swarm-cluster" if cluster else item.path.relative_to(config.rootpath).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+    def alone_order(item):
+        return item.get_closest_marker("cluster") is not None
+
+    def xdist_order(item):
+        return (item.get_closest_marker("cluster") is None, item.path not in slow_files)
+
+    items.sort(key=xdist_order if _in_xdist_worker() else alone_order)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """Refuse a run whose xdist groups did not take: the cluster tests would run on both
+    workers at once. pytest-xdist marks a test's group in its node id (`...@group`),
+    which pytest 9.2 ignores (pytest-xdist#1386); here every test has a group."""
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    lost = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1]]
+    if lost:
+        pytest.exit(
+            f"pytest-xdist did not group the tests ({lost[0]} has none; pytest-xdist#1386 "
+            f"with pytest {pytest.__version__}): install pytest<9.2 (setup.cfg), or run "
+            "without -n",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

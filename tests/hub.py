@@ -61,6 +61,20 @@ def derived_image(docker_client, tag: str, *instructions: str):
 TEST_NETWORK = os.environ.get("JGM_TEST_NETWORK", "jgm-test-notebooks")
 #: every port this process has handed out: never twice, even before its server binds it
 _ports_given: set[int] = set()
+#: below Linux's ephemeral ports (32768-60999), which the kernel hands out for bind(0)
+#: and outgoing connections: each xdist worker chooses in its own part of this range
+WORKER_PORTS = (10000, 32000)
+
+
+def worker_ports() -> range | None:
+    """This pytest-xdist worker's own ports (None outside xdist): two workers' hubs never
+    pick the same port, even in the moment between choosing it and binding it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return None
+    index, count = int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    span = (WORKER_PORTS[1] - WORKER_PORTS[0]) // max(count, index + 1)
+    return range(WORKER_PORTS[0] + index * span, WORKER_PORTS[0] + (index + 1) * span)
 
 
 def free_ports(count: int) -> list[int]:
@@ -68,14 +82,25 @@ def free_ports(count: int) -> list[int]:
 
     Each candidate stays bound until all are chosen, so the kernel cannot give
     the same one twice; ports already given to an earlier hub (whose meter may
-    not listen yet) are skipped.
+    not listen yet) are skipped. Under pytest-xdist, only this worker's ports.
     """
+    own = worker_ports()
+    candidates = iter(own) if own is not None else None
     held, ports = [], []
     try:
         while len(ports) < count:
             sock = socket.socket()
-            sock.bind(("", 0))
             held.append(sock)
+            if candidates is None:
+                sock.bind(("", 0))
+            else:
+                port = next((p for p in candidates if p not in _ports_given), None)
+                if port is None:
+                    raise RuntimeError(f"no free port left in this worker's {own}")
+                try:
+                    sock.bind(("", port))
+                except OSError:  # in use by something else on this machine
+                    continue
             port = sock.getsockname()[1]
             if port not in _ports_given:
                 ports.append(port)
@@ -215,6 +240,11 @@ class Hub:
             self.env.pop("JUPYTER_GPU_METER_SIMULATED_GPUS", None)
         else:
             self.env["JUPYTER_GPU_METER_SIMULATED_GPUS"] = simulated_gpus
+            if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+                # UUIDs of this worker's own: the other worker's hubs on this engine would
+                # count its GPUs as held ("another hub's servers"); this worker's hubs still
+                # share theirs, as two hubs of one test do on purpose
+                self.env.setdefault("JUPYTER_GPU_METER_SIMULATED_HOST", f"xdist-{worker}")
         self.url = f"http://127.0.0.1:{self.settings['port']}"
         self.api_url = self.url + "/hub/api"
         self.session = requests.Session()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-import statistics
 import time
 from types import SimpleNamespace
 
@@ -397,26 +396,6 @@ def test_a_start_on_a_node_that_goes_down_fails_once_swarm_says_so(swarm_cluster
     assert refused.jupyterhub_message == f"no free {A100}: 0 of 2 free on 1 node ({node} is down)"
     assert counts[A100] == (2, 0)
     assert services_named(swarm_cluster, prefix) == []
-
-
-def test_spawn_time_on_the_cluster_against_one_host(cluster_hub, make_hub, swarm_cluster):
-    """The median of five starts to ready, the same image on both (reported, and bounded)."""
-    cluster = cluster_hub()
-    # the same image and the same work: homes are off on the cluster, so here too
-    one_host = make_hub(
-        "2", **{"GPUDockerSpawner.image": swarm_cluster.image, "HomeVolumes.enabled": False}
-    )
-    times = {"cluster": [], "one host": []}
-    for i in range(5):
-        times["cluster"].append(cluster.time_to_ready(f"c{i}", {"gpus": 1}))
-        times["one host"].append(one_host.time_to_ready(f"h{i}", {"gpus": 1}))
-    medians = {where: statistics.median(values) for where, values in times.items()}
-    print(
-        "\nspawn to ready, median of 5: "
-        + ", ".join(f"{where} {median:.2f} s" for where, median in medians.items())
-        + f" ({json.dumps({k: [round(v, 2) for v in vs] for k, vs in times.items()})})"
-    )
-    assert medians["cluster"] < medians["one host"] + 10
 
 
 PROBE = """

@@ -42,11 +42,16 @@ PROFILES = [
 ]
 #: seconds between the notebook server's activity reports to the hub (default 300)
 ACTIVITY_INTERVAL = 5
-#: the culler's --timeout: more than the image's SSH activity check (30 s) plus a report
-CULL_TIMEOUT = 75
+#: seconds between the image's looks for an open SSH session (default 30), as an admin
+#: sets it: a traitlets option of the notebook server
+SSH_CHECK_INTERVAL = 5
+#: the culler's --timeout: four times an SSH check plus a report (a session's server
+#: always has a last activity under 10 s old)
+CULL_TIMEOUT = 40
 CONFIG = {
     "GPUDockerSpawner.profile_list": PROFILES,
     "GPUDockerSpawner.environment": {"JUPYTERHUB_ACTIVITY_INTERVAL": str(ACTIVITY_INTERVAL)},
+    "GPUDockerSpawner.args": [f"--GPUMeterSSH.activity_interval={SSH_CHECK_INTERVAL}"],
 }
 
 
@@ -431,7 +436,7 @@ def test_an_open_ssh_session_keeps_the_server_past_the_cullers_timeout(hub, tmp_
     try:
         # bob's server: nothing going on; ada's too but for her SSH session
         hub.start_server("bob", {"profile": "cpu"})
-        # the session reaches the hub as ada's activity (the image checks every 30 s)
+        # the session reaches the hub as ada's activity (the image checks every 5 s)
         wait_until(lambda: last_activity(hub, "ada") > opened, 90, "ada's SSH activity")
         culler = subprocess.Popen(
             [

@@ -134,6 +134,7 @@ def test_hub_sigkilled_with_servers_running(make_hub, docker_times):
     assert len(user_sessions(hub, "ada")) == 1
 
 
+@pytest.mark.alone
 def test_postgresql_down_for_30_seconds_loses_nothing(make_hub, docker_times, postgres_url):
     import subprocess
 
@@ -208,6 +209,7 @@ def test_fifty_concurrent_starts_and_stops_for_a_minute_never_share_or_leak(make
     assert len(hub.containers()) == 0
 
 
+@pytest.mark.alone
 def test_docker_engine_restarted_mid_session(make_hub, docker_times):
     """dockerd restarts (an upgrade, a crash): the notebook dies with it, the meter closes
     its session from what Docker still knows and goes on metering new ones."""

@@ -1,6 +1,8 @@
 """Image versions: ``allowed_images`` as DockerSpawner 14 reads it, per profile, in the
 user's choice and on the spawn form (pure), and the engine's ulimits (pure + one probe)."""
 
+import uuid
+
 import pytest
 
 from jupyter_gpu_meter import images
@@ -260,12 +262,23 @@ def test_a_probe_container_reads_the_engines_limits_and_is_removed(docker_client
     from jupyter_gpu_meter.spawner_checks import probe_limits
     from tests.hub import IMAGE
 
-    before = {c.id for c in docker_client.containers.list(all=True)}
-    found = parse_proc_limits(probe_limits(docker_client.api, IMAGE, "1000:100"))
-    assert "memlock" in found and "stack" in found
-    with pytest.raises(Exception, match="(?i)user"):  # no such user: Docker refuses the start
-        probe_limits(docker_client.api, IMAGE, "no-such-user-jgm")
-    assert {c.id for c in docker_client.containers.list(all=True)} <= before
+    # the probes run under a tag of the test image that only this test uses, so the
+    # containers of other tests running meanwhile (pytest-xdist) are not counted
+    tag = f"jgm-probe-test:{uuid.uuid4().hex[:8]}"
+    docker_client.images.get(IMAGE).tag(tag)
+
+    def probes():
+        listed = docker_client.containers.list(all=True, ignore_removed=True)
+        return [c for c in listed if c.attrs["Config"]["Image"] == tag]
+
+    try:
+        found = parse_proc_limits(probe_limits(docker_client.api, tag, "1000:100"))
+        assert "memlock" in found and "stack" in found
+        with pytest.raises(Exception, match="(?i)user"):  # no such user: Docker refuses it
+            probe_limits(docker_client.api, tag, "no-such-user-jgm")
+        assert probes() == []
+    finally:
+        docker_client.images.remove(tag)
 
 
 def test_a_refusal_is_an_image_not_allowed():

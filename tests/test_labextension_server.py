@@ -30,6 +30,8 @@ from jupyterlab_gpu_meter.status import (  # noqa: E402
     fetch_status,
 )
 
+from tests.hub import free_ports  # noqa: E402
+
 TOKEN = "notebook-server-token-123"  # noqa: S105
 PREFIX = "/services/gpu-meter/"
 #: what the meter answers for ada's server "train" (the spec's shape)
@@ -261,9 +263,7 @@ async def test_callers_during_a_fetch_share_it(meter):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]  # this xdist worker's own, as the hubs' ports
 
 
 async def wait_for_server(client, url: str, process, timeout: float = 30) -> None:

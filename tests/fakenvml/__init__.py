@@ -111,6 +111,9 @@ TOPOLOGY_SYSTEM = 50
 
 H100_MEMORY = 85520809984  # 81559 MiB, what NVML reports for an H100 80GB HBM3
 
+#: this pytest-xdist worker's number (gw1: 1), 0 outside xdist
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
 
 class BuildError(RuntimeError):
     """gcc is missing or the library did not compile."""
@@ -320,7 +323,9 @@ class FakeNVML:
         )
         self.set_gpu(
             index,
-            uuid=uuid or f"GPU-fa4e{index:04x}-0000-4000-8000-{index:012x}",
+            # the xdist worker's number in the UUID: two workers' hubs on one Docker
+            # engine would take each other's GPUs for held ("another hub's servers")
+            uuid=uuid or f"GPU-fa4e{index:04x}-{_WORKER:04x}-4000-8000-{index:012x}",
             name=name,
             memory_total=memory_total,
             memory_used=memory_used,
