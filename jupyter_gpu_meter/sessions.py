@@ -42,6 +42,30 @@ def reason_exited(code) -> str:
     return f"exited with code {code}"
 
 
+def reason_recorded(code) -> str:
+    """The end reason of a run closed from the hub's record of its stop."""
+    return f"{reason_exited(code)} (from the hub's record of its stop: the meter missed the event)"
+
+
+def stopped_record(attrs: dict) -> dict:
+    """What the meter needs of a stopped container, from Docker's inspect `attrs`: its
+    id, this product's labels and its run's times. Kept in the ledger when the hub
+    removes the container (:meth:`SessionTracker.reconcile` reads it). Never its
+    environment: that holds the server's API token.
+    """
+    config = attrs.get("Config") or {}
+    state = attrs.get("State") or {}
+    found = config.get("Labels") or {}
+    return {
+        "Id": attrs["Id"],
+        "Config": {"Labels": {k: v for k, v in found.items() if k.startswith(labels.PREFIX)}},
+        "State": {
+            "Running": False,
+            **{key: state.get(key) for key in ("StartedAt", "FinishedAt", "ExitCode")},
+        },
+    }
+
+
 @dataclass(frozen=True)
 class ManagedContainer:
     """What Docker says about one container made by the GPU spawner."""
@@ -107,6 +131,10 @@ class ManagedContainer:
             image=session.image,
             node=session.node,
         )
+
+
+#: a stopped container's record the meter cannot read: forgotten, never billed
+_NOTHING_KNOWN = ManagedContainer("", "", "", (), "", "", None, False, None, None, None)
 
 
 def _same_start(docker_start: datetime | None, ledger_start: datetime) -> bool:
@@ -175,6 +203,8 @@ class SessionChanges:
     #: "node lost" sessions whose container stopped before the node's last heartbeat:
     #: their end moves back to Docker's (cluster mode)
     ended_earlier: tuple[Closing, ...] = ()
+    #: the hub's records of stopped containers this reconcile settled: to forget
+    forgotten: tuple[str, ...] = ()
 
 
 class SessionTracker:
@@ -246,8 +276,11 @@ class SessionTracker:
 
         Running managed containers get an open session (started at Docker's
         StartedAt). Open sessions whose container is not running are closed at
-        Docker's FinishedAt when the container still exists, else at the last
-        time the meter saw it running; the reason says which.
+        Docker's FinishedAt when the container still exists, or the FinishedAt
+        the hub recorded when it removed the container (:func:`stopped_record`),
+        else at the last time the meter saw it running; the reason says which.
+        A recorded run the ledger has no session of (it started and stopped
+        while no meter ran) gets its session, opened and closed at Docker's times.
         """
         summaries = self.docker.containers(all=True, filters={"label": list(self.label_filters)})
         running: dict[str, ManagedContainer] = {}
@@ -264,31 +297,67 @@ class SessionTracker:
             ):
                 running[container.container_id] = container
         seen_at = self.clock()
+        recorded = self._recorded_stops()
 
         closed = []
+        open_ids = set()
         for session in self.ledger.open_sessions(node=self.node):
+            open_ids.add(session.container_id)
             if session.container_id in running:
                 continue
             container = self._inspect(session.container_id)
+            stopped = recorded.get(session.container_id)
             if container is not None and container.finished_at:
                 ended_at = container.finished_at
                 reason = (
                     f"{reason_exited(container.exit_code)} "
                     "(found by reconcile: the meter missed the event)"
                 )
+            elif stopped is not None and stopped.finished_at:
+                ended_at, reason = stopped.finished_at, reason_recorded(stopped.exit_code)
             else:
                 ended_at = session.last_seen_at or session.started_at
                 reason = REASON_GONE
             closed.append(Closing(session.container_id, ended_at, reason))
         reopened, ended_earlier = self._settle_lost(summaries, running)
+        missed = [
+            container
+            for container_id, container in recorded.items()
+            if container_id not in running
+            and container_id not in open_ids
+            and container.started_at
+            and container.finished_at
+            and self.ledger.get_session(container_id) is None
+        ]
         return SessionChanges(
-            opened=tuple(self._opening(c, c.started_at) for c in running.values()),
-            closed=tuple(closed),
+            opened=tuple(self._opening(c, c.started_at) for c in [*running.values(), *missed]),
+            closed=(
+                *closed,
+                *(
+                    Closing(c.container_id, c.finished_at, reason_recorded(c.exit_code))
+                    for c in missed
+                ),
+            ),
             running=tuple(running.values()),
             seen_at=seen_at,
             reopened=reopened,
             ended_earlier=ended_earlier,
+            forgotten=tuple(cid for cid in recorded if cid not in running),
         )
+
+    def _recorded_stops(self) -> dict[str, ManagedContainer]:
+        """The hub's records of the containers it stopped and removed that this meter
+        meters (one host: in cluster mode the nodes' agents watch Docker)."""
+        if self.node:
+            return {}
+        recorded = {}
+        for container_id, record in self.ledger.stopped_containers().items():
+            found = (record.get("Config") or {}).get("Labels") or {}
+            if record.get("Id") != container_id:
+                recorded[container_id] = _NOTHING_KNOWN  # not a record this code wrote
+            elif self.metered(found):
+                recorded[container_id] = ManagedContainer.from_inspect(record)
+        return recorded
 
     def _settle_lost(self, summaries, running) -> tuple[tuple[str, ...], tuple[Closing, ...]]:
         """This node's "node lost" sessions of the containers Docker still has, settled

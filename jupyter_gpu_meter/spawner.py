@@ -37,7 +37,7 @@ from .spawn_form import model_counts, options_from_form, render_spawn_form, spaw
 from .spawner_budget import budget_left, read_budget_status, refusal
 from .spawner_checks import StartChecks, spawn_error
 from .spawner_homes import HomesMixin
-from .spawner_meter import MeterURLMixin
+from .spawner_meter import MeterURLMixin, StopRecordMixin
 from .spawner_ssh import SSHMixin
 from .spawner_templates import TemplatesMixin
 
@@ -45,7 +45,13 @@ __all__ = ["GPUDockerSpawner", "spawn_error"]
 
 
 class GPUDockerSpawner(
-    MeterURLMixin, HomesMixin, StartChecks, TemplatesMixin, SSHMixin, DockerSpawner
+    MeterURLMixin,
+    StopRecordMixin,
+    HomesMixin,
+    StartChecks,
+    TemplatesMixin,
+    SSHMixin,
+    DockerSpawner,
 ):
     """A DockerSpawner whose servers own whole GPUs, exclusively.
 
@@ -105,7 +111,9 @@ class GPUDockerSpawner(
 
     ledger_url = Unicode(
         help="""
-        The meter's ledger, read for budget checks before a start, e.g.
+        The meter's ledger, read for budget checks before a start and
+        written with Docker's times of each run the spawner stops (for a meter
+        that missed them), e.g.
         ``postgresql+psycopg://jgm:secret@db/jgm``. Defaults to
         ``c.MeterService.db_url``, then ``$JUPYTER_GPU_METER_DB_URL``, then
         the meter's default SQLite file in the hub's working directory.

@@ -44,6 +44,45 @@ def test_meter_sigkilled_twice_during_sessions(make_hub, docker_times):
         assert len(user_sessions(hub, user)) == 1
 
 
+def flood_engine_events(docker_client, count=300):
+    """`count` engine events (volumes made and removed): Docker replays only its last 256."""
+    for i in range(count // 2):
+        docker_client.volumes.create(f"jgm-test-flood-{os.getpid()}-{i}").remove()
+
+
+def test_runs_the_engine_forgot_while_the_meter_was_down_bill_dockers_times(
+    make_hub, docker_times, docker_client
+):
+    """A meter that comes back gets only the engine's last 256 events. The hub records
+    each container's run before removing it, so a run that ended, or ran whole, while
+    the meter was down, and whose events the engine forgot, bills Docker's own times."""
+    quiet = {f"MeterService.{name}": 3600 for name in ("flush_interval", "reconcile_interval")}
+    hub = make_hub("2", meter=True, **quiet)  # the meter writes on events only
+    hub.start_server("ada", {"gpus": 1})
+    ada = hub.container_of("ada")
+    wait_until(lambda: session_of(hub, ada.id), 30, "ada's session")
+    meter, since = hub.meter_pid(), time.time()
+    os.kill(meter, signal.SIGSTOP)  # down, and the hub does not know it
+    try:
+        hub.start_server("bob", {"gpus": 1})
+        bob = hub.container_of("bob")
+        hub.stop_server("bob")  # a whole run the meter never saw
+        hub.stop_server("ada")
+        flood_engine_events(docker_client)
+        replayed = docker_client.events(
+            since=since, until=time.time(), filters={"event": "die"}, decode=True
+        )
+        assert not {e["id"] for e in replayed} & {ada.id, bob.id}  # the engine forgot
+    finally:
+        os.kill(meter, signal.SIGKILL)
+
+    for user, container in (("ada", ada), ("bob", bob)):
+        session = closed_session(hub, container.id, timeout=90)
+        assert_matches_docker(session, docker_times.times[container.id], "engine forgot")
+        assert "from the hub's record of its stop" in session.end_reason
+        assert len(user_sessions(hub, user)) == 1
+
+
 def test_ledger_locked_for_30_seconds_loses_nothing(make_hub, docker_times):
     hub = make_hub("1", meter=True)
     path = hub.ledger_url.removeprefix("sqlite:///")

@@ -1,8 +1,17 @@
-"""The meter's state between runs: small facts by key (``meter_state``)."""
+"""The meter's state between runs: small facts by key (``meter_state``).
+
+Among them, the containers the hub stopped and removed (``stopped_container:<id>``):
+what Docker said of each just before removing it, so a meter that was down
+while the engine's short event log (its last 256 events) moved past the
+container's ``die`` still bills its run to Docker's own times.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import json
+from collections.abc import Iterable
+
+from sqlalchemy import delete, select
 
 from .engine import Database
 from .models import StateModel
@@ -26,6 +35,19 @@ def read_state(connection, key: str) -> str | None:
     ).scalar_one_or_none()
 
 
+#: meter_state key prefix of a stopped container's record (its id follows)
+STOPPED_PREFIX = "stopped_container:"
+
+
+def _parsed(value: str) -> dict:
+    """A stopped container's record; {} (nothing known, to forget) if it is not JSON."""
+    try:
+        record = json.loads(value)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 class StateStore:
     """Get and set the meter's state, e.g. the last Docker event handled."""
 
@@ -43,3 +65,27 @@ class StateStore:
             raise TypeError(f"state {key!r}: value must be a str, got {value!r}")
         with self.db.write() as connection:
             connection.execute(upsert_state(self.db, key, value, self.db.clock()))
+
+    def record_stopped_container(self, container_id: str, record: dict) -> None:
+        """Keep what Docker said of a stopped container (`record`, JSON-able: see
+        :func:`jupyter_gpu_meter.sessions.stopped_record`) until a meter reconciles it."""
+        if not container_id or len(STOPPED_PREFIX + container_id) > 255:
+            raise ValueError(f"container id {container_id!r}: give Docker's id (64 hex digits)")
+        self.set_state(STOPPED_PREFIX + container_id, json.dumps(record, sort_keys=True))
+
+    def stopped_containers(self) -> dict[str, dict]:
+        """Container id -> record of the stopped containers no meter has reconciled yet."""
+        key = _state.c.key
+        with self.db.read() as connection:
+            rows = connection.execute(
+                select(key, _state.c.value).where(key.startswith(STOPPED_PREFIX, autoescape=True))
+            ).all()
+        return {name.removeprefix(STOPPED_PREFIX): _parsed(value) for name, value in rows}
+
+    def forget_stopped_containers(self, container_ids: Iterable[str]) -> int:
+        """Drop the records of these containers (reconciled); how many there were."""
+        keys = sorted({STOPPED_PREFIX + container_id for container_id in container_ids})
+        if not keys:
+            return 0
+        with self.db.write() as connection:
+            return connection.execute(delete(_state).where(_state.c.key.in_(keys))).rowcount

@@ -162,6 +162,9 @@ class Ledger:
     # meter state
     get_state = _delegate("state_store", StateStore.get_state)
     set_state = _delegate("state_store", StateStore.set_state)
+    record_stopped_container = _delegate("state_store", StateStore.record_stopped_container)
+    stopped_containers = _delegate("state_store", StateStore.stopped_containers)
+    forget_stopped_containers = _delegate("state_store", StateStore.forget_stopped_containers)
 
     # storage
     add_storage_periods = _delegate("storage_store", StorageStore.add_storage_periods)

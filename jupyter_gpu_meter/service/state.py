@@ -102,6 +102,8 @@ class LedgerWrites:
     #: "node lost" sessions to reopen, and to end earlier (cluster mode: see SessionChanges)
     reopened: tuple[str, ...] = ()
     ended_earlier: tuple[Closing, ...] = ()
+    #: the hub's records of stopped containers to forget, once the closes are written
+    forgotten: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class MeterState:
             tuple(new),
             changes.reopened,
             changes.ended_earlier,
+            changes.forgotten,
         )
 
     def follow(self, running) -> None:

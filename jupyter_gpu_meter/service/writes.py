@@ -49,6 +49,8 @@ def queue_session_writes(
             ended_at=closing.ended_at,
             reason=closing.reason,
         )
+    if writes.forgotten:
+        buffer.add(ledger.forget_stopped_containers, writes.forgotten)
     if writes.touched is not None:
         buffer.add(ledger.touch_sessions, *writes.touched)
     if writes.events_since_ns is not None:

@@ -1,0 +1,200 @@
+"""The hub's records of stopped containers: what a meter that was down bills from them.
+
+Docker replays only its last 256 events to a meter that comes back. The spawner
+keeps Docker's times of each run in the ledger before it removes the container
+(:class:`~jupyter_gpu_meter.spawner_meter.StopRecordMixin`); the meter's
+reconcile bills from them what the engine forgot. The real MeterService and
+ledger; Docker's API is test_meter_state's stand-in (tests/test_faults.py has
+the real engine, hub and flood of events).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from jupyter_gpu_meter.ledger import Ledger
+from jupyter_gpu_meter.pricing import PriceSnapshot
+from jupyter_gpu_meter.sessions import REASON_GONE, reason_recorded, stopped_record
+from jupyter_gpu_meter.spawner_meter import StopRecordMixin, record_stop
+from tests.test_meter_state import H100, T0, FakeDocker, db_url, make_meter  # noqa: F401 (fixtures)
+
+END = T0 + timedelta(minutes=10)
+
+
+@pytest.fixture
+async def meter(make_meter):  # noqa: F811 (the fixture imported above)
+    meter = make_meter(clock=lambda: END + timedelta(minutes=5))
+    await meter._in_ledger_thread(meter.ledger.ensure_schema)
+    return meter
+
+
+def stop_and_record(meter, container_id, at=END, code=0):
+    """The hub's stop while the meter is down: its record, then the container removed
+    and its events forgotten (never handed to the meter)."""
+    docker = meter.docker_api
+    attrs = copy.deepcopy(docker.attrs[container_id])
+    attrs["State"].update(Running=False, FinishedAt=at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    attrs["State"]["ExitCode"] = code
+    meter.ledger.record_stopped_container(container_id, stopped_record(attrs))
+    del docker.attrs[container_id]
+
+
+async def test_an_open_session_whose_container_went_ends_at_the_recorded_end(meter):
+    await meter._handle_event(meter.docker_api.run("c1", at=T0))
+    await meter._flush()
+    stop_and_record(meter, "c1", code=143)
+    await meter._reconcile()
+    session = meter.ledger.get_session("c1")
+    assert (session.started_at, session.ended_at) == (T0, END)
+    assert session.end_reason == reason_recorded(143)
+    assert "the meter missed the event" in session.end_reason
+    assert meter.ledger.stopped_containers() == {}  # settled: forgotten
+    assert meter.state.running == {}
+
+
+async def test_a_run_the_meter_never_saw_gets_one_session_at_dockers_times(meter):
+    price = PriceSnapshot(H100, 1, "2.49", "0.10", "USD")
+    meter.docker_api.run("c1", user="bob", gpus=("GPU-1",), at=T0, price=price)  # unseen
+    stop_and_record(meter, "c1")
+    await meter._reconcile()
+    await meter._reconcile()  # again: nothing twice
+    (session,) = meter.ledger.sessions()
+    assert (session.user, session.gpu_uuids) == ("bob", ("GPU-1",))
+    assert (session.started_at, session.ended_at) == (T0, END)
+    assert session.end_reason == reason_recorded(0)
+    assert session.price == price  # the price its container carried
+    assert session.charge(END) == Decimal("0.4150")  # 10 min at 2.49/h
+
+
+async def test_without_a_record_the_end_is_the_last_time_the_meter_saw_it(meter):
+    await meter._handle_event(meter.docker_api.run("c1", at=T0))
+    await meter._flush()  # "seen running" at the meter's clock
+    del meter.docker_api.attrs["c1"]
+    await meter._reconcile()
+    session = meter.ledger.get_session("c1")
+    assert session.ended_at == END + timedelta(minutes=5)
+    assert session.end_reason == REASON_GONE
+
+
+async def test_the_record_of_a_run_the_meter_saw_end_is_forgotten_unchanged(meter):
+    docker = meter.docker_api
+    await meter._handle_event(docker.run("c1", at=T0))
+    await meter._handle_event(docker.die("c1", END, code=0))
+    stop_and_record(meter, "c1", at=END - timedelta(seconds=1))  # not what the ledger has
+    await meter._reconcile()
+    session = meter.ledger.get_session("c1")
+    assert session.ended_at == END and session.end_reason == "exited with code 0"
+    assert meter.ledger.stopped_containers() == {}
+
+
+async def test_another_hubs_record_is_left_for_its_own_meter(meter):
+    meter.docker_api.run("theirs", hub_id="another-hub", at=T0)
+    stop_and_record(meter, "theirs")
+    await meter._reconcile()
+    assert meter.ledger.sessions() == []
+    assert set(meter.ledger.stopped_containers()) == {"theirs"}
+
+
+@pytest.mark.parametrize("value", ["not json", '["a list"]', '{"Id": "another-id"}'])
+async def test_a_record_the_meter_cannot_read_bills_nothing_and_is_forgotten(meter, value):
+    meter.ledger.set_state("stopped_container:c1", value)
+    await meter._reconcile()
+    assert meter.ledger.sessions() == []
+    assert meter.ledger.stopped_containers() == {}
+
+
+def test_a_record_keeps_no_environment_and_no_other_labels():
+    docker = FakeDocker()
+    docker.run("c1", at=T0)
+    attrs = docker.inspect_container("c1")
+    attrs["Config"]["Env"] = ["JUPYTERHUB_API_TOKEN=secret"]
+    attrs["Config"]["Labels"]["org.opencontainers.image.title"] = "notebook"
+    record = stopped_record(attrs)
+    assert "secret" not in repr(record) and "opencontainers" not in repr(record)
+    assert record["Config"]["Labels"] == docker.attrs["c1"]["Config"]["Labels"]
+
+
+def test_the_ledger_refuses_a_record_without_a_container_id():
+    with Ledger("sqlite://") as ledger:
+        ledger.ensure_schema()
+        with pytest.raises(ValueError, match="give Docker's id"):
+            ledger.record_stopped_container("", {})
+        with pytest.raises(ValueError, match="give Docker's id"):
+            ledger.record_stopped_container("x" * 300, {})
+
+
+def test_the_spawner_records_nothing_before_a_meter_made_the_ledger(tmp_path):
+    assert record_stop(f"sqlite:///{tmp_path}/absent.sqlite", "c1", {}) is False
+    assert not (tmp_path / "absent.sqlite").exists()
+
+
+class Removes:
+    """DockerSpawner's part that the mixin wraps: the container's removal."""
+
+    object_type = "container"
+    object_name = "jupyter-ada"
+
+    def __init__(self, ledger_url, attrs):
+        self.ledger_url, self.attrs, self.removed = ledger_url, attrs, False
+        self.log = logging.getLogger("test-spawner")
+
+    async def get_object(self):
+        return self.attrs
+
+    async def remove_object(self):
+        self.removed = True
+
+
+class Spawner(StopRecordMixin, Removes):
+    meter_executor = ThreadPoolExecutor(1)
+
+    def __init__(self, *args):
+        Removes.__init__(self, *args)
+
+
+def stopped_attrs(container_id="c1"):
+    docker = FakeDocker()
+    docker.run(container_id, at=T0)
+    docker.die(container_id, END)
+    return docker.inspect_container(container_id)
+
+
+async def test_the_spawner_records_the_run_then_removes_the_container(tmp_path):
+    url = f"sqlite:///{tmp_path}/ledger.sqlite"
+    with Ledger(url) as ledger:
+        ledger.ensure_schema()
+        spawner = Spawner(url, stopped_attrs())
+        await spawner.remove_object()
+        assert spawner.removed
+        assert ledger.stopped_containers() == {"c1": stopped_record(stopped_attrs())}
+
+
+async def test_a_record_the_ledger_refuses_is_logged_and_the_container_removed(tmp_path, caplog):
+    path = tmp_path / "not-a-ledger.sqlite"
+    sqlite3.connect(path).execute(
+        "CREATE TABLE alembic_version (version_num TEXT)"
+    ).connection.commit()
+    spawner = Spawner(f"sqlite:///{path}", stopped_attrs())
+    await spawner.remove_object()
+    assert spawner.removed
+    assert "Recording the stop of jupyter-ada in the ledger failed" in caplog.text
+
+
+async def test_a_running_or_gone_container_is_not_recorded(tmp_path):
+    url = f"sqlite:///{tmp_path}/ledger.sqlite"
+    with Ledger(url) as ledger:
+        ledger.ensure_schema()
+        running = stopped_attrs()
+        running["State"]["Running"] = True
+        for attrs in (running, None):
+            spawner = Spawner(url, attrs)
+            await spawner.remove_object()
+            assert spawner.removed
+        assert ledger.stopped_containers() == {}
