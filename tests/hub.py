@@ -67,7 +67,7 @@ WORKER_PORTS = (10000, 32000)
 
 
 def worker_ports() -> range | None:
-    """This pytest-xdist worker's own ports (None outside xdist): two workers' hubs never
+    """This pytest-xdist worker's own ports (None outside xdist): workers' hubs never
     pick the same port, even in the moment between choosing it and binding it."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker.startswith("gw"):
