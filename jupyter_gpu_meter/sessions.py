@@ -43,8 +43,10 @@ def reason_exited(code) -> str:
 
 
 def reason_recorded(code) -> str:
-    """The end reason of a run closed from the hub's record of its stop."""
-    return f"{reason_exited(code)} (from the hub's record of its stop: the meter missed the event)"
+    """The end reason of a run closed from the hub's record of its stop (`code` None: the
+    engine had removed the container before the spawner could read its exit code)."""
+    how = REASON_STOPPED if code is None else reason_exited(code)
+    return f"{how} (from the hub's record of its stop: the meter missed the event)"
 
 
 def stopped_record(attrs: dict) -> dict:

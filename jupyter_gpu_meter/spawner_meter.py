@@ -17,9 +17,11 @@ Mixins of :class:`~jupyter_gpu_meter.spawner.GPUDockerSpawner`, so the spawner
 from __future__ import annotations
 
 import asyncio
+import copy
 
 from traitlets import HasTraits, Unicode, validate
 
+from .clock import utcnow
 from .sessions import stopped_record
 from .spawner_budget import shared_ledger
 
@@ -71,19 +73,55 @@ def record_stop(url: str, container_id: str, record: dict) -> bool:
 
 
 class StopRecordMixin(HasTraits):
-    """Records a stopped container's run in the ledger before removing it (for a
-    DockerSpawner with ``meter_executor`` and ``ledger_url``)."""
+    """Records each run the spawner stops in the ledger before removing its container (for
+    a DockerSpawner with ``meter_executor`` and ``ledger_url``).
+
+    DockerSpawner creates containers with ``AutoRemove`` when ``remove`` is True: the
+    engine may remove a stopped container before the spawner gets to inspect it. So the
+    spawner inspects the running container before it stops it (labels, ``StartedAt``)
+    and again after: Docker's ``FinishedAt`` and ``ExitCode`` when the container is
+    still there, else the time ``docker stop`` returned (the hub's clock, milliseconds
+    after the container died on the same host).
+    """
+
+    #: (the running container's inspect, when `docker stop` returned) of the last stop
+    _stopping = None
+
+    async def stop_object(self):
+        if self.object_type != "container":  # (a Swarm service: the node's agent meters it)
+            return await super().stop_object()
+        before = await self._inspect_container()
+        await super().stop_object()
+        self._stopping = (before, utcnow())
 
     async def remove_object(self):
-        if self.object_type == "container":  # (a Swarm service: the node's agent meters it)
+        if self.object_type == "container":
             await self._record_stop()
         return await super().remove_object()
 
-    async def _record_stop(self):
-        """Docker's times of the stopped run, into the ledger; a failure is logged and the
-        container removed all the same (the meter, if it is up, has the event)."""
+    async def _inspect_container(self):
+        """Docker's inspect of this server's container, None if there is none; never raises
+        (a record is a help to a meter that missed the events, never a reason to fail)."""
         try:
-            attrs = await self.get_object()
+            return await self.docker("inspect_container", self.object_id or self.object_name)
+        except Exception:
+            return None
+
+    async def _record_stop(self):
+        """The stopped run's times, into the ledger; a failure is logged and the container
+        removed all the same (the meter, if it is up, has the events)."""
+        before, stopped_at = self._stopping or (None, None)
+        self._stopping = None
+        try:
+            attrs = await self._inspect_container()
+            if attrs is None and before is not None and stopped_at is not None:
+                attrs = copy.deepcopy(before)  # removed by the engine already (AutoRemove)
+                attrs["State"] = {
+                    **(before.get("State") or {}),
+                    "Running": False,
+                    "FinishedAt": stopped_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "ExitCode": None,
+                }
             if attrs is None or (attrs.get("State") or {}).get("Running"):
                 return
             await asyncio.wrap_future(

@@ -19,6 +19,7 @@ from jupyter_gpu_meter.sampler import (
     container_of_pid,
 )
 from tests.hub import IMAGE
+from tests.metering import wait_until
 
 C1 = "c" * 64
 C2 = "d" * 64
@@ -118,6 +119,9 @@ def test_a_real_process_in_a_real_docker_container(docker_client):
         container.reload()
         pid = container.attrs["State"]["Pid"]
         assert pid > 0
+        # the engine reports the container started while runc may still be exec'ing
+        # `sleep` in it (its name is runc's until then): wait for the exec
+        wait_until(lambda: attribute_pid(pid).name == "sleep", 30, "sleep to run")
         assert attribute_pid(pid) == Attribution(container.id, WHERE_CONTAINER, "sleep")
         assert container_of_pid(pid) == container.id
     finally:

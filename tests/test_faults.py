@@ -51,13 +51,18 @@ def flood_engine_events(docker_client, count=300):
 
 
 def test_runs_the_engine_forgot_while_the_meter_was_down_bill_dockers_times(
-    make_hub, docker_times, docker_client
+    make_hub, docker_times, docker_client, postgres_url
 ):
     """A meter that comes back gets only the engine's last 256 events. The hub records
     each container's run before removing it, so a run that ended, or ran whole, while
-    the meter was down, and whose events the engine forgot, bills Docker's own times."""
+    the meter was down, and whose events the engine forgot, bills Docker's own times.
+
+    PostgreSQL: the stopped meter may hold a write it began (it notes each Docker
+    event, other hubs' too), which would lock a whole SQLite file but only its own rows
+    here."""
     quiet = {f"MeterService.{name}": 3600 for name in ("flush_interval", "reconcile_interval")}
-    hub = make_hub("2", meter=True, **quiet)  # the meter writes on events only
+    hub = make_hub("2", meter=True, **{"MeterService.db_url": postgres_url}, **quiet)
+    hub.settings["ledger_url"] = postgres_url
     hub.start_server("ada", {"gpus": 1})
     ada = hub.container_of("ada")
     wait_until(lambda: session_of(hub, ada.id), 30, "ada's session")

@@ -17,13 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 
+import docker.errors
 import pytest
 
+from jupyter_gpu_meter.clock import parse_docker_time, utcnow
 from jupyter_gpu_meter.ledger import Ledger
 from jupyter_gpu_meter.pricing import PriceSnapshot
 from jupyter_gpu_meter.sessions import REASON_GONE, reason_recorded, stopped_record
 from jupyter_gpu_meter.spawner_meter import StopRecordMixin, record_stop
-from tests.test_meter_state import H100, T0, FakeDocker, db_url, make_meter  # noqa: F401 (fixtures)
+from tests.test_meter_state import H100, T0, FakeDocker, db_url, docker_time, make_meter  # noqa: F401 (fixtures)
 
 END = T0 + timedelta(minutes=10)
 
@@ -135,66 +137,99 @@ def test_the_spawner_records_nothing_before_a_meter_made_the_ledger(tmp_path):
     assert not (tmp_path / "absent.sqlite").exists()
 
 
-class Removes:
-    """DockerSpawner's part that the mixin wraps: the container's removal."""
+class DockerSpawnerPart:
+    """DockerSpawner's part that the mixin wraps: inspect, stop, removal (`auto_remove`:
+    the engine removes the container as it stops, as DockerSpawner's AutoRemove may)."""
 
     object_type = "container"
     object_name = "jupyter-ada"
+    object_id = "c1"
 
-    def __init__(self, ledger_url, attrs):
-        self.ledger_url, self.attrs, self.removed = ledger_url, attrs, False
+    def __init__(self, ledger_url, attrs, auto_remove=False):
+        self.ledger_url, self.attrs, self.auto_remove = ledger_url, attrs, auto_remove
+        self.removed = False
         self.log = logging.getLogger("test-spawner")
 
-    async def get_object(self):
-        return self.attrs
+    async def docker(self, method, name):
+        assert (method, name) == ("inspect_container", "c1")
+        if self.attrs is None:
+            raise docker.errors.NotFound("No such container: c1")
+        return copy.deepcopy(self.attrs)
+
+    async def stop_object(self):
+        self.attrs["State"].update(Running=False, FinishedAt=docker_time(END), ExitCode=143)
+        if self.auto_remove:
+            self.attrs = None
 
     async def remove_object(self):
         self.removed = True
 
 
-class Spawner(StopRecordMixin, Removes):
+class Spawner(StopRecordMixin, DockerSpawnerPart):
     meter_executor = ThreadPoolExecutor(1)
 
-    def __init__(self, *args):
-        Removes.__init__(self, *args)
+    def __init__(self, *args, **kwargs):
+        DockerSpawnerPart.__init__(self, *args, **kwargs)
+
+    async def stop(self):
+        """DockerSpawner.stop with ``remove``: stop, then remove."""
+        await self.stop_object()
+        await self.remove_object()
 
 
-def stopped_attrs(container_id="c1"):
-    docker = FakeDocker()
-    docker.run(container_id, at=T0)
-    docker.die(container_id, END)
-    return docker.inspect_container(container_id)
+def running_attrs(container_id="c1"):
+    docker_api = FakeDocker()
+    docker_api.run(container_id, at=T0)
+    return docker_api.inspect_container(container_id)
 
 
-async def test_the_spawner_records_the_run_then_removes_the_container(tmp_path):
+@pytest.fixture
+def ledger_url(tmp_path):
     url = f"sqlite:///{tmp_path}/ledger.sqlite"
     with Ledger(url) as ledger:
         ledger.ensure_schema()
-        spawner = Spawner(url, stopped_attrs())
-        await spawner.remove_object()
-        assert spawner.removed
-        assert ledger.stopped_containers() == {"c1": stopped_record(stopped_attrs())}
+    return url
+
+
+async def test_the_spawner_records_dockers_times_then_removes_the_container(ledger_url):
+    spawner = Spawner(ledger_url, running_attrs())
+    await spawner.stop()
+    assert spawner.removed
+    with Ledger(ledger_url) as ledger:
+        (record,) = ledger.stopped_containers().values()
+    assert record["State"]["FinishedAt"] == docker_time(END)
+    assert record["State"]["ExitCode"] == 143
+
+
+async def test_a_container_the_engine_removed_first_ends_when_docker_stop_returned(ledger_url):
+    spawner = Spawner(ledger_url, running_attrs(), auto_remove=True)
+    before = utcnow()
+    await spawner.stop()
+    after = utcnow()
+    assert spawner.removed
+    with Ledger(ledger_url) as ledger:
+        (record,) = ledger.stopped_containers().values()
+    finished = parse_docker_time(record["State"]["FinishedAt"])
+    assert before <= finished <= after
+    assert record["State"]["StartedAt"] == docker_time(T0) and record["State"]["ExitCode"] is None
+    assert reason_recorded(None).startswith("stopped (from the hub's record")
 
 
 async def test_a_record_the_ledger_refuses_is_logged_and_the_container_removed(tmp_path, caplog):
     path = tmp_path / "not-a-ledger.sqlite"
-    sqlite3.connect(path).execute(
-        "CREATE TABLE alembic_version (version_num TEXT)"
-    ).connection.commit()
-    spawner = Spawner(f"sqlite:///{path}", stopped_attrs())
-    await spawner.remove_object()
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    connection.commit()
+    spawner = Spawner(f"sqlite:///{path}", running_attrs())
+    await spawner.stop()
     assert spawner.removed
     assert "Recording the stop of jupyter-ada in the ledger failed" in caplog.text
 
 
-async def test_a_running_or_gone_container_is_not_recorded(tmp_path):
-    url = f"sqlite:///{tmp_path}/ledger.sqlite"
-    with Ledger(url) as ledger:
-        ledger.ensure_schema()
-        running = stopped_attrs()
-        running["State"]["Running"] = True
-        for attrs in (running, None):
-            spawner = Spawner(url, attrs)
-            await spawner.remove_object()
-            assert spawner.removed
+async def test_a_running_or_unknown_container_is_not_recorded(ledger_url):
+    for attrs in (running_attrs(), None):  # removal without a stop: nothing stopped
+        spawner = Spawner(ledger_url, attrs)
+        await spawner.remove_object()
+        assert spawner.removed
+    with Ledger(ledger_url) as ledger:
         assert ledger.stopped_containers() == {}
