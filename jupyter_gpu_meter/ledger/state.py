@@ -1,9 +1,10 @@
 """The meter's state between runs: small facts by key (``meter_state``).
 
 Among them, the containers the hub stopped and removed (``stopped_container:<id>``):
-what Docker said of each just before removing it, so a meter that was down
-while the engine's short event log (its last 256 events) moved past the
-container's ``die`` still bills its run to Docker's own times.
+what Docker said of each around its stop, so a meter that was down while the
+engine's short event log (its last 256 events) moved past the container's
+``die`` still bills its run to Docker's own times (see
+:class:`jupyter_gpu_meter.spawner_meter.StopRecordMixin`).
 """
 
 from __future__ import annotations
