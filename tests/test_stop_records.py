@@ -96,6 +96,18 @@ async def test_the_record_of_a_run_the_meter_saw_end_is_forgotten_unchanged(mete
     assert meter.ledger.stopped_containers() == {}
 
 
+async def test_a_reconcile_that_closes_a_server_the_meter_stopped_keeps_its_reason(meter):
+    """The reconcile can see the stopped container before the die event is handled."""
+    docker_api = meter.docker_api
+    await meter._handle_event(docker_api.run("c1", at=T0))
+    meter.state.stop_reasons["c1"] = "GPU unhealthy (GPU-0: GPU is lost)"  # the policy's ask
+    docker_api.die("c1", END)  # its event not handled yet
+    await meter._reconcile()
+    session = meter.ledger.get_session("c1")
+    assert session.ended_at == END
+    assert session.end_reason == "stopped: GPU unhealthy (GPU-0: GPU is lost)"
+
+
 async def test_another_hubs_record_is_left_for_its_own_meter(meter):
     meter.docker_api.run("theirs", hub_id="another-hub", at=T0)
     stop_and_record(meter, "theirs")

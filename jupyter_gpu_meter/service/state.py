@@ -182,7 +182,9 @@ class MeterState:
         else:
             for opening in opened:
                 self.running[opening.container.container_id] = opening.container
-        closed = list(changes.closed)
+        # a reconcile may close a session before its die event is handled: the reason the
+        # meter stopped the server still names it
+        closed = [self._with_stop_reason(closing) for closing in changes.closed]
         if changes.killed is not None:
             container_id, signal = changes.killed
             self.kills[container_id] = signal
@@ -217,6 +219,12 @@ class MeterState:
         for kept in (self.kills, self.stop_reasons, self.unbilled):
             for container_id in set(kept) - self.running.keys():
                 del kept[container_id]
+
+    def _with_stop_reason(self, closing: Closing) -> Closing:
+        reason = self.stop_reasons.get(closing.container_id)
+        if reason is None:
+            return closing
+        return Closing(closing.container_id, closing.ended_at, f"{REASON_STOPPED}: {reason}")
 
     def _death_reason(self, container_id: str, code) -> str:
         signal = self.kills.get(container_id)
