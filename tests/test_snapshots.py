@@ -253,19 +253,24 @@ def test_an_interrupted_copy_leaves_the_home_as_it_was(api, home):
     helper = homes.helper_name(snapshots.RESTORE, home)
     killed = threading.Event()
 
+    # the helper's start event, not a poll of it: a poll that lost the CPU for a moment
+    # under load found the copy already done (the restore then succeeded)
+    since = time.time()
+
     def kill_the_helper_mid_copy():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if api.inspect_container(helper)["State"]["Running"]:
-                    # frozen at once, long before 400 MB are copied, then killed
-                    api.pause(helper)
-                    api.kill(helper)
-                    killed.set()
-                    return
-            except docker.errors.NotFound:
-                pass
-            time.sleep(0.02)
+        starts = api.events(
+            since=since,
+            until=since + 60,
+            filters={"container": helper, "event": "start"},
+            decode=True,
+        )
+        for _ in starts:
+            # frozen at once, long before 400 MB are copied, then killed
+            api.pause(helper)
+            api.kill(helper)
+            killed.set()
+            starts.close()
+            return
 
     killer = threading.Thread(target=kill_the_helper_mid_copy)
     killer.start()
