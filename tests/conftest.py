@@ -126,7 +126,7 @@ def pytest_runtest_setup(item):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Order, and the groups pytest-xdist hands out whole (scripts/test: `-n 3 --dist loadgroup`).
+    """Order, and the groups pytest-xdist hands out whole (scripts/test: `-n 2 --dist loadgroup`).
 
     - The cluster tests share one Swarm: one group, one worker runs them one after another.
     - Every other test file is a group: its module fixtures (one hub for a file's tests)
