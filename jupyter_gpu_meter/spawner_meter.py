@@ -17,13 +17,13 @@ Mixins of :class:`~jupyter_gpu_meter.spawner.GPUDockerSpawner`, so the spawner
 from __future__ import annotations
 
 import asyncio
-import copy
 
 from traitlets import HasTraits, Unicode, validate
 
 from .clock import utcnow
 from .sessions import stopped_record
 from .spawner_budget import shared_ledger
+from .usage.dates import isoformat
 
 #: the variable every notebook container gets: the meter's base URL, as reachable from it
 METER_API_URL_ENV = "JUPYTER_GPU_METER_API_URL"
@@ -114,14 +114,10 @@ class StopRecordMixin(HasTraits):
         self._stopping = None
         try:
             attrs = await self._inspect_container()
-            if attrs is None and before is not None and stopped_at is not None:
-                attrs = copy.deepcopy(before)  # removed by the engine already (AutoRemove)
-                attrs["State"] = {
-                    **(before.get("State") or {}),
-                    "Running": False,
-                    "FinishedAt": stopped_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                    "ExitCode": None,
-                }
+            if attrs is None and before is not None:  # removed by the engine already
+                state = before.get("State") or {}
+                finished = {"Running": False, "FinishedAt": isoformat(stopped_at), "ExitCode": None}
+                attrs = {**before, "State": {**state, **finished}}
             if attrs is None or (attrs.get("State") or {}).get("Running"):
                 return
             await asyncio.wrap_future(
