@@ -7,8 +7,9 @@ Mixins of :class:`~jupyter_gpu_meter.spawner.GPUDockerSpawner`, so the spawner
 - :class:`MeterURLMixin`: ``$JUPYTER_GPU_METER_API_URL`` in every container;
   ``setup_meter`` and ``setup_network`` (:mod:`jupyter_gpu_meter.hubconfig`)
   put the address in ``c.GPUDockerSpawner.meter_api_url``.
-- :class:`StopRecordMixin`: before removing a stopped container, the spawner
-  keeps Docker's times of its run in the ledger. Docker replays only its last
+- :class:`StopRecordMixin`: before removing a stopped container (at a stop,
+  or when the hub's poll finds it dead), the spawner keeps Docker's times of
+  its run in the ledger. Docker replays only its last
   256 events to a meter that comes back; a meter down while a busy engine moved
   past a container's ``die`` would otherwise bill that run only to when it last
   saw it running, or not at all when the whole run fell in the gap.
@@ -77,15 +78,34 @@ class StopRecordMixin(HasTraits):
     a DockerSpawner with ``meter_executor`` and ``ledger_url``).
 
     DockerSpawner creates containers with ``AutoRemove`` when ``remove`` is True: the
-    engine may remove a stopped container before the spawner gets to inspect it. So the
-    spawner inspects the running container before it stops it (labels, ``StartedAt``)
-    and again after: Docker's ``FinishedAt`` and ``ExitCode`` when the container is
-    still there, else the time ``docker stop`` returned (the hub's clock, milliseconds
-    after the container died on the same host).
+    engine would remove a container that dies on its own (a crash, the OOM killer)
+    before anyone read its times, and the hub never calls ``stop()`` for a server it
+    finds dead. So these containers are created without ``AutoRemove`` and
+    :meth:`poll` records and removes one it finds dead, as ``stop()`` does.
+
+    The spawner also inspects the running container before it stops it (labels,
+    ``StartedAt``) and again after: Docker's ``FinishedAt`` and ``ExitCode`` when the
+    container is still there, else (someone else removed it) the time ``docker stop``
+    returned (the hub's clock, milliseconds after the container died on the same host).
     """
 
     #: (the running container's inspect, when `docker stop` returned) of the last stop
     _stopping = None
+
+    def docker(self, method, *args, **kwargs):
+        if method == "create_container" and self.remove and kwargs.get("host_config"):
+            # the spawner removes its containers itself, after recording their runs
+            kwargs["host_config"] = {**kwargs["host_config"], "AutoRemove": False}
+        return super().docker(method, *args, **kwargs)
+
+    async def poll(self):
+        """DockerSpawner's poll; a server's container found dead (it exited on its own)
+        has its run recorded and is removed, as the engine's ``AutoRemove`` would."""
+        status = await super().poll()
+        if status is not None and self.remove and self.object_type == "container":
+            if self.object_id:  # (it still exists: DockerSpawner forgets a gone one's id)
+                await self.remove_object()
+        return status
 
     async def stop_object(self):
         if self.object_type != "container":  # (a Swarm service: the node's agent meters it)

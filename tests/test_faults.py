@@ -55,17 +55,20 @@ def test_runs_the_engine_forgot_while_the_meter_was_down_bill_dockers_times(
 ):
     """A meter that comes back gets only the engine's last 256 events. The hub records
     each container's run before removing it, so a run that ended, or ran whole, while
-    the meter was down, and whose events the engine forgot, bills Docker's own times.
+    the meter was down, and whose events the engine forgot, bills Docker's own times:
+    also a server that died on its own (the hub finds it dead at its next poll).
 
     PostgreSQL: the stopped meter may hold a write it began (it notes each Docker
     event, other hubs' too), which would lock a whole SQLite file but only its own rows
     here."""
     quiet = {f"MeterService.{name}": 3600 for name in ("flush_interval", "reconcile_interval")}
-    hub = make_hub("2", meter=True, **{"MeterService.db_url": postgres_url}, **quiet)
+    settings = {"MeterService.db_url": postgres_url, "GPUDockerSpawner.poll_interval": 1}
+    hub = make_hub("3", meter=True, **settings, **quiet)
     hub.settings["ledger_url"] = postgres_url
     hub.start_server("ada", {"gpus": 1})
-    ada = hub.container_of("ada")
-    wait_until(lambda: session_of(hub, ada.id), 30, "ada's session")
+    hub.start_server("carol", {"gpus": 1})
+    ada, carol = hub.container_of("ada"), hub.container_of("carol")
+    wait_until(lambda: session_of(hub, ada.id) and session_of(hub, carol.id), 30, "sessions")
     meter, since = hub.meter_pid(), time.time()
     os.kill(meter, signal.SIGSTOP)  # down, and the hub does not know it
     try:
@@ -73,19 +76,28 @@ def test_runs_the_engine_forgot_while_the_meter_was_down_bill_dockers_times(
         bob = hub.container_of("bob")
         hub.stop_server("bob")  # a whole run the meter never saw
         hub.stop_server("ada")
+        docker_client.api.kill(carol.id)  # dies on its own: no stop() from the hub
+        removed = docker_client.events(
+            since=since,
+            until=time.time() + 30,
+            filters={"container": carol.id, "event": "destroy"},
+            decode=True,
+        )
+        assert next(removed, None), "the hub did not remove carol's dead container in 30 s"
         flood_engine_events(docker_client)
         replayed = docker_client.events(
             since=since, until=time.time(), filters={"event": "die"}, decode=True
         )
-        assert not {e["id"] for e in replayed} & {ada.id, bob.id}  # the engine forgot
+        assert not {e["id"] for e in replayed} & {ada.id, bob.id, carol.id}  # forgotten
     finally:
         os.kill(meter, signal.SIGKILL)
 
-    for user, container in (("ada", ada), ("bob", bob)):
+    for user, container in (("ada", ada), ("bob", bob), ("carol", carol)):
         session = closed_session(hub, container.id, timeout=90)
         assert_matches_docker(session, docker_times.times[container.id], "engine forgot")
         assert "from the hub's record of its stop" in session.end_reason
         assert len(user_sessions(hub, user)) == 1
+    assert session.end_reason.startswith("exited with code 137")  # carol's
 
 
 def test_ledger_locked_for_30_seconds_loses_nothing(make_hub, docker_times):

@@ -156,6 +156,7 @@ class DockerSpawnerPart:
     object_type = "container"
     object_name = "jupyter-ada"
     object_id = "c1"
+    remove = True
 
     def __init__(self, ledger_url, attrs, auto_remove=False):
         self.ledger_url, self.attrs, self.auto_remove = ledger_url, attrs, auto_remove
@@ -175,6 +176,14 @@ class DockerSpawnerPart:
 
     async def remove_object(self):
         self.removed = True
+
+    async def poll(self):
+        """None while running, else a status (0: gone, its id forgotten)."""
+        if self.attrs is None:
+            self.object_id = ""
+            return 0
+        state = self.attrs["State"]
+        return None if state["Running"] else f"ExitCode={state['ExitCode']}"
 
 
 class Spawner(StopRecordMixin, DockerSpawnerPart):
@@ -225,6 +234,32 @@ async def test_a_container_the_engine_removed_first_ends_when_docker_stop_return
     assert before <= finished <= after
     assert record["State"]["StartedAt"] == docker_time(T0) and record["State"]["ExitCode"] is None
     assert reason_recorded(None).startswith("stopped (from the hub's record")
+
+
+def died_on_its_own(code=137):
+    attrs = running_attrs()
+    attrs["State"].update(Running=False, FinishedAt=docker_time(END), ExitCode=code)
+    return attrs
+
+
+async def test_a_server_the_hub_finds_dead_is_recorded_then_removed(ledger_url):
+    """The hub never calls stop() for a server it polls as dead: the poll records it."""
+    spawner = Spawner(ledger_url, died_on_its_own())
+    assert await spawner.poll() == "ExitCode=137"
+    assert spawner.removed
+    with Ledger(ledger_url) as ledger:
+        (record,) = ledger.stopped_containers().values()
+    assert (record["State"]["FinishedAt"], record["State"]["ExitCode"]) == (docker_time(END), 137)
+
+
+async def test_a_poll_removes_nothing_running_gone_or_kept(ledger_url):
+    attrs = (running_attrs(), None, died_on_its_own())
+    running, gone, kept = (Spawner(ledger_url, a) for a in attrs)
+    kept.remove = False  # the admin keeps stopped containers (for `docker logs`)
+    assert [await s.poll() for s in (running, gone, kept)] == [None, 0, "ExitCode=137"]
+    assert not any(s.removed for s in (running, gone, kept))
+    with Ledger(ledger_url) as ledger:
+        assert ledger.stopped_containers() == {}
 
 
 async def test_a_record_the_ledger_refuses_is_logged_and_the_container_removed(tmp_path, caplog):
