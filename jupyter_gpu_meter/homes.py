@@ -31,8 +31,10 @@ from traitlets import Bool, Dict, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from . import labels
+from .clock import utcnow
 from .container import host_path_problems
 from .usage import parse_time
+from .usage.dates import isoformat
 
 #: on every volume this package makes: "home" or "snapshot"
 VOLUME_KIND = labels.PREFIX + "volume"
@@ -40,6 +42,11 @@ HOME = "home"
 SNAPSHOT = "snapshot"
 #: on a snapshot: the home volume it was taken of
 SNAPSHOT_OF = labels.PREFIX + "snapshot-of"
+#: on every volume this package makes: when it made it. Docker's own ``CreatedAt``
+#: of a local volume moves each time a container mounts the volume.
+VOLUME_CREATED = labels.PREFIX + "volume-created"
+#: on a snapshot: when it was taken (snapshots taken before VOLUME_CREATED have only this)
+SNAPSHOT_CREATED = labels.PREFIX + "snapshot-created"
 
 DEFAULT_TEMPLATE = "jupyter-gpu-meter-home-{username}"
 DEFAULT_IMAGE = "jupyter-gpu-meter/notebook:latest"
@@ -111,9 +118,18 @@ def home_volume_name(template: str, username: str, hub_id: str = "") -> str:
     return name
 
 
-def volume_labels(kind: str, *, user: str, hub_id: str, **extra: str) -> dict[str, str]:
-    """The labels of a volume of this package: its kind, user and hub, and `extra`."""
-    return {VOLUME_KIND: kind, labels.USER: user, labels.HUB: hub_id, **extra}
+def volume_labels(
+    kind: str, *, user: str, hub_id: str, created: datetime, **extra: str
+) -> dict[str, str]:
+    """The labels of a volume of this package: its kind, user, hub, when it is made
+    (`created`), and `extra`."""
+    return {
+        VOLUME_KIND: kind,
+        labels.USER: user,
+        labels.HUB: hub_id,
+        VOLUME_CREATED: isoformat(created),
+        **extra,
+    }
 
 
 @dataclass(frozen=True)
@@ -124,19 +140,25 @@ class Volume:
     kind: str
     user: str
     hub_id: str
+    #: when it was made: its creation label, else Docker's ``CreatedAt`` (which moves
+    #: each time a container mounts the volume)
     created_at: datetime | None
     labels: Mapping[str, str]
+    #: when this package made it, from its label; None on a volume made before the label
+    made_at: datetime | None = None
 
     @classmethod
     def from_docker(cls, info: Mapping) -> Volume:
         found = info.get("Labels") or {}
+        made = parse_docker_time(found.get(VOLUME_CREATED) or found.get(SNAPSHOT_CREATED))
         return cls(
             name=info["Name"],
             kind=found.get(VOLUME_KIND, ""),
             user=found.get(labels.USER, ""),
             hub_id=found.get(labels.HUB, ""),
-            created_at=parse_docker_time(info.get("CreatedAt")),
+            created_at=made or parse_docker_time(info.get("CreatedAt")),
             labels=dict(found),
+            made_at=made,
         )
 
 
@@ -409,6 +431,7 @@ def ensure_home(
     mount_path: str,
     driver: str = "local",
     driver_opts: Mapping[str, str] | None = None,
+    clock=utcnow,
 ) -> bool:
     """Make sure `user`'s home volume `name` exists and belongs to them; True if it was created.
 
@@ -431,7 +454,7 @@ def ensure_home(
         name=name,
         driver=driver,
         driver_opts=dict(driver_opts or {}) or None,
-        labels=volume_labels(HOME, user=user, hub_id=hub_id),
+        labels=volume_labels(HOME, user=user, hub_id=hub_id, created=clock()),
     )
     try:
         run_helper(

@@ -141,24 +141,27 @@ def plan_periods(
 
     `ends`: volume name -> the end of its last period in the ledger. Each
     volume of known size gets [start, now] at its size now, where start is
-    its last period's end (or its creation, if it was made again since), or
-    for a volume never measured its creation, but no earlier than
-    `now` - `interval`. Volumes of unknown size, and periods that would not
-    last (a clock that went back), are left out.
+    its last period's end (or its creation label's time, if it was made
+    again since), or for a volume never measured its creation, but no
+    earlier than `now` - `interval`. Only the label tells a volume made
+    again: Docker's ``CreatedAt`` moves each time a container mounts the
+    volume, and would leave the time since the last period unbilled.
+    Volumes of unknown size, and periods that would not last (a clock that
+    went back), are left out.
     """
     periods = []
     for item in measured:
         if item.size_bytes is None:
             continue
         volume = item.volume
-        created = volume.created_at
         last = ends.get(volume.name)
         if last is not None:
-            start = max(last, created) if created is not None else last
+            made = volume.made_at
+            start = max(last, made) if made is not None else last
         else:
             start = now - interval
-            if created is not None:
-                start = max(start, created)
+            if volume.created_at is not None:
+                start = max(start, volume.created_at)
         if start >= now:
             continue
         periods.append(

@@ -5,6 +5,7 @@ import secrets
 import pytest
 
 from jupyter_gpu_meter import labels
+from jupyter_gpu_meter.clock import utcnow
 from jupyter_gpu_meter.container import Hardening, enforce_create_kwargs
 from jupyter_gpu_meter.datasets import (
     DATASET,
@@ -107,7 +108,9 @@ def test_an_existing_volume_must_exist_and_must_not_reach_the_host(api, volumes)
 @pytest.mark.parametrize("kind", [HOME, SNAPSHOT])
 def test_a_dataset_can_never_be_a_users_home_or_snapshot(api, volumes, folder, kind):
     name = volumes + "bob-" + kind
-    api.create_volume(name=name, labels=volume_labels(kind, user="bob", hub_id="prod"))
+    api.create_volume(
+        name=name, labels=volume_labels(kind, user="bob", hub_id="prod", created=utcnow())
+    )
     for definition in ({"volume": name}, {"path": str(folder), "volume": name}):
         with pytest.raises(
             DatasetError, match=rf"is the {kind} of user 'bob'; a dataset can never"

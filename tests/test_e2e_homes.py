@@ -12,6 +12,7 @@ import pytest
 
 import docker
 from jupyter_gpu_meter import homes, labels
+from jupyter_gpu_meter.clock import utcnow
 from tests.hub import derived_image
 from tests.metering import closed_session, give_money_budget, wait_until
 
@@ -174,7 +175,9 @@ def test_a_home_of_another_hub_is_not_mounted(make_hub, docker_client):
     # another hub on this engine made a home of this name for its own "ada"
     docker_client.volumes.create(
         hub.home_of("ada"),
-        labels=homes.volume_labels(homes.HOME, user="ada", hub_id="hub-elsewhere"),
+        labels=homes.volume_labels(
+            homes.HOME, user="ada", hub_id="hub-elsewhere", created=utcnow()
+        ),
     )
     refused = hub.start_server("ada", {"gpus": 0})
     assert refused.status_code == 500

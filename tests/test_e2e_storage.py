@@ -13,6 +13,7 @@ import docker.errors
 import pytest
 import requests
 
+from jupyter_gpu_meter.clock import utcnow
 from jupyter_gpu_meter.homes import HOME, volume_labels
 from jupyter_gpu_meter.ledger import Ledger
 from tests.hub import IMAGE
@@ -27,7 +28,7 @@ def test_a_home_without_a_server_is_billed_until_it_is_deleted(make_hub, docker_
     hub_id = "jgmtest-e2e-" + secrets.token_hex(3)
     name = f"{hub_id}-home-ada"
     docker_client.api.create_volume(
-        name=name, labels=volume_labels(HOME, user="ada", hub_id=hub_id)
+        name=name, labels=volume_labels(HOME, user="ada", hub_id=hub_id, created=utcnow())
     )
     try:
         docker_client.containers.run(

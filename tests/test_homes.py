@@ -19,6 +19,8 @@ from jupyter_gpu_meter.homes import (
     home_volume_name,
 )
 
+#: when a test says it made a volume (its creation label)
+T_MADE = datetime(2026, 11, 30, 6, 1, 2, 3, tzinfo=timezone.utc)
 DOCKER_NAME = set(string.ascii_letters + string.digits + "_.-")
 
 
@@ -128,6 +130,7 @@ def test_a_new_home_is_labelled_and_owned_by_the_notebook_user(api, volume_name)
         owner="1000:100",
         image=IMAGE,
         mount_path="/home/jovyan",
+        clock=lambda: T_MADE,
     )
     assert made
     info = api.inspect_volume(volume_name)
@@ -135,7 +138,10 @@ def test_a_new_home_is_labelled_and_owned_by_the_notebook_user(api, volume_name)
         homes.VOLUME_KIND: "home",
         "jupyter-gpu-meter.user": "ada",
         "jupyter-gpu-meter.hub": "hub-a",
+        "jupyter-gpu-meter.volume-created": "2026-11-30T06:01:02.000003Z",
     }
+    # Docker's own CreatedAt moved when the helper mounted it: the label did not
+    assert homes.Volume.from_docker(api.inspect_volume(volume_name)).created_at == T_MADE
     owner = homes.run_helper(
         api,
         image=IMAGE,

@@ -18,6 +18,7 @@ import docker.errors
 import pytest
 from traitlets.config import Config
 
+from jupyter_gpu_meter import homes
 from jupyter_gpu_meter.clock import utcnow
 from jupyter_gpu_meter.homes import HOME, SNAPSHOT, SNAPSHOT_OF, volume_labels
 from jupyter_gpu_meter.pricing import round_money
@@ -39,11 +40,10 @@ class Volumes:
         self.hub_id = "jgmtest-st-" + secrets.token_hex(4)
         self.names = []
 
-    def make(self, user, kind=HOME, *, name=None, **extra):
+    def make(self, user, kind=HOME, *, name=None, created=None, **extra):
         name = name or f"{self.hub_id}-{kind}-{user}-{len(self.names)}"
-        self.client.api.create_volume(
-            name=name, labels=volume_labels(kind, user=user, hub_id=self.hub_id, **extra)
-        )
+        made = volume_labels(kind, user=user, hub_id=self.hub_id, created=created or utcnow())
+        self.client.api.create_volume(name=name, labels={**made, **extra})
         self.names.append(name)
         return name
 
@@ -102,8 +102,7 @@ def make_meter(tmp_path, volumes, docker_client):
 
 
 def soon():
-    """A first pass's time: after the volumes' creation by Docker's clock, which
-    gives whole seconds and can be up to one ahead of ours."""
+    """A first pass's time: after the volumes' creation."""
     return utcnow() + timedelta(seconds=2)
 
 
@@ -146,6 +145,24 @@ def test_a_period_is_billed_at_the_size_measured_at_its_end(make_meter, volumes)
         (t0, t0 + HOUR, 1_000_000)
     ]
     assert periods[0].price_per_gb_month == Decimal("0.10")
+
+
+def test_a_server_mounting_the_volume_between_passes_leaves_no_gap(
+    make_meter, volumes, docker_client
+):
+    """Docker's CreatedAt of a local volume moves to when a container mounts it; the
+    volume's own label says when it was made, so billing goes on from the last pass."""
+    t0 = utcnow() - 2 * HOUR
+    home = volumes.make("lee", created=t0 - HOUR)
+    meter = make_meter()
+    meter.storage_pass(t0)
+    volumes.run(home, "head -c 1000000 /dev/zero > /v/a")  # a server's mount, now
+    moved = homes.parse_docker_time(docker_client.api.inspect_volume(home)["CreatedAt"])
+    assert moved > t0 + HOUR  # Docker's "created" is the mount
+    meter.storage_pass(t0 + 3 * HOUR)
+    periods = meter.ledger.storage_periods(user="lee")
+    assert [(p.ended_at, p.size_bytes) for p in periods] == [(t0, 0), (t0 + 3 * HOUR, 1_000_000)]
+    assert periods[1].started_at == t0
 
 
 def test_no_server_ten_sparse_gb_at_ten_cents_the_charge_grows(make_meter, volumes):
@@ -229,7 +246,8 @@ def test_other_hubs_and_unlabelled_volumes_are_not_measured(make_meter, volumes,
     mine = volumes.make("gus")
     other = f"{volumes.hub_id}-other"
     docker_client.api.create_volume(
-        name=other, labels=volume_labels(HOME, user="gus", hub_id=volumes.hub_id + "-x")
+        name=other,
+        labels=volume_labels(HOME, user="gus", hub_id=volumes.hub_id + "-x", created=utcnow()),
     )
     volumes.names.append(other)
     plain = volumes.make("x", name=f"{volumes.hub_id}-plain")
@@ -318,7 +336,7 @@ def test_a_local_volume_with_options_like_nfs_is_measured_by_a_helper(
         name=name,
         driver="local",
         driver_opts={"type": "none", "o": "bind", "device": str(folder)},
-        labels=volume_labels(HOME, user="jo", hub_id=volumes.hub_id),
+        labels=volume_labels(HOME, user="jo", hub_id=volumes.hub_id, created=utcnow()),
     )
     volumes.names.append(name)
     assert name not in volume_sizes(docker_client.api.df())
@@ -339,4 +357,27 @@ def test_plan_periods_skips_what_cannot_be_billed():
         == []
     )
     assert volume_sizes({"Volumes": None}) == {}
+
+
+def test_a_volume_made_again_since_its_last_period_is_billed_from_its_making():
+    from jupyter_gpu_meter.homes import Volume
+
+    now = utcnow()
+    last = now - 2 * HOUR
+
+    def start(volume):
+        (period,) = plan_periods(
+            [Measured(volume, 5)],
+            {"v": last},
+            now=now,
+            interval=HOUR,
+            price_per_gb_month=0,
+            currency="USD",
+        )
+        return period.started_at
+
+    mounted = now - HOUR  # Docker's CreatedAt of a volume a container mounted since
+    assert start(Volume("v", HOME, "ada", "h", mounted, {}, made_at=now - 3 * HOUR)) == last
+    assert start(Volume("v", HOME, "ada", "h", mounted, {})) == last  # made before the label
+    assert start(Volume("v", HOME, "ada", "h", mounted, {}, made_at=mounted)) == mounted
     assert volume_sizes({"Volumes": [{"Name": "n", "UsageData": None}]}) == {"n": None}

@@ -16,7 +16,7 @@ from ..clock import as_utc
 #: on a snapshot: its id (unique among its user's snapshots), e.g. "20261130-060102-a1b2c3"
 SNAPSHOT_ID = labels.PREFIX + "snapshot-id"
 #: on a snapshot: when it was taken (ISO 8601 UTC)
-SNAPSHOT_CREATED = labels.PREFIX + "snapshot-created"
+SNAPSHOT_CREATED = homes.SNAPSHOT_CREATED
 #: on a snapshot: the user's short label, may be empty
 SNAPSHOT_LABEL = labels.PREFIX + "snapshot-label"
 #: on a restore marker: the home being restored, and the snapshot volume it comes from

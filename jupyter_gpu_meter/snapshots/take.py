@@ -84,6 +84,7 @@ def take_snapshot(
         homes.SNAPSHOT,
         user=user,
         hub_id=hub_id,
+        created=now,
         **{
             homes.SNAPSHOT_OF: home,
             SNAPSHOT_ID: snapshot_id,
