@@ -90,6 +90,8 @@ def test_cached_per_process_a_reused_pid_is_a_new_process(tmp_path):
     assert lookup.attribution(40, root) == Attribution(C1, WHERE_CONTAINER, "python")
     (tmp_path / "40" / "cgroup").write_text(HOST_CGROUP)
     assert lookup.attribution(40, root).container_id == C1  # same start time: cached
+    fake_proc(tmp_path, 40, HOST_CGROUP, start=100, comm="torchrun")  # an exec: a new name
+    assert lookup.attribution(40, root) == Attribution(C1, WHERE_CONTAINER, "torchrun")
     assert lookup(40, root) == C1  # calling it gives the container id, as before
     fake_proc(tmp_path, 40, f"0::/docker/{C2}\n", start=200, comm="bash")
     assert lookup.attribution(40, root) == Attribution(C2, WHERE_CONTAINER, "bash")

@@ -79,7 +79,10 @@ class ContainerLookup:
     """Host PID -> where the process runs, cached per process.
 
     A cache entry is keyed by the PID and the process's start time, so a reused
-    PID never inherits the old process's container. At most ``maxsize`` entries,
+    PID never inherits the old process's container. The name is read afresh each
+    time (from the ``stat`` read anyway): an ``exec`` changes it, not the start
+    time (a container's first process is ``runc:[2:INIT]`` until runc execs the
+    command). At most ``maxsize`` entries,
     least recently used dropped first. Calling the lookup gives the container id
     only; :meth:`attribution` gives container, where and name. Thread-safe.
     """
@@ -105,7 +108,7 @@ class ContainerLookup:
             found = self._cache.get(key)
             if found is not None:
                 self._cache.move_to_end(key)
-                return found
+                return found if found.name == name else found._replace(name=name)
         try:
             with open(f"{proc_root}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
                 container = container_from_cgroup(f.read())
