@@ -417,11 +417,15 @@ class Hub:
         return response.json()["token"]
 
     def start_server(self, user: str, options=None, server: str = "", wait=True):
-        """POST the start; with wait, follow a pending spawn until it ends. Returns the response."""
+        """POST the start; with wait, follow the spawn until it ends. Returns the response.
+
+        A 201 is followed too: JupyterHub 6.1 has answered 201 for a start still waiting
+        for the server to respond (after its slow_spawn_timeout, under load, on a server
+        whose previous start failed), the model not yet ready."""
         self.create_users(user)
         path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
         response = self.api("POST", path, json=options if options is not None else {})
-        if wait and response.status_code == 202:
+        if wait and response.status_code in (201, 202):
             self.wait_for(user, server)
         return response
 
