@@ -134,7 +134,7 @@ class StopRecordMixin(HasTraits):
         self._stopping = None
         try:
             attrs = await self._inspect_container()
-            if attrs is None and before is not None:  # removed by the engine already
+            if attrs is None and before is not None:  # removed meanwhile (by hand, or AutoRemove)
                 state = before.get("State") or {}
                 finished = {"Running": False, "FinishedAt": isoformat(stopped_at), "ExitCode": None}
                 attrs = {**before, "State": {**state, **finished}}
