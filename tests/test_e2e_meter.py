@@ -47,8 +47,11 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
     utilization.write_text(json.dumps({uuid: reading}))
     opened = wait_until(lambda: session_of(hub, container.id), 30, "the session to open")
     assert opened.ended_at is None and opened.gpu_uuids == (uuid,)
-    # it runs until the meter has recorded 10 samples of it (one a second)
-    wait_until(lambda: samples(hub, container.id) >= 10, 60, "10 samples in the ledger")
+    # the reading is written once the server is up, after samples of the idle GPU; it runs
+    # until the meter has recorded 10 samples (one a second) since it saw the reading
+    wait_until(lambda: memory_max(hub, container.id) == 5 << 30, 60, "the meter to read it")
+    seen = samples(hub, container.id)
+    wait_until(lambda: samples(hub, container.id) >= seen + 10, 60, "10 more samples")
     hub.stop_server("ada")
 
     session = closed_session(hub, container.id)
@@ -86,6 +89,11 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
 def samples(hub, container_id) -> int:
     with Ledger(hub.ledger_url) as ledger:
         return sum(r.samples for r in ledger.rollups(container_id))
+
+
+def memory_max(hub, container_id) -> int:
+    with Ledger(hub.ledger_url) as ledger:
+        return max((r.memory_max_bytes for r in ledger.rollups(container_id)), default=0)
 
 
 def test_without_a_driver_library_runtime_is_still_metered(make_hub):
