@@ -111,6 +111,12 @@ def user_sessions(hub, user):
         return ledger.sessions(user=user)
 
 
+def rollup_samples(hub, container_id) -> int:
+    """How many GPU samples of the container's session the ledger's rollups hold."""
+    with Ledger(hub.ledger_url) as ledger:
+        return sum(rollup.samples for rollup in ledger.rollups(container_id))
+
+
 def record_accuracy(test: str, session, docker: dict):
     """Keep the ledger/Docker differences as a test artifact (they go in the docs)."""
     ARTIFACTS.mkdir(exist_ok=True)

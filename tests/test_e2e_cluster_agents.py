@@ -29,7 +29,7 @@ from jupyter_gpu_meter.clock import parse_docker_time, utcnow
 from jupyter_gpu_meter.cluster import assigned_uuids
 from jupyter_gpu_meter.ledger import NODE_LOST, Ledger
 from tests.cluster import SCRIPT
-from tests.metering import DockerTimes, wait_until
+from tests.metering import DockerTimes, rollup_samples, wait_until
 from tests.test_e2e_cluster import (
     A100,
     H100,
@@ -121,11 +121,6 @@ def ledger_count(hub) -> int:
 
     with Ledger(hub.ledger_url) as ledger, ledger.engine.connect() as connection:
         return connection.execute(sa.text("SELECT count(*) FROM sessions")).scalar_one()
-
-
-def rollup_samples(hub, container_id) -> int:
-    with Ledger(hub.ledger_url) as ledger:
-        return sum(rollup.samples for rollup in ledger.rollups(container_id))
 
 
 def within(a: datetime, b: datetime, seconds: float = 1.0) -> bool:

@@ -19,6 +19,7 @@ from jupyter_gpu_meter.ledger import Ledger
 from tests.metering import (
     assert_matches_docker,
     closed_session,
+    rollup_samples,
     session_of,
     user_sessions,
     wait_until,
@@ -50,8 +51,8 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
     # the reading is written once the server is up, after samples of the idle GPU; it runs
     # until the meter has recorded 10 samples (one a second) since it saw the reading
     wait_until(lambda: memory_max(hub, container.id) == 5 << 30, 60, "the meter to read it")
-    seen = samples(hub, container.id)
-    wait_until(lambda: samples(hub, container.id) >= seen + 10, 60, "10 more samples")
+    seen = rollup_samples(hub, container.id)
+    wait_until(lambda: rollup_samples(hub, container.id) >= seen + 10, 60, "10 more samples")
     hub.stop_server("ada")
 
     session = closed_session(hub, container.id)
@@ -84,11 +85,6 @@ def test_one_session_to_the_second_charged_at_its_price(make_hub, docker_times, 
     assert {r.gpu_uuid for r in rollups} == {uuid}
     assert max(r.util_max for r in rollups) == 73
     assert max(r.memory_max_bytes for r in rollups) == 5 << 30
-
-
-def samples(hub, container_id) -> int:
-    with Ledger(hub.ledger_url) as ledger:
-        return sum(r.samples for r in ledger.rollups(container_id))
 
 
 def memory_max(hub, container_id) -> int:
